@@ -86,6 +86,101 @@ def test_tests_sum_per_tensor_blocks_by_hand():
     assert batch_test(blocks, "inner_product", theta=0.41).passed  # 2/3 <= 0.6724
 
 
+# Coordinate-wise norm test: three per-example gradients in 2-D, g1 = (4, 1), g2 = (6, 2), g3 = (2, 0).
+#   coordinate 0: 4, 6, 2 (mean 4): deviations 0, 2, -2: Var_0 = 8 / 2 = 4,  (g_B)_0^2 = 16, ratio 1/4
+#   coordinate 1: 1, 2, 0 (mean 1): deviations 0, 1, -1: Var_1 = 2 / 2 = 1,  (g_B)_1^2 = 1,  ratio 1
+#   passes iff Var_j / 3 <= eta^2 (g_B)_j^2 for j = 0, 1, i.e. iff 1/3 <= eta^2 (coordinate 1 binds);
+#   if not, b_next = ceil(max(1/4, 1) / eta^2) = ceil(1 / eta^2)
+#   the norm test on the same gradients: Var = 4 + 1 = 5, ||g_B||^2 = 17: passes iff 5/3 <= 17 eta^2
+G2 = [torch.tensor([[4.0, 1.0], [6.0, 2.0], [2.0, 0.0]], dtype=torch.float64)]
+
+
+def test_coordinate_norm_test_by_hand():
+    fail = batch_test(G2, "coordinate_norm", eta=0.5)  # 1/3 > 0.25
+    assert not fail.passed and fail.suggested == 4  # ceil(1 / 0.25)
+    assert fail.variance == pytest.approx(5.0) and fail.grad_norm_sq == pytest.approx(17.0)
+    assert fail.max_coordinate_ratio == pytest.approx(1.0)
+    assert batch_test(
+        G2, "norm", eta=0.5
+    ).passed  # 5/3 <= 4.25: only the coordinate-wise test fails
+    assert batch_test(G2, "coordinate_norm", eta=0.58).passed  # 1/3 <= 0.3364
+    assert not batch_test(G2, "coordinate_norm", eta=0.57).passed  # 1/3 > 0.3249
+    assert batch_test(G2, "coordinate_norm", eta=0.3).suggested == 12  # ceil(1 / 0.09) = ceil(11.1)
+    # the coordinates do not depend on how they are grouped into tensors
+    split = batch_test([G2[0][:, :1], G2[0][:, 1:]], "coordinate_norm", eta=0.5)
+    assert (split.passed, split.suggested) == (False, 4)
+    # G: both coordinates have Var_j = 1 and (g_B)_j^2 = 1 (see above): passes iff 1/3 <= eta^2
+    assert batch_test(G, "coordinate_norm", eta=0.58).passed
+    assert batch_test(G, "coordinate_norm", eta=0.5).suggested == 4
+    # microbatches of m = 2 examples: per-example Var_j = 2 * (4, 1), b = 6: same ratios, need 2/eta^2
+    micro = batch_test(G2, "coordinate_norm", eta=0.5, samples_per_grad=2)
+    assert micro.variance == pytest.approx(10.0) and not micro.passed and micro.suggested == 8
+
+
+def test_coordinate_norm_test_zero_mean_coordinates():
+    """A coordinate with (g_B)_j = 0 passes if all its sample gradients are 0 and never passes otherwise."""
+    unused = torch.zeros(3, 1, dtype=torch.float64)  # e.g. a parameter the loss does not use
+    r = batch_test([G2[0], unused], "coordinate_norm", eta=0.58)
+    assert r.passed and r.max_coordinate_ratio == pytest.approx(1.0)
+    cancelling = torch.tensor([[1.0], [-1.0], [0.0]], dtype=torch.float64)  # mean 0, Var = 1
+    r = batch_test([G2[0], cancelling], "coordinate_norm", eta=10.0)
+    assert not r.passed and r.suggested == 2**62 and r.max_coordinate_ratio == math.inf
+    assert batch_test([G2[0], cancelling], "norm", eta=10.0).passed
+    schedule = AdaptiveBatchSize(batch_size=3, max_batch_size=50, test="coordinate_norm", eta=10.0)
+    assert schedule.update([G2[0], cancelling]) == 50  # capped
+
+
+def _coordinate_test_from_variances(grads, eta):
+    """The coordinate-wise rule written out from the per-coordinate pieces of the authors' norm_test:
+    var_sample_grad's ``torch.var(g, dim=0, correction=1)`` and ``torch.mean(g, dim=0)``."""
+    var = torch.cat([torch.var(g.double(), dim=0, correction=1).ravel() for g in grads])
+    mean_sq = torch.cat([torch.mean(g.double(), dim=0).ravel() ** 2 for g in grads])
+    b = grads[0].shape[0]
+    passed = bool(torch.all(var / b <= eta**2 * mean_sq))
+    ratio = float(torch.max(var / mean_sq))
+    return passed, math.ceil(ratio / eta**2), ratio
+
+
+def test_coordinate_norm_test_matches_the_per_coordinate_variances():
+    gen = torch.Generator().manual_seed(3)
+    for dtype in (torch.float64, torch.float32):
+        grads = [
+            (torch.randn(8, 3, 4, generator=gen) + 2.0).to(dtype),
+            (torch.randn(8, 5, generator=gen) - 3.0).to(dtype),
+        ]
+        for eta in (0.1, 0.5, 2.0):
+            expected = _coordinate_test_from_variances(grads, eta)
+            r = batch_test(grads, "coordinate_norm", eta=eta)
+            assert (r.passed, r.suggested) == expected[:2]
+            assert r.max_coordinate_ratio == pytest.approx(expected[2], rel=1e-12)
+        # just above / below the tolerance where the binding coordinate passes
+        eta_crit = math.sqrt(expected[2] / 8)
+        assert batch_test(grads, "coordinate_norm", eta=1.001 * eta_crit).passed
+        assert not batch_test(grads, "coordinate_norm", eta=0.999 * eta_crit).passed
+
+
+def test_coordinate_norm_test_is_per_coordinate_inner_product_and_implies_norm_test():
+    """For one coordinate the inner-product test is the same inequality (Var(g_ij (g_B)_j) =
+    (g_B)_j^2 Var_j), so the coordinate-wise test = the inner-product test on every 1-D coordinate with
+    theta = eta; summing its inequalities gives the norm test, which therefore passes whenever it does and
+    never asks for a larger batch."""
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(20):
+        g = torch.randn(6, 4, generator=gen, dtype=torch.float64) + torch.randn(
+            4, generator=gen, dtype=torch.float64
+        )
+        eta = float(torch.empty(()).uniform_(0.2, 3.0, generator=gen))
+        r = batch_test([g], "coordinate_norm", eta=eta)
+        per_coordinate = [
+            batch_test([g[:, j : j + 1]], "inner_product", theta=eta) for j in range(4)
+        ]
+        assert r.passed == all(c.passed for c in per_coordinate)
+        assert r.suggested == max(c.suggested for c in per_coordinate)
+        norm = batch_test([g], "norm", eta=eta)
+        assert norm.suggested <= r.suggested
+        assert norm.passed or not r.passed
+
+
 def test_defaults_follow_reference_code():
     s = AdaptiveBatchSize()
     assert (s.eta, s.theta, s.nu, s.test) == (0.1, 0.1, 0.1, "norm")
@@ -125,6 +220,10 @@ def test_microbatch_grads_estimate_the_same_variance():
     assert abs(approx - exact) < 0.35 * exact, (exact, approx)
     with pytest.raises(ValueError, match="num_microbatches"):
         microbatch_grads(model, loss_fn, x, y, num_microbatches=5)
+
+
+def _shift_loss(out, _target):
+    return 0.5 * out.square().sum(-1).mean()
 
 
 class _Shift(nn.Module):
@@ -170,6 +269,58 @@ def test_batch_grows_as_noise_dominates_near_the_optimum():
     assert all(b2 >= b1 for b1, b2 in itertools.pairwise(sizes))  # never shrinks
     assert sizes[-1] >= 64, sizes[-1]
     assert (model.w.detach() - c.mean(0)).norm() < 0.3
+
+
+def test_coordinate_test_grows_the_batch_where_the_norm_test_does_not():
+    """Coordinate 0 at the optimum (its gradient is pure noise), the other four 20 away: the norm test is
+    dominated by the far coordinates and passes; the coordinate-wise test sees coordinate 0 and grows."""
+    gen = torch.Generator().manual_seed(0)
+    w_star = torch.randn(5, generator=gen, dtype=torch.float64)
+    c = w_star + torch.randn(16, 5, generator=gen, dtype=torch.float64)
+    w0 = w_star.clone()
+    w0[1:] += 20.0
+    grads = per_sample_grads(_Shift(w0), _shift_loss, c, torch.zeros(16))
+    norm = AdaptiveBatchSize(batch_size=16, eta=0.5)
+    coordinate = AdaptiveBatchSize(batch_size=16, eta=0.5, test="coordinate_norm")
+    assert norm.update(grads) == 16
+    assert coordinate.update(grads) > 16
+    # the size asked for is coordinate 0's: ceil(Var_0 / (eta^2 (g_B)_0^2)), written out
+    g0 = (w0[0] - c[:, 0]).double()
+    assert coordinate.batch_size == math.ceil(g0.var() / (0.25 * g0.mean() ** 2))
+
+
+def test_adadagrad_coordinate_test_grows_the_batch_as_noise_dominates():
+    """The paper's pairing, coordinate-wise AdaGrad with the coordinate-wise test, on the noisy quadratic
+    of the norm-test behaviour test: small batches far away, growth near the optimum."""
+    gen = torch.Generator().manual_seed(0)
+    n, d = 4096, 5
+    w_star = torch.randn(d, generator=gen, dtype=torch.float64)
+    c = w_star + torch.randn(n, d, generator=gen, dtype=torch.float64)
+    model = _Shift(w_star + 20.0)
+    opt = adaptim.AdAdaGrad(
+        model.parameters(),
+        lr=5.0,
+        batch_size=4,
+        max_batch_size=n,
+        eta=0.5,
+        batch_test="coordinate_norm",
+    )
+    loader = DataLoader(
+        TensorDataset(c, torch.zeros(n)),
+        batch_sampler=opt.batch_sampler(n, generator=torch.Generator().manual_seed(1)),
+    )
+    sizes = []
+    for _epoch in range(3):
+        for x, y in loader:
+            sizes.append(opt.batch_size)
+            opt.zero_grad()
+            opt.compute_grads(model, _shift_loss, x, y)
+            opt.step()
+    assert opt.batch_schedule.test == "coordinate_norm"
+    assert sizes[:10] == [4] * 10  # far away every coordinate's gradient dominates its noise
+    assert all(b2 >= b1 for b1, b2 in itertools.pairwise(sizes))
+    assert sizes[-1] >= 64, sizes[-1]
+    assert (model.w.detach() - c.mean(0)).norm() < 0.5
 
 
 def test_sampler_follows_the_schedule():
