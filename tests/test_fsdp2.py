@@ -5,7 +5,9 @@ same data, and gather the full parameters; a single-process run of the same mode
 reference. The model has a layer whose first dimension is odd (uneven shards), a 1-row layer (one
 rank holds no rows at all), a layer sharded along its second dimension (``Shard(1)``, so per-row sums
 are split across ranks), and batch norm after weights without bias, so AdamP/SGDP's projection fires
-(checked on the reference run). Everything runs in one spawn to keep the file fast.
+(checked on the reference run). Adafactor and H-Fac, which factor the last two dimensions, run on a
+variant with a 3-D weight sharded along its leading (batch) dimension. Everything runs in one spawn to
+keep the file fast.
 """
 
 from __future__ import annotations
@@ -70,6 +72,37 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("mada", "mada", dict(lr=1e-2)),
     ("mada-interp-per-tensor", "mada", dict(lr=1e-2, beta3=0.3, rho=0.5, c=0.5, foreach=False)),
     ("mada-interp-wd", "mada", dict(lr=1e-2, beta3=0.3, rho=0.5, c=0.5, weight_decay=0.1)),
+    # Adafactor, H-Fac: row statistics summed over the ranks of a Shard(1) layer, column statistics
+    # over those of a Shard(0) layer, none over a sharded batch dim; RMS over all shards
+    ("adafactor", "adafactor", dict()),
+    ("adafactor-per-tensor", "adafactor", dict(foreach=False)),
+    ("adafactor-beta1-wd", "adafactor", dict(beta1=0.9, weight_decay=0.1)),
+    # an input feature that is always 0: a zero gradient column on rank 0's shard of the Shard(1)
+    # layer, where V's clamp is active and the multi-tensor path builds U = G / sqrt(V) in full
+    ("adafactor-zero-input", "adafactor", dict()),
+    (
+        "adafactor-manual-lr-per-tensor",
+        "adafactor",
+        dict(lr=1e-2, relative_step=False, scale_parameter=False, beta1=0.9, foreach=False),
+    ),
+    (
+        "adafactor-paper-eps",
+        "adafactor",
+        dict(eps1_placement="add", decay_by_step_size=True, weight_decay=0.1, d=1.5),
+    ),
+    ("hfac", "hfac", dict(lr=1e-2)),
+    ("hfac-wd-per-tensor", "hfac", dict(lr=1e-2, weight_decay=0.1, foreach=False)),
+    # Adaptive heavy ball, NCG momentum: global norms (and NCG-PR's inner product) over all shards
+    ("ahb_sgd", "ahb_sgd", dict(lr=0.05)),
+    ("ahb_sgd-wd-per-tensor", "ahb_sgd", dict(lr=0.05, weight_decay=0.1, foreach=False)),
+    ("ahb_adam", "ahb_adam", dict(lr=1e-2)),
+    ("ahb_adam-wd-per-tensor", "ahb_adam", dict(lr=1e-2, weight_decay=0.1, foreach=False)),
+    ("ncg_sgd", "ncg_sgd", dict(lr=0.05)),
+    ("ncg_sgd-pr-wd", "ncg_sgd", dict(lr=0.05, beta_type="pr", weight_decay=0.1)),
+    ("ncg_sgd-pr-per-tensor", "ncg_sgd", dict(lr=0.05, beta_type="pr", foreach=False)),
+    # AdaRem: max |m| per tensor over all shards
+    ("adarem", "adarem", dict(lr=0.05, weight_decay=0.1)),
+    ("adarem-per-tensor", "adarem", dict(lr=0.05, foreach=False)),
 ]
 # Other registered optimizers whose updates are elementwise (foreach ops on DTensors), checked in
 # passing; the ones with whole-tensor reductions need adaptim.core.distributed first.
@@ -95,7 +128,24 @@ CASES += [
     if name in adaptim.available()
 ]
 # Cases also run with a state_dict round trip (DTensor states) half-way on the sharded side.
-RESUMED = {"adamw", "adamp", "sgdp", "adan-clip-noprox", "mars", "koala_m", "mada"}
+RESUMED = {
+    "adamw",
+    "adamp",
+    "sgdp",
+    "adan-clip-noprox",
+    "mars",
+    "koala_m",
+    "mada",
+    "adafactor-beta1-wd",
+    "hfac",
+    "ahb_adam",
+    "ncg_sgd-pr-wd",
+    "adarem",
+}
+# Optimizers that factor the last two dimensions: trained on the model with a 3-D weight.
+FACTORED = {"adafactor", "hfac"}
+# Cases trained on data whose first input feature is always 0.
+ZERO_INPUT = {"adafactor-zero-input"}
 # Optimizers that keep no per-parameter state tensors (only global scalars).
 NO_PARAM_STATE = {"koala_v"}
 
@@ -104,13 +154,31 @@ def dtype_of(case_id: str) -> torch.dtype:
     return torch.bfloat16 if case_id.endswith("-bf16") else torch.float64
 
 
-def make_model(seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Sequential:
+class Heads(nn.Module):
+    """A 3-D weight ``(heads, in, out)``: ``x -> [x W_h for each head]``, flattened. Adafactor and H-Fac
+    factor its last two dims; FSDP2 shards it along dim 0, a batch dim of the factorization."""
+
+    def __init__(self, heads: int, features_in: int, features_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(heads, features_in, features_out) / features_in**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bi,hio->bho", x, self.weight).flatten(1)
+
+
+def make_model(
+    seed: int = 0, dtype: torch.dtype = torch.float64, heads: bool = False
+) -> nn.Sequential:
+    """The test model; ``heads=True`` inserts a 3-D weight (3 heads: 2 on rank 0, 1 on rank 1)."""
     torch.manual_seed(seed)
+    middle = (
+        [Heads(3, 5, 2), nn.Linear(6, 7, bias=False)] if heads else [nn.Linear(5, 7, bias=False)]
+    )
     return nn.Sequential(
         nn.Linear(6, 5, bias=False),  # odd first dim; sharded along dim 1 (see SHARD_DIM1)
         nn.BatchNorm1d(5),  # makes the weight above scale invariant
         nn.ReLU(),
-        nn.Linear(5, 7, bias=False),  # odd first dim, Shard(0): 4 rows on rank 0, 3 on rank 1
+        *middle,  # nn.Linear(5 or 6, 7): odd first dim, Shard(0): 4 rows on rank 0, 3 on rank 1
         nn.LayerNorm(7),
         nn.Tanh(),
         nn.Linear(7, 1),  # one row: rank 1 holds an empty shard
@@ -120,22 +188,30 @@ def make_model(seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Sequenti
 SHARD_DIM1 = "0.weight"
 
 
-def make_data(steps: int = STEPS) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def make_data(
+    steps: int = STEPS, zero_input: bool = False
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(1)
-    return [
+    data = [
         (
             torch.randn(16, 6, generator=gen, dtype=torch.float64),
             torch.randn(16, 1, generator=gen, dtype=torch.float64),
         )
         for _ in range(steps)
     ]
+    if zero_input:
+        for x, _ in data:
+            x[:, 0] = 0.0
+    return data
 
 
-def train(model: nn.Module, make_opt, resume_at: int | None = None) -> torch.optim.Optimizer:
+def train(
+    model: nn.Module, make_opt, resume_at: int | None = None, zero_input: bool = False
+) -> torch.optim.Optimizer:
     """``STEPS`` steps; with ``resume_at``, the optimizer is rebuilt from its state_dict there."""
     opt = make_opt(model.parameters())
     dtype = next(model.parameters()).dtype
-    for step, (x, y) in enumerate(make_data()):
+    for step, (x, y) in enumerate(make_data(zero_input=zero_input)):
         x, y = x.to(dtype), y.to(dtype)
         if step == resume_at:
             saved = opt.state_dict()
@@ -210,7 +286,7 @@ def _worker(rank: int, port: int, out_path: str) -> None:
         results: dict[str, Any] = {}
         for case_id, name, kwargs in CASES:
             try:
-                model = make_model(dtype=dtype_of(case_id))
+                model = make_model(dtype=dtype_of(case_id), heads=name in FACTORED)
                 dim1 = model.get_parameter(SHARD_DIM1)
                 fully_shard(
                     model,
@@ -225,6 +301,7 @@ def _worker(rank: int, port: int, out_path: str) -> None:
                     model,
                     lambda params, name=name, kwargs=kwargs: adaptim.create(name, params, **kwargs),
                     resume_at=STEPS // 2 if case_id in RESUMED else None,
+                    zero_input=case_id in ZERO_INPUT,
                 )
                 state_kinds = {  # per-parameter states (not KOALA's global scalars)
                     type(v).__name__
@@ -270,11 +347,16 @@ def sharded_results() -> dict[str, Any]:
 
 def test_sharding_is_uneven_and_split_along_rows(sharded_results):
     """The set-up really covers the hard cases (otherwise the parity tests prove little)."""
-    placements = next(r for r in sharded_results.values() if "placements" in r)["placements"]
+    placements = sharded_results["adam"]["placements"]
     shard = torch.distributed.tensor.Shard
     assert placements["0.weight"] == ((shard(1),), (5, 3))  # per-row sums split over ranks
     assert placements["3.weight"] == ((shard(0),), (4, 5))  # rank 0 holds 4 of 7 rows
     assert placements["6.weight"] == ((shard(0),), (1, 7))  # rank 1 holds none (rank 0 saved)
+    placements = sharded_results["adafactor"]["placements"]  # the model with a 3-D weight
+    assert placements["0.weight"] == ((shard(1),), (5, 3))
+    assert placements["3.weight"] == ((shard(0),), (2, 5, 2))  # 2 of 3 heads: a batch dim
+    assert placements["4.weight"] == ((shard(0),), (4, 6))
+    assert placements["7.weight"] == ((shard(0),), (1, 7))
 
 
 @pytest.mark.parametrize(("case_id", "name", "kwargs"), CASES, ids=[c[0] for c in CASES])
@@ -283,9 +365,13 @@ def test_fsdp2_matches_single_process(sharded_results, case_id, name, kwargs):
     assert "error" not in result, result.get("error")
     assert result["state_kinds"] <= {"DTensor"}, result["state_kinds"]
     assert result["state_kinds"] or name in NO_PARAM_STATE, "no state tensors"
-    model = make_model(dtype=dtype_of(case_id))
+    model = make_model(dtype=dtype_of(case_id), heads=name in FACTORED)
     start = [p.detach().clone() for p in model.parameters()]
-    train(model, lambda params: adaptim.create(name, params, **kwargs))
+    train(
+        model,
+        lambda params: adaptim.create(name, params, **kwargs),
+        zero_input=case_id in ZERO_INPUT,
+    )
     expected = [p.detach() for p in model.parameters()]
     moved = max((e - s).abs().max().item() for e, s in zip(expected, start, strict=True))
     assert moved > 1e-3, f"parameters barely moved ({moved:.1e}); the comparison is vacuous"

@@ -15,6 +15,14 @@ placement is ``Shard(d)`` (FSDP2: ``Shard(0)``, uneven sizes allowed, a rank may
 Replicated mesh dimensions need no reduction (every rank holds the same values); ``Partial``
 placements (unreduced sums) are refused, since a norm of a partial sum is not the sum of norms.
 
+Factored statistics (Adafactor, H-Fac: row and column means of a matrix, or of the last two
+dimensions of a tensor) need finer groups: :func:`dim_groups` gives the mesh dimensions that shard
+given tensor dimensions (a row mean is summed over those that shard the last one, a column mean over
+those that shard the second-to-last; a sharded leading batch dimension needs nothing), and
+:func:`reduced_zeros` creates the statistic's state as a DTensor sharded like the parameter's rows or
+columns. :func:`all_reduce_grouped` reduces many values over explicitly given groups in one
+collective per set of groups.
+
 For plain tensors every function is a no-op or the obvious local computation: no collective, no
 import of ``torch.distributed``, no overhead beyond one ``isinstance``-like check.
 """
@@ -29,16 +37,21 @@ import torch
 
 __all__ = [
     "all_reduce_",
+    "all_reduce_grouped",
     "all_reduce_many",
     "any_dtensor",
+    "dim_groups",
     "global_max",
     "global_norm",
     "global_sum",
     "is_dtensor",
     "local",
     "local_list",
+    "local_states",
     "norm",
+    "reduced_zeros",
     "shard_groups",
+    "sharded_norms",
 ]
 
 Along = Literal["any", "first", "rest"]
@@ -73,6 +86,29 @@ def shard_groups(tensor: torch.Tensor, along: Along = "any") -> tuple[Any, ...]:
     holds), ``"rest"`` those that shard any other dimension (which part of each row), ``"any"`` both.
     A plain tensor has none.
     """
+    if along == "any":
+        return _groups(tensor, lambda dim: True)
+    return _groups(tensor, lambda dim: (along == "first") == (dim == 0))
+
+
+def dim_groups(tensor: torch.Tensor, dims: Iterable[int]) -> tuple[Any, ...]:
+    """The process groups of the mesh dimensions that shard ``tensor`` along one of ``dims``.
+
+    Negative ``dims`` count from the end, so ``dim_groups(p, (-1,))`` are the groups over which a row
+    sum of the local shard must be summed (each rank holds part of every row it has), and
+    ``(-2,)`` those of a column sum. Shards along the other dimensions (other rows, or the leading
+    batch dimensions of a tensor factored over its last two) need no reduction. A plain tensor has
+    none.
+    """
+    if not is_dtensor(tensor):
+        return _NO_GROUPS
+    ndim = max(tensor.ndim, 1)
+    wanted = {d % ndim for d in dims}
+    return _groups(tensor, wanted.__contains__)
+
+
+def _groups(tensor: torch.Tensor, keep: Any) -> tuple[Any, ...]:
+    """The groups of the mesh dimensions that shard a tensor dimension ``d`` with ``keep(d)``."""
     if not is_dtensor(tensor):
         return _NO_GROUPS
     from torch.distributed.tensor import Partial, Shard
@@ -87,8 +123,7 @@ def shard_groups(tensor: torch.Tensor, along: Along = "any") -> tuple[Any, ...]:
             )
         if not isinstance(placement, Shard) or mesh.size(mesh_dim) == 1:
             continue
-        dim = placement.dim % max(tensor.ndim, 1)
-        if along == "any" or (along == "first") == (dim == 0):
+        if keep(placement.dim % max(tensor.ndim, 1)):
             groups.append(mesh.get_group(mesh_dim))
     return tuple(groups)
 
@@ -118,18 +153,96 @@ def all_reduce_many(
     groups), so a model sharded on one mesh costs one collective whatever its number of tensors.
     Returns a new list; plain tensors' values come back unchanged.
     """
+    return all_reduce_grouped(values, [shard_groups(like, along) for like in likes], op)
+
+
+def all_reduce_grouped(
+    values: Sequence[torch.Tensor],
+    groups: Sequence[tuple[Any, ...]],
+    op: Literal["sum", "max"] = "sum",
+) -> list[torch.Tensor]:
+    """Reduce each ``values[i]`` over the process groups ``groups[i]`` (from :func:`shard_groups` or
+    :func:`dim_groups`; empty: no reduction).
+
+    Values with the same groups travel in one ``all_reduce``, in the order of their first appearance;
+    since placements are the same on every rank, so are the number and order of the collectives
+    (a rank whose shard is empty still takes part). Returns a new list; values without groups come
+    back unchanged (the same objects).
+    """
     out = list(values)
     by_groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, like in enumerate(likes):
-        groups = shard_groups(like, along)
-        if groups:
-            by_groups.setdefault(groups, []).append(i)
-    for groups, idx in by_groups.items():
+    for i, g in enumerate(groups):
+        if g:
+            by_groups.setdefault(tuple(g), []).append(i)
+    for group_set, idx in by_groups.items():
         flat = torch.cat([values[i].reshape(-1) for i in idx])
-        all_reduce_(flat, groups, op)
+        all_reduce_(flat, group_set, op)
         for i, part in zip(idx, flat.split([values[i].numel() for i in idx]), strict=True):
             out[i] = part.view_as(values[i])
     return out
+
+
+def sharded_norms(
+    norms: Sequence[torch.Tensor], likes: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Per-tensor L2 norms from the norms of local shards: ``norms[i]`` is the norm of ``likes[i]``'s
+    local shard (or of a tensor sharded like it); the squares are summed over its shards, one
+    collective per set of process groups. Plain tensors' norms come back unchanged (same objects)."""
+    groups = [shard_groups(like) for like in likes]
+    idx = [i for i, g in enumerate(groups) if g]
+    out = list(norms)
+    if not idx:
+        return out
+    squares = [norms[i].square() for i in idx]
+    summed = all_reduce_grouped(squares, [groups[i] for i in idx], "sum")
+    for i, sq in zip(idx, summed, strict=True):
+        out[i] = sq.sqrt()
+    return out
+
+
+def reduced_zeros(param: torch.Tensor, dim: int) -> torch.Tensor:
+    """Zeros shaped like ``param`` with dimension ``dim`` of size 1: the state of a row statistic
+    (``dim=-1``) or a column statistic (``dim=-2``).
+
+    A plain ``param`` gives ``param.new_zeros(shape)``. A DTensor gives a DTensor on the same mesh
+    whose local shard matches the parameter's: sharded like ``param`` along the other dimensions,
+    replicated over the mesh dimensions that shard ``dim`` (every rank holds the statistic of the
+    rows, or of the whole columns, its shard touches; the values agree because the statistic is
+    summed over those ranks). ``param.new_zeros`` on a DTensor would replicate the whole statistic.
+    """
+    shape = list(param.shape)
+    shape[dim] = 1
+    if not is_dtensor(param):
+        return param.new_zeros(shape)
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    ndim = param.ndim
+    placements = [
+        Replicate() if isinstance(pl, Shard) and pl.dim % ndim == dim % ndim else pl
+        for pl in param.placements
+    ]
+    local_shape = list(param.to_local().shape)
+    local_shape[dim] = 1
+    stride = [1] * ndim
+    for d in range(ndim - 2, -1, -1):
+        stride[d] = stride[d + 1] * shape[d + 1]
+    return DTensor.from_local(
+        param.to_local().new_zeros(local_shape),
+        param.device_mesh,
+        placements,
+        run_check=False,
+        shape=torch.Size(shape),
+        stride=tuple(stride),
+    )
+
+
+def local_states(states: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Shallow copies of per-parameter state dicts with every DTensor replaced by its local shard
+    (sharing storage: in-place updates reach the DTensor). For reading states only: a key assigned in
+    a copy does not reach the real state."""
+    return [
+        {k: local(v) if isinstance(v, torch.Tensor) else v for k, v in s.items()} for s in states
+    ]
 
 
 def global_sum(value: torch.Tensor, like: torch.Tensor, along: Along = "any") -> torch.Tensor:

@@ -50,6 +50,17 @@ Paper vs code, and what we follow:
 
 The update is not elementwise (RMS over the tensor, factored statistics): no complex parameters.
 Zero-size parameters have no RMS; they are left unchanged.
+
+FSDP2 (DTensor parameters): the update runs on the local shards and equals a single process's up to
+rounding (tests/test_fsdp2.py). A rank holds whole rows of a parameter sharded along its
+second-to-last dimension (FSDP2's ``Shard(0)`` of a matrix): its row statistics are local, the column
+statistics and ``mean(R)`` are summed over the ranks (``adaptim.core.distributed.dim_groups``); a
+parameter sharded along its last dimension is the converse; shards along a leading (batch) dimension
+need no reduction. ``R`` and ``C`` are DTensors sharded like the parameter's rows and columns
+(``reduced_zeros``). Means divide by global sizes, and ``RMS(X)``, ``RMS(U)`` sum squares over all
+shards. A rank whose shard is empty takes part in every collective. Each kind of reduction costs one
+collective per set of process groups and batch on the multi-tensor path, one per tensor on the
+per-tensor path.
 """
 
 from __future__ import annotations
@@ -61,6 +72,17 @@ from typing import Any, ClassVar
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
+from adaptim.core.distributed import (
+    all_reduce_,
+    all_reduce_grouped,
+    any_dtensor,
+    dim_groups,
+    local_list,
+    local_states,
+    reduced_zeros,
+    shard_groups,
+    sharded_norms,
+)
 from adaptim.core.functional import decoupled_weight_decay_, scalars
 from adaptim.core.validation import (
     BOOL,
@@ -101,6 +123,7 @@ class Adafactor(AdaptimOptimizer):
     """
 
     elementwise = False
+    supports_dtensor = True  # tests/test_fsdp2.py
     #: with ``beta1`` the first moment holds already lr-scaled updates (tensor2tensor, transformers),
     #: so the weights keep moving while it decays after the lr drops to 0
     moves_at_zero_lr: ClassVar[bool] = True
@@ -162,9 +185,10 @@ class Adafactor(AdaptimOptimizer):
         self, group: dict[str, Any], param: torch.Tensor, state: dict[str, Any]
     ) -> None:
         if param.dim() >= 2:
-            # Row statistics keep the last dim as 1, column statistics the second-to-last (as torch).
-            state["row_var"] = param.new_zeros((*param.shape[:-1], 1))
-            state["col_var"] = param.new_zeros((*param.shape[:-2], 1, param.shape[-1]))
+            # Row statistics keep the last dim as 1, column statistics the second-to-last (as torch);
+            # under FSDP2 they are sharded like the rows / columns of the parameter's shard.
+            state["row_var"] = reduced_zeros(param, -1)
+            state["col_var"] = reduced_zeros(param, -2)
         else:
             state["variance"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         if group["beta1"] is not None:
@@ -180,11 +204,16 @@ class Adafactor(AdaptimOptimizer):
         if eps1 is None:
             eps1 = torch.finfo(batch.params[0].dtype).eps if placement == "clamp" else _PAPER_EPS1
         fn = _multi_tensor_adafactor if foreach else _single_tensor_adafactor
+        params, grads, states, likes = batch.params, batch.grads, batch.states, None
+        if any_dtensor(params):  # FSDP2: run on the local shards, reduce over the others
+            likes, params, grads = params, local_list(params), local_list(grads)
+            states = local_states(states)
         fn(
-            batch.params,
-            batch.grads,
-            batch.states,
+            params,
+            grads,
+            states,
             batch.steps,
+            likes=likes,
             lr=float(group["lr"]),
             beta2_decay=group["beta2_decay"],
             eps1=float(eps1),
@@ -208,8 +237,28 @@ def _relative_step_size(lr: float, step: int, relative_step: bool, warmup_init: 
     return min(rho, 1e-6 * step) if warmup_init else rho
 
 
-def _rms(x: torch.Tensor) -> float:
-    return x.norm(2).item() / math.sqrt(x.numel())
+def _rms(x: torch.Tensor, like: torch.Tensor | None = None) -> float:
+    """RMS of ``x``; under FSDP2 ``x`` is a local shard of (or shaped like) ``like``: global RMS."""
+    if like is None:
+        return x.norm(2).item() / math.sqrt(x.numel())
+    sq = all_reduce_(x.norm(2).square(), shard_groups(like))
+    return sq.sqrt().item() / math.sqrt(like.numel())
+
+
+def _mean_(x: torch.Tensor, dim: int, like: torch.Tensor | None) -> torch.Tensor:
+    """``x.mean(dim, keepdim=True)``; under FSDP2 (``x`` a local shard shaped like ``like``'s) the
+    sum is taken over the ranks that hold other parts of ``dim`` and divided by its global size."""
+    if like is None:
+        return x.mean(dim=dim, keepdim=True)
+    total = x.sum(dim=dim, keepdim=True).div_(like.shape[dim])
+    return all_reduce_(total, dim_groups(like, (dim,)))
+
+
+def _amin(x: torch.Tensor) -> torch.Tensor:
+    """``min(x)``; ``inf`` for the empty local shard of a DTensor (plain empty tensors are skipped)."""
+    if x.numel() == 0:
+        return torch.full((), math.inf, dtype=x.dtype, device=x.device)
+    return x.amin()
 
 
 def _single_tensor_adafactor(
@@ -218,6 +267,7 @@ def _single_tensor_adafactor(
     states: list[dict[str, Any]],
     steps: list[int],
     *,
+    likes: list[torch.Tensor] | None = None,
     lr: float,
     beta2_decay: float,
     eps1: float,
@@ -231,21 +281,24 @@ def _single_tensor_adafactor(
     add_eps1: bool,
     decay_by_step_size: bool,
 ) -> None:
-    for param, grad, state, step in zip(params, grads, states, steps, strict=True):
-        if param.numel() == 0:
+    # Under FSDP2 (``likes``: the DTensors whose local shards the lists hold) sizes are global, means
+    # and RMS are summed over the shards; a rank with an empty shard takes part in every collective.
+    for i, (param, grad, state, step) in enumerate(zip(params, grads, states, steps, strict=True)):
+        like = None if likes is None else likes[i]
+        if (param if like is None else like).numel() == 0:
             continue
         one_minus_beta2 = step**beta2_decay  # 1 - b2_t
         rho = _relative_step_size(lr, step, relative_step, warmup_init)
-        alpha = max(eps2, _rms(param)) * rho if scale_parameter else rho
+        alpha = max(eps2, _rms(param, like)) * rho if scale_parameter else rho
         decoupled_weight_decay_(param, (alpha if decay_by_step_size else lr) * weight_decay)
         grad_sq = grad * grad
         if add_eps1:
             grad_sq.add_(eps1)
         if grad.dim() >= 2:
             row_var, col_var = state["row_var"], state["col_var"]
-            row_var.lerp_(grad_sq.mean(dim=-1, keepdim=True), one_minus_beta2)
-            col_var.lerp_(grad_sq.mean(dim=-2, keepdim=True), one_minus_beta2)
-            row_mean = row_var.mean(dim=-2, keepdim=True)
+            row_var.lerp_(_mean_(grad_sq, -1, like), one_minus_beta2)
+            col_var.lerp_(_mean_(grad_sq, -2, like), one_minus_beta2)
+            row_mean = _mean_(row_var, -2, like)
             if not add_eps1:
                 row_mean = row_mean.clamp(min=eps1)
             var = (row_var @ col_var).div_(row_mean)
@@ -256,7 +309,7 @@ def _single_tensor_adafactor(
         if not add_eps1:
             var.clamp_(min=eps1 * eps1)
         update = var.rsqrt_().mul_(grad)
-        update.div_(max(1.0, _rms(update) / d))
+        update.div_(max(1.0, _rms(update, like) / d))
         if beta1 is None:
             param.add_(update, alpha=-alpha)
         else:
@@ -271,6 +324,7 @@ def _multi_tensor_adafactor(
     states: list[dict[str, Any]],
     steps: list[int],
     *,
+    likes: list[torch.Tensor] | None = None,
     lr: float,
     beta2_decay: float,
     eps1: float,
@@ -284,13 +338,19 @@ def _multi_tensor_adafactor(
     add_eps1: bool,
     decay_by_step_size: bool,
 ) -> None:
-    keep = [i for i, p in enumerate(params) if p.numel() > 0]
+    # Under FSDP2 (``likes``: the DTensors whose local shards the lists hold) sizes are global and
+    # every mean and norm is reduced over the shards: one collective per kind of reduction and set
+    # of process groups, the same on every rank (also on one whose shard is empty).
+    shapes = [p.shape for p in (params if likes is None else likes)]
+    keep = [i for i, shape in enumerate(shapes) if math.prod(shape) > 0]
     if not keep:
         return
     params = [params[i] for i in keep]
     grads = [grads[i] for i in keep]
     states = [states[i] for i in keep]
     steps = [steps[i] for i in keep]
+    shapes = [shapes[i] for i in keep]
+    likes = None if likes is None else [likes[i] for i in keep]
     n = len(params)
     one_minus_beta2 = [s**beta2_decay for s in steps]
     rho = [_relative_step_size(lr, s, relative_step, warmup_init) for s in steps]
@@ -322,13 +382,20 @@ def _multi_tensor_adafactor(
         rows = [states[i]["row_var"] for i in mat]
         cols = [states[i]["col_var"] for i in mat]
         m_grads = [grads[i] for i in mat]
+        m_shapes = [shapes[i] for i in mat]
         # Row/column means of G^2 via norms: no full-size G^2 temporary.
         row_means = [torch.linalg.vector_norm(g, dim=-1, keepdim=True) for g in m_grads]
         col_means = [torch.linalg.vector_norm(g, dim=-2, keepdim=True) for g in m_grads]
         torch._foreach_mul_(row_means, row_means)
         torch._foreach_mul_(col_means, col_means)
-        torch._foreach_div_(row_means, [float(g.shape[-1]) for g in m_grads])
-        torch._foreach_div_(col_means, [float(g.shape[-2]) for g in m_grads])
+        torch._foreach_div_(row_means, [float(shape[-1]) for shape in m_shapes])
+        torch._foreach_div_(col_means, [float(shape[-2]) for shape in m_shapes])
+        if likes is not None:  # row sums over the ranks holding other columns, and vice versa
+            m_likes = [likes[i] for i in mat]
+            row_groups = [dim_groups(like, (-1,)) for like in m_likes]
+            col_groups = [dim_groups(like, (-2,)) for like in m_likes]
+            means = all_reduce_grouped(row_means + col_means, row_groups + col_groups)
+            row_means, col_means = means[: len(mat)], means[len(mat) :]
         if add_eps1:
             torch._foreach_add_(row_means, eps1)
             torch._foreach_add_(col_means, eps1)
@@ -336,17 +403,26 @@ def _multi_tensor_adafactor(
         torch._foreach_lerp_(rows, row_means, omb2)
         torch._foreach_lerp_(cols, col_means, omb2)
         del row_means, col_means
-        row_avg = [r.mean(dim=-2, keepdim=True) for r in rows]
+        if likes is None:
+            row_avg = [r.mean(dim=-2, keepdim=True) for r in rows]
+        else:
+            row_avg = [
+                r.sum(dim=-2, keepdim=True).div_(shape[-2])
+                for r, shape in zip(rows, m_shapes, strict=True)
+            ]
+            row_avg = all_reduce_grouped(row_avg, col_groups)
         if not add_eps1:
             torch._foreach_clamp_min_(row_avg, eps1)
         scaled_rows = torch._foreach_div(rows, row_avg)  # V = scaled_rows * cols
         # torch clamps V >= eps1^2 elementwise; that clamp is inactive (and the factored form exact)
         # wherever min(scaled_rows) * min(cols) >= eps1^2, which one sync tells for every tensor.
+        # Under FSDP2 the test is local (the shard's own rows and columns): either form gives the
+        # same U and the same collectives, so ranks may choose differently; an empty shard has no U.
         if add_eps1:
             factored = [True] * len(mat)
         else:
             lows = torch.stack(
-                [r.amin() * c.amin() for r, c in zip(scaled_rows, cols, strict=True)]
+                [_amin(r) * _amin(c) for r, c in zip(scaled_rows, cols, strict=True)]
             )
             factored = [low >= eps1 * eps1 for low in lows.tolist()]
         for k, i in enumerate(mat):
@@ -374,8 +450,10 @@ def _multi_tensor_adafactor(
             norms[i] = sq_norm[i].sqrt()  # type: ignore[union-attr]
     if scale_parameter:
         norms = norms + list(torch._foreach_norm(params))
+    if likes is not None:  # squares summed over the shards
+        norms = sharded_norms(norms, likes + likes if scale_parameter else likes)
     values = torch.stack([x.to(norms[0].dtype) for x in norms]).tolist()
-    inv_sqrt_numel = [1.0 / math.sqrt(p.numel()) for p in params]
+    inv_sqrt_numel = [1.0 / math.sqrt(math.prod(shape)) for shape in shapes]
     clip = [max(1.0, values[i] * inv_sqrt_numel[i] / d) for i in range(n)]
     if scale_parameter:
         alpha = [max(eps2, values[n + i] * inv_sqrt_numel[i]) * rho[i] for i in range(n)]
@@ -406,7 +484,8 @@ def _multi_tensor_adafactor(
 register(
     OptimInfo(
         name="adafactor",
-        verified="torch.optim.Adafactor (1e-16); transformers Adafactor paper modes (4e-16); hand-computed steps",
+        verified="torch.optim.Adafactor (1e-16); transformers Adafactor paper modes (4e-16); "
+        "hand-computed steps; FSDP2",
         cls=Adafactor,
         paper="Shazeer & Stern, Adafactor: Adaptive Learning Rates with Sublinear Memory Cost, ICML 2018",
         paper_url="https://arxiv.org/abs/1804.04235",

@@ -53,6 +53,11 @@ Choices where the sources are silent (named options where they matter):
   into Adam's ``beta_1``); the paper's choice is UNDERSPECIFIED in the available sources. Because
   ``beta_1 = 0`` the EMA ``m`` has weights summing to one at every step, so it needs no bias correction
   (``1 - prod(beta_i) = 1``); ``v`` keeps Adam's bias correction.
+
+FSDP2 (DTensor parameters): the updates are elementwise given ``beta_k`` and run on the local shards;
+the norms of ``g_k - g_{k-1}`` and of each step sum their squares over the shards (one collective per
+batch), so ``L_k`` and ``beta_k`` are the same on every rank and equal a single process's, and the
+recorded step length is the global one (tests/test_fsdp2.py).
 """
 
 from __future__ import annotations
@@ -64,7 +69,12 @@ from typing import Any
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
-from adaptim.core.distributed import foreach_copy_
+from adaptim.core.distributed import (
+    any_dtensor,
+    foreach_copy_,
+    local_list,
+    sharded_norms,
+)
 from adaptim.core.functional import adam_denominator, bias_correction, l2_weight_decay, scalars
 from adaptim.core.validation import POSITIVE, UNIT_HALF_OPEN, Interval
 from adaptim.registry import OptimInfo, register
@@ -94,6 +104,7 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
     """Shared parts: the global curvature estimate, computed before any parameter moves."""
 
     state_keys = ("momentum_buffer", "prev_grad")
+    supports_dtensor = True  # tests/test_fsdp2.py
 
     def _init_state(
         self, group: dict[str, Any], param: torch.Tensor, state: dict[str, Any]
@@ -114,12 +125,17 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
                 seen = True
                 grads = [batch.grads[i] for i in idx]
                 prev = [batch.states[i]["prev_grad"] for i in idx]
+                likes = grads if any_dtensor(grads) else None
+                if likes is not None:  # FSDP2: norms of the local shards, squares summed below
+                    grads, prev = local_list(grads), local_list(prev)
                 if foreach:
                     norms = torch._foreach_norm(torch._foreach_sub(grads, prev))
                 else:
                     norms = [
                         torch.linalg.vector_norm(g - q) for g, q in zip(grads, prev, strict=True)
                     ]
+                if likes is not None:
+                    norms = sharded_norms(norms, likes)
                 grad_sq += sum(n * n for n in torch.stack(norms).double().tolist())
                 step_sq += sum(batch.states[i]["step_sq"] for i in idx)
         eps = self.defaults["curvature_eps"]
@@ -170,12 +186,11 @@ class AdaptiveHeavyBallSGD(_AdaptiveHeavyBall):
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
         fn = _multi_tensor_ahb_sgd if foreach else _single_tensor_ahb_sgd
+        likes, lists = _local(batch, "momentum_buffer", "prev_grad")
         fn(
-            batch.params,
-            batch.grads,
-            batch.state("momentum_buffer"),
-            batch.state("prev_grad"),
+            *lists,
             batch.states,
+            likes=likes,
             lr=float(group["lr"]),
             beta=self._momentum(group),
         )
@@ -230,18 +245,38 @@ class AdaptiveHeavyBallAdam(_AdaptiveHeavyBall):
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
         fn = _multi_tensor_ahb_adam if foreach else _single_tensor_ahb_adam
+        likes, lists = _local(batch, "exp_avg", "exp_avg_sq", "prev_grad")
         fn(
-            batch.params,
-            batch.grads,
-            batch.state("exp_avg"),
-            batch.state("exp_avg_sq"),
-            batch.state("prev_grad"),
+            *lists,
             batch.states,
+            likes=likes,
             lr=float(group["lr"]),
             beta=self._momentum(group),
             beta2=group["beta2"],
             eps=group["eps"],
         )
+
+
+def _local(
+    batch: TensorBatch, *keys: str
+) -> tuple[list[torch.Tensor] | None, list[list[torch.Tensor]]]:
+    """``(likes, [params, grads, states...])``: under FSDP2 the local shards and their DTensors
+    (``likes``, over whose shards the norms of the recorded step lengths are summed)."""
+    lists = [batch.params, batch.grads, *(batch.state(k) for k in keys)]
+    if any_dtensor(batch.params):
+        return batch.params, [local_list(ts) for ts in lists]
+    return None, lists
+
+
+def _step_norms(norms: list[torch.Tensor], likes: list[torch.Tensor] | None) -> list[float]:
+    """Per-tensor norms of the steps (local shards' norms summed over the shards under FSDP2)."""
+    if likes is not None:
+        norms = sharded_norms(norms, likes)
+    return torch.stack(norms).tolist()
+
+
+def _step_norm(norm: torch.Tensor, like: torch.Tensor | None) -> float:
+    return norm.item() if like is None else _step_norms([norm], [like])[0]
 
 
 # -- SGD ------------------------------------------------------------------------------------------
@@ -254,14 +289,18 @@ def _single_tensor_ahb_sgd(
     prev_grads: list[torch.Tensor],
     states: list[dict[str, Any]],
     *,
+    likes: list[torch.Tensor] | None = None,
     lr: float,
     beta: float,
 ) -> None:
-    for param, grad, buf, prev, state in zip(params, grads, bufs, prev_grads, states, strict=True):
+    for i, (param, grad, buf, prev, state) in enumerate(
+        zip(params, grads, bufs, prev_grads, states, strict=True)
+    ):
         buf.mul_(beta).add_(grad)  # m_k = beta_k m_{k-1} + g_k
         prev.copy_(grad)
         param.add_(buf, alpha=-lr)  # x_{k+1} = x_k - lr m_k
-        state["step_sq"] = (lr * torch.linalg.vector_norm(buf).item()) ** 2
+        like = None if likes is None else likes[i]
+        state["step_sq"] = (lr * _step_norm(torch.linalg.vector_norm(buf), like)) ** 2
 
 
 def _multi_tensor_ahb_sgd(
@@ -271,6 +310,7 @@ def _multi_tensor_ahb_sgd(
     prev_grads: list[torch.Tensor],
     states: list[dict[str, Any]],
     *,
+    likes: list[torch.Tensor] | None = None,
     lr: float,
     beta: float,
 ) -> None:
@@ -278,7 +318,7 @@ def _multi_tensor_ahb_sgd(
     torch._foreach_add_(bufs, grads)
     foreach_copy_(prev_grads, grads)
     torch._foreach_add_(params, bufs, alpha=-lr)
-    norms = torch.stack(torch._foreach_norm(bufs)).tolist()
+    norms = _step_norms(list(torch._foreach_norm(bufs)), likes)
     for state, n in zip(states, norms, strict=True):
         state["step_sq"] = (lr * n) ** 2
 
@@ -294,6 +334,7 @@ def _single_tensor_ahb_adam(
     prev_grads: list[torch.Tensor],
     states: list[dict[str, Any]],
     *,
+    likes: list[torch.Tensor] | None = None,
     lr: float,
     beta: float,
     beta2: float,
@@ -306,7 +347,8 @@ def _single_tensor_ahb_adam(
         prev_grads[i].copy_(grad)
         update = exp_avg / adam_denominator(exp_avg_sq, eps, bias_correction(beta2, state["step"]))
         param.add_(update, alpha=-lr)
-        state["step_sq"] = (lr * torch.linalg.vector_norm(update).item()) ** 2
+        like = None if likes is None else likes[i]
+        state["step_sq"] = (lr * _step_norm(torch.linalg.vector_norm(update), like)) ** 2
 
 
 def _multi_tensor_ahb_adam(
@@ -317,6 +359,7 @@ def _multi_tensor_ahb_adam(
     prev_grads: list[torch.Tensor],
     states: list[dict[str, Any]],
     *,
+    likes: list[torch.Tensor] | None = None,
     lr: float,
     beta: float,
     beta2: float,
@@ -334,7 +377,7 @@ def _multi_tensor_ahb_adam(
     torch._foreach_reciprocal_(update)
     torch._foreach_mul_(update, exp_avgs)
     torch._foreach_add_(params, update, alpha=-lr)
-    norms = torch.stack(torch._foreach_norm(update)).tolist()
+    norms = _step_norms(list(torch._foreach_norm(update)), likes)
     for state, n in zip(states, norms, strict=True):
         state["step_sq"] = (lr * n) ** 2
 
@@ -342,7 +385,8 @@ def _multi_tensor_ahb_adam(
 register(
     OptimInfo(
         name="ahb_sgd",
-        verified="hand-computed steps (rule RECONSTRUCTED); behaviour: converges at lr where SGD diverges",
+        verified="hand-computed steps (rule RECONSTRUCTED); behaviour: converges at lr where SGD "
+        "diverges; FSDP2",
         cls=AdaptiveHeavyBallSGD,
         paper=PAPER,
         paper_url=PAPER_URL,
@@ -357,7 +401,7 @@ register(
 register(
     OptimInfo(
         name="ahb_adam",
-        verified="hand-computed steps (rule RECONSTRUCTED)",
+        verified="hand-computed steps (rule RECONSTRUCTED); FSDP2",
         cls=AdaptiveHeavyBallAdam,
         paper=PAPER,
         paper_url=PAPER_URL,

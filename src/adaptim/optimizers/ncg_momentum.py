@@ -26,6 +26,10 @@ no code); the authors' repositories (BaoWangMath/*) hold no implementation.
 Norms and inner products run over the concatenation of ALL parameters of ALL groups, as in the
 deterministic method (the gradient of the whole objective). ``max_momentum`` (default 0.99) only caps the
 coefficient between the restart threshold and one; it is a safeguard, not a tuned momentum.
+
+FSDP2 (DTensor parameters): the per-tensor squared norms (and PR's inner products) of the local shards
+are summed over the shards (one collective per batch), so ``beta_k`` is the same on every rank and
+equals a single process's; the update then runs on the local shards (tests/test_fsdp2.py).
 """
 
 from __future__ import annotations
@@ -36,7 +40,14 @@ from typing import Any
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
-from adaptim.core.distributed import foreach_copy_
+from adaptim.core.distributed import (
+    all_reduce_many,
+    any_dtensor,
+    foreach_copy_,
+    local,
+    local_list,
+    sharded_norms,
+)
 from adaptim.core.functional import l2_weight_decay
 from adaptim.core.validation import BOOL, UNIT_HALF_OPEN, OneOf
 from adaptim.registry import OptimInfo, register
@@ -86,6 +97,7 @@ class NCGMomentumSGD(AdaptimOptimizer):
         "restart": BOOL,
     }
     state_keys = ("momentum_buffer",)
+    supports_dtensor = True  # tests/test_fsdp2.py
 
     def __init__(
         self,
@@ -133,20 +145,35 @@ class NCGMomentumSGD(AdaptimOptimizer):
             foreach = self._use_foreach(group)
             for batch in batches:
                 batch.grads = l2_weight_decay(batch.grads, batch.params, group["weight_decay"])
+                # FSDP2: norms of the local shards, squares summed over the shards
+                likes = batch.grads if any_dtensor(batch.grads) else None
+                grads = batch.grads if likes is None else local_list(batch.grads)
                 if foreach:
-                    norms = torch._foreach_norm(batch.grads)
+                    norms = torch._foreach_norm(grads)
                 else:
-                    norms = [torch.linalg.vector_norm(g) for g in batch.grads]
+                    norms = [torch.linalg.vector_norm(g) for g in grads]
+                if likes is not None:
+                    norms = sharded_norms(norms, likes)
                 sq = [n * n for n in torch.stack(norms).double().tolist()]
                 for state, s in zip(batch.states, sq, strict=True):
                     if state["step"] > 1:  # only tensors with history enter the ratio
                         grad_sq += s
                         prev_sq += state["grad_sq"]
                     state["grad_sq_new"] = s
-                if pr:
+                if pr and likes is None:
                     for g, state in zip(batch.grads, batch.states, strict=True):
                         if state["step"] > 1:
                             inner += torch.vdot(g.flatten(), state["prev_grad"].flatten()).item()
+                elif pr:  # the local shards' dot products, summed over the shards
+                    idx = [i for i, state in enumerate(batch.states) if state["step"] > 1]
+                    dots = [
+                        torch.vdot(
+                            grads[i].flatten(), local(batch.states[i]["prev_grad"]).flatten()
+                        )
+                        for i in idx
+                    ]
+                    dots = all_reduce_many(dots, [likes[i] for i in idx])
+                    inner += sum(torch.stack(dots).tolist()) if dots else 0.0
         for _, batches in prepared:
             for batch in batches:
                 for state in batch.states:
@@ -158,11 +185,17 @@ class NCGMomentumSGD(AdaptimOptimizer):
             *self._sums, group["beta_type"], group["max_momentum"], group["restart"]
         )
         fn = _multi_tensor_ncg_sgd if foreach else _single_tensor_ncg_sgd
+        params, grads = batch.params, batch.grads
+        bufs = batch.state("momentum_buffer")
+        prev = batch.state("prev_grad") if group["beta_type"] == "pr" else None
+        if any_dtensor(params):  # elementwise given the global beta: run on the local shards
+            params, grads, bufs = local_list(params), local_list(grads), local_list(bufs)
+            prev = None if prev is None else local_list(prev)
         fn(
-            batch.params,
-            batch.grads,
-            batch.state("momentum_buffer"),
-            batch.state("prev_grad") if group["beta_type"] == "pr" else None,
+            params,
+            grads,
+            bufs,
+            prev,
             lr=float(group["lr"]),
             beta=beta,
         )
@@ -203,7 +236,7 @@ def _multi_tensor_ncg_sgd(
 register(
     OptimInfo(
         name="ncg_sgd",
-        verified="hand-computed steps (rule RECONSTRUCTED); behaviour",
+        verified="hand-computed steps (rule RECONSTRUCTED); behaviour; FSDP2",
         cls=NCGMomentumSGD,
         paper="Wang & Ye, Stochastic Gradient Descent with Nonlinear Conjugate Gradient-Style "
         "Adaptive Momentum, arXiv 2020",
