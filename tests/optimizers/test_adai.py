@@ -14,6 +14,7 @@ from pytorch_optimizer import Adai as OracleAdai
 from torch import nn
 
 import adaptim
+from adaptim.core import base
 from helpers import assert_same_trajectory
 
 
@@ -173,3 +174,120 @@ def test_all_zero_gradients_give_no_nan(foreach):
     w.grad = torch.full_like(w, 0.5)
     opt.step()
     assert torch.isfinite(w).all() and (w < 1).all()
+
+
+# -- the two passes: cache blocking, no host synchronization, FSDP2 --------------------------------
+
+BLOCKING_CASES = [
+    (adaptim.Adai, dict(weight_decay=0.05)),  # L2: g + wd p recomputed in each pass
+    (adaptim.Adai, dict(weight_decay=0.05, decoupled_weight_decay=True)),
+    (adaptim.AdaiV2, dict(dampening=0.5, weight_decay=0.05, decoupled_weight_decay=False)),
+]
+
+
+def _blocked_run(cls, kw, chunk_bytes, monkeypatch, parts):
+    """Two param groups; the last layer starts at step 3, so a batch mixes step counts."""
+    monkeypatch.setattr(base, "CPU_CHUNK_BYTES", chunk_bytes)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 3)
+    )
+    model = model.double()
+    params = list(model.parameters())
+    opt = cls(two_groups(params, lr=0.03), lr=0.1, foreach=True, **kw)
+    chunks = opt._chunks
+
+    def counting(batch):
+        out = chunks(batch)
+        parts.append(len(out))
+        return out
+
+    monkeypatch.setattr(opt, "_chunks", counting)
+    gen = torch.Generator().manual_seed(5)
+    for step in range(6):
+        x = torch.randn(8, 5, generator=gen, dtype=torch.float64)
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        if step < 2:
+            params[-1].grad = params[-2].grad = None  # frozen for two steps
+        opt.step()
+    return [p.detach().clone() for p in params]
+
+
+@pytest.mark.parametrize(("cls", "kw"), BLOCKING_CASES, ids=str)
+def test_cache_blocked_passes_are_bit_identical(cls, kw, monkeypatch):
+    """Both passes (second moment and global sum, then the update) over one-tensor chunks equal one
+    pass over the whole batch, bit for bit, with L2 decay and mixed step counts in a batch."""
+    parts_small: list[int] = []
+    parts_whole: list[int] = []
+    small = _blocked_run(cls, kw, 1, monkeypatch, parts_small)
+    whole = _blocked_run(cls, kw, 2**40, monkeypatch, parts_whole)
+    assert max(parts_small) == 3 and max(parts_whole) == 1  # really chunked (3 tensors a group)
+    for x, y in zip(small, whole, strict=True):
+        assert torch.equal(x, y), f"max diff {(x - y).abs().max().item():.3e}"
+
+
+@pytest.mark.parametrize("cls", [adaptim.Adai, adaptim.AdaiV2])
+def test_multi_tensor_step_does_not_read_the_mean_on_the_host(cls, monkeypatch):
+    """The global mean stays a device tensor: no .item()/float()/tolist()/bool() in the step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    opt = cls(model.parameters(), lr=0.1, weight_decay=0.01, foreach=True)
+    start = [p.detach().clone() for p in model.parameters()]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host synchronization in the multi-tensor step")
+
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(3, 4, dtype=torch.float64)).pow(2).mean().backward()
+        with monkeypatch.context() as m:
+            for name in ("item", "tolist", "__float__", "__bool__"):
+                m.setattr(torch.Tensor, name, refuse)
+            opt.step()
+    assert all(not torch.equal(p, s) for p, s in zip(model.parameters(), start, strict=True))
+
+
+FSDP2_CASES = [
+    ("adai-l2-chunked", "adai", dict(lr=1e-2, weight_decay=0.1)),
+    ("adaiv2-chunked", "adaiv2", dict(lr=1e-2, dampening=0.5, weight_decay=0.1)),
+]
+
+
+def _chunked_fsdp2_worker(rank: int, port: int, out_path: str, cases) -> None:
+    """tests/test_fsdp2.py's worker, for ``cases``, with every tensor its own CPU chunk."""
+    import test_fsdp2
+
+    base.CPU_CHUNK_BYTES = 1
+    test_fsdp2.CASES[:] = cases
+    test_fsdp2._worker(rank, port, out_path)
+
+
+@pytest.mark.slow
+def test_fsdp2_with_one_chunk_per_tensor_matches_single_process(tmp_path):
+    """Per-chunk sums reduced over shards (uneven, empty and dim-1 shards) give the same steps."""
+    import torch.multiprocessing as mp
+
+    import test_fsdp2
+
+    out_path = str(tmp_path / "results.pt")
+    mp.start_processes(
+        _chunked_fsdp2_worker,
+        args=(test_fsdp2._free_port(), out_path, FSDP2_CASES),
+        nprocs=2,
+        start_method="spawn",
+    )
+    results = torch.load(out_path, weights_only=False)
+    for case_id, name, kwargs in FSDP2_CASES:
+        result = results[case_id]
+        assert "error" not in result, result.get("error")
+        assert result["state_kinds"] == {"DTensor"}
+        model = test_fsdp2.make_model()
+        start = [p.detach().clone() for p in model.parameters()]
+        test_fsdp2.train(model, lambda params, n=name, kw=kwargs: adaptim.create(n, params, **kw))
+        moved = max(
+            (p - s).abs().max().item() for p, s in zip(model.parameters(), start, strict=True)
+        )
+        assert moved > 1e-3
+        for got, want in zip(result["params"], model.parameters(), strict=True):
+            assert (got - want).abs().max().item() < test_fsdp2.TOL, case_id

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import adaptim
+from adaptim.core import base
 
 X = torch.tensor([[1.0, 2.0], [0.5, -1.0], [-1.5, 0.3], [2.0, 1.0]], dtype=torch.float64)
 Y = torch.tensor([1.0, -0.5, 0.2, 2.5], dtype=torch.float64)
@@ -209,3 +210,117 @@ def test_least_squares_without_lr_tuning(make):
     final = ((model(x) - y) ** 2).mean().item()
     assert start > 1.0
     assert final < 0.03, f"full-batch MSE {final:.4f}"
+
+
+# -- chunk by chunk on CPU (cache blocking), and under FSDP2 ----------------------------------------
+
+
+def _blocked_run(cls, kw, chunk_bytes, monkeypatch, parts):
+    """A small network: its last layer is frozen for two steps (no state: predict's ||p|| drift),
+    the first layer's bias never gets a gradient past step 0 (zero: skipped by the 1e-9 rule)."""
+    monkeypatch.setattr(base, "CPU_CHUNK_BYTES", chunk_bytes)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 12), torch.nn.Tanh()
+    )
+    model.append(torch.nn.Linear(12, 3))
+    model = model.double()
+    params = list(model.parameters())
+    start = [p.detach().clone() for p in params]
+    opt = cls(params, foreach=True, **kw)
+    chunks = opt._chunks
+
+    def counting(batch):
+        out = chunks(batch)
+        parts.append(len(out))
+        return out
+
+    monkeypatch.setattr(opt, "_chunks", counting)
+    gen = torch.Generator().manual_seed(5)
+    for step in range(8):
+        x = torch.randn(8, 5, generator=gen, dtype=torch.float64)
+        y = torch.randn(8, 3, generator=gen, dtype=torch.float64)
+
+        def closure(x=x, y=y, step=step):
+            opt.zero_grad()
+            losses = ((model(x) - y) ** 2).mean(1)
+            losses.mean().backward()
+            if step < 2:
+                params[-1].grad = params[-2].grad = None
+            if step > 0:
+                params[1].grad.zero_()
+            return losses
+
+        opt.step(closure)
+    return start, [p.detach().clone() for p in params], opt.state["koala"]
+
+
+@pytest.mark.parametrize(
+    ("cls", "kw"),
+    [
+        (adaptim.VanillaKOALA, dict(sigma=0.1, lr=0.5, weight_decay=0.05)),
+        (adaptim.MomentumKOALA, dict(lr=0.5, weight_decay=0.05)),
+        (adaptim.MomentumKOALA, dict(lr=0.5)),
+    ],
+    ids=["v-wd", "m-wd", "m"],
+)
+def test_chunk_by_chunk_update_is_bit_identical(cls, kw, monkeypatch):
+    """Norms and updates chunk by chunk (and KOALA-M's predict) equal one pass over all tensors, bit
+    for bit: parameters and the shared P, R, q_w."""
+    parts_small: list[int] = []
+    parts_whole: list[int] = []
+    _, small, glob_small = _blocked_run(cls, kw, 1, monkeypatch, parts_small)
+    start, whole, glob_whole = _blocked_run(cls, kw, 2**40, monkeypatch, parts_whole)
+    assert max(parts_small) == 6 and max(parts_whole) == 1  # really one chunk per tensor
+    for x, y in zip(small, whole, strict=True):
+        assert torch.equal(x, y), f"max diff {(x - y).abs().max().item():.3e}"
+    assert all((p - s).abs().max() > 1e-3 for p, s in zip(whole, start, strict=True))  # all moved
+    for key, value in glob_whole.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(glob_small[key], value), key
+        else:
+            assert glob_small[key] == value, key
+
+
+FSDP2_CASES = [
+    ("koala_v-wd-chunked", "koala_v", dict(lr=0.5, weight_decay=0.1)),
+    ("koala_m-wd-chunked", "koala_m", dict(lr=0.5, weight_decay=0.1)),
+]
+
+
+def _chunked_fsdp2_worker(rank: int, port: int, out_path: str, cases) -> None:
+    """tests/test_fsdp2.py's worker, for ``cases``, with every tensor its own CPU chunk."""
+    import test_fsdp2
+
+    base.CPU_CHUNK_BYTES = 1
+    test_fsdp2.CASES[:] = cases
+    test_fsdp2._worker(rank, port, out_path)
+
+
+@pytest.mark.slow
+def test_fsdp2_with_one_chunk_per_tensor_matches_single_process(tmp_path):
+    """Per-chunk norms summed over shards (uneven, empty and dim-1 shards) give the same steps."""
+    import torch.multiprocessing as mp
+
+    import test_fsdp2
+
+    out_path = str(tmp_path / "results.pt")
+    mp.start_processes(
+        _chunked_fsdp2_worker,
+        args=(test_fsdp2._free_port(), out_path, FSDP2_CASES),
+        nprocs=2,
+        start_method="spawn",
+    )
+    results = torch.load(out_path, weights_only=False)
+    for case_id, name, kwargs in FSDP2_CASES:
+        result = results[case_id]
+        assert "error" not in result, result.get("error")
+        model = test_fsdp2.make_model()
+        start = [p.detach().clone() for p in model.parameters()]
+        test_fsdp2.train(model, lambda params, n=name, kw=kwargs: adaptim.create(n, params, **kw))
+        moved = max(
+            (p - s).abs().max().item() for p, s in zip(model.parameters(), start, strict=True)
+        )
+        assert moved > 1e-3
+        for got, want in zip(result["params"], model.parameters(), strict=True):
+            assert (got - want).abs().max().item() < test_fsdp2.TOL, case_id

@@ -43,6 +43,14 @@ Two ways to drive it:
   averages it over steps). ``step()`` without a closure raises ``TypeError``: KOALA cannot step
   without the loss value.
 
+Speed: a tensor's gains depend only on its own norms and the shared scalars (``P``, ``R``, the loss),
+so on CPU the multi-tensor ``update`` runs chunk by chunk over about 2 MB of tensors
+(``cache_blocking``): the chunk's norms, then its update while it is still in cache. KOALA-M's
+``predict`` does the same (drift norms, ``p += v``, ``v *= a``). The shared statistics (``max |h|^2/S``,
+the drift) are combined afterwards in a fixed order, so the result is bit-identical to one pass over all
+tensors. The norms are read on the host (one synchronization per chunk on CPU, per batch elsewhere):
+which tensors move (``||g|| >= 1e-9``) and ``P`` are decided there, as in the reference code.
+
 FSDP2 (DTensor parameters): the updates run on the local shards; every per-tensor norm sums its
 squares over the shards (one collective per list of norms), so the Kalman gains, the covariance and
 the drift ``q_w`` are the same on all ranks and equal to a single process's (tests/test_fsdp2.py).
@@ -90,16 +98,47 @@ def _norm(tensor: torch.Tensor, like: torch.Tensor | None = None) -> float:
     return norm.item()
 
 
-def _norms_of(tensors: list[torch.Tensor], likes: list[torch.Tensor] | None = None) -> list[float]:
-    """Per-tensor L2 norms in one host synchronization; with ``likes`` (DTensors whose local shards
-    ``tensors`` are), the squares are summed over the shards in one collective."""
+def _norm_tensors(
+    tensors: list[torch.Tensor], likes: list[torch.Tensor] | None = None
+) -> list[torch.Tensor]:
+    """Per-tensor L2 norms as 0-dim tensors; with ``likes`` (DTensors whose local shards ``tensors``
+    are), the squares are summed over the shards in one collective."""
     if not tensors:
         return []
-    norms = torch._foreach_norm(tensors)
+    norms = list(torch._foreach_norm(tensors))
     if likes is not None and any_dtensor(likes):
         norms = all_reduce_many(torch._foreach_mul(norms, norms), likes)
         torch._foreach_sqrt_(norms)
-    return torch.stack(norms).double().tolist()
+    return norms
+
+
+def _norms_of_many(
+    lists: list[list[torch.Tensor]], likes: list[torch.Tensor] | None = None
+) -> list[list[float]]:
+    """:func:`_norm_tensors` of several non-empty lists of tensors, as floats, in one host
+    synchronization."""
+    norms = [_norm_tensors(tensors, likes) for tensors in lists]
+    flat = torch.stack([n for ns in norms for n in ns]).double().tolist()
+    out, start = [], 0
+    for ns in norms:
+        out.append(flat[start : start + len(ns)])
+        start += len(ns)
+    return out
+
+
+def _add_scaled_(targets: list[torch.Tensor], xs: list[torch.Tensor], factors: list[float]) -> None:
+    """``targets[i] += factors[i] * xs[i]`` for every ``i``.
+
+    On CPU as ``addcmul`` with a 0-dim one: one pass, no temporary (``torch._foreach_add_`` takes a
+    single ``alpha``); elsewhere ``torch._foreach_mul`` then ``torch._foreach_add_`` (fused kernels,
+    where a list of 0-dim tensors would fall back to one kernel per tensor). Both round ``factor * x``
+    and then add (bit-identical on CPU in our checks), unlike ``add_(x, alpha=factor)``, which fuses.
+    """
+    if targets[0].device.type == "cpu":
+        one = torch.ones((), dtype=xs[0].dtype)
+        torch._foreach_addcmul_(targets, xs, [one] * len(xs), factors)
+    else:
+        torch._foreach_add_(targets, torch._foreach_mul(xs, factors))
 
 
 def _local(
@@ -136,6 +175,10 @@ class _KOALA(AdaptimOptimizer):
 
     elementwise = False
     supports_dtensor = True  # tests/test_fsdp2.py
+    #: each tensor's gain depends on its own norms and the shared scalars only, so on CPU the
+    #: multi-tensor update (and KOALA-M's predict) runs chunk by chunk: norms, then the update of the
+    #: chunk while it is in cache; the shared statistics (max |h|^2/S, the drift) are combined after
+    cache_blocking = True
     requires_closure: ClassVar[bool] = True
 
     def _global(self) -> dict[str, Any]:
@@ -190,11 +233,11 @@ class _KOALA(AdaptimOptimizer):
         self._check_gradients()
         return [(group, self._prepare_group(group)) for group in self.param_groups]
 
-    def _norms(self, tensors: list[torch.Tensor]) -> list[float]:
-        """Per-tensor norms of (possibly FSDP2-sharded) tensors."""
+    def _norm_tensors(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-tensor norms of (possibly FSDP2-sharded) tensors, as 0-dim tensors."""
         if any_dtensor(tensors):
-            return _norms_of(local_list(tensors), tensors)
-        return _norms_of(tensors)
+            return _norm_tensors(local_list(tensors), tensors)
+        return _norm_tensors(tensors)
 
 
 class VanillaKOALA(_KOALA):
@@ -262,22 +305,24 @@ class VanillaKOALA(_KOALA):
         hh = None
         for group, batches in prepared:
             value = -float(loss) if group["maximize"] else float(loss)
+            foreach = self._use_foreach(group)
+            fn = _multi_tensor_koala_v if foreach else _single_tensor_koala_v
             for batch in batches:
-                fn = _multi_tensor_koala_v if self._use_foreach(group) else _single_tensor_koala_v
-                likes, (params, grads) = _local(batch)
-                out = fn(
-                    params,
-                    grads,
-                    likes=likes,
-                    loss=value,
-                    p_cov=p_cov,
-                    r=r,
-                    lr=float(group["lr"]),
-                    weight_decay=group["weight_decay"],
-                )
+                for part in self._chunks(batch) if foreach else (batch,):
+                    likes, (params, grads) = _local(part)
+                    out = fn(
+                        params,
+                        grads,
+                        likes=likes,
+                        loss=value,
+                        p_cov=p_cov,
+                        r=r,
+                        lr=float(group["lr"]),
+                        weight_decay=group["weight_decay"],
+                    )
+                    if out is not None:
+                        hh = out if hh is None else max(hh, out)
                 batch.write_back()
-                if out is not None:
-                    hh = out if hh is None else max(hh, out)
         if hh is not None:
             glob["P"] = p_cov - p_cov**2 * hh
 
@@ -326,20 +371,20 @@ def _single_tensor_koala_v(
 def _multi_tensor_koala_v(
     params, grads, *, loss, p_cov, r, lr, weight_decay, likes=None
 ) -> float | None:
-    grad_norms = _norms_of(grads, likes)
+    if not params:
+        return None
     if weight_decay:
         hs = l2_weight_decay(grads, params, weight_decay)
-        h_norms = _norms_of(hs, likes)
-        p_norms = _norms_of(params, likes)
+        grad_norms, h_norms, p_norms = _norms_of_many([grads, hs, params], likes)
     else:
+        (grad_norms,) = _norms_of_many([grads], likes)
         h_norms, p_norms = grad_norms, [0.0] * len(params)
     keep, factors, hh = _koala_v_scales(
         grad_norms, h_norms, p_norms, loss=loss, p_cov=p_cov, r=r, lr=lr, weight_decay=weight_decay
     )
     if keep:
         moved = [params[i] for i in keep]
-        steps = torch._foreach_mul([grads[i] for i in keep], [-f for f in factors])
-        torch._foreach_add_(moved, steps)
+        _add_scaled_(moved, [grads[i] for i in keep], [-f for f in factors])
     return hh
 
 
@@ -425,23 +470,28 @@ class MomentumKOALA(_KOALA):
         """Time update, before the forward pass: move ``p += v``, decay ``v``, propagate ``P``."""
         glob = self._global()
         a = float(self.defaults["a"])
-        drift_sq, total = 0.0, 0
+        norms: list[torch.Tensor] = []  # each tensor's drift ||p_bar - p||, in a fixed order
+        total = 0
         for group in self.param_groups:
             params = group["params"]
             total += sum(p.numel() for p in params)
             with_state = [p for p in params if self.state.get(p)]
-            without = [p for p in params if not self.state.get(p)]
+            without = [p.detach() for p in params if not self.state.get(p)]
             # The reference starts the parameter average at 0: a tensor without state drifts by ||p||.
-            drift_sq += sum(n * n for n in self._norms([p.detach() for p in without]))
+            norms += self._norm_tensors(without)
             if not with_state:
                 continue
-            avgs = [self.state[p]["param_avg"] for p in with_state]
-            vels = [self.state[p]["velocity"] for p in with_state]
-            work = [p.detach().to(avg.dtype) for p, avg in zip(with_state, avgs, strict=True)]
-            drift_sq += sum(n * n for n in self._norms(torch._foreach_sub(avgs, work)))
-            for p, v in zip(with_state, vels, strict=True):
-                p.add_(v)  # F00 = F01 = 1 (in the parameter's dtype)
-            torch._foreach_mul_(vels, a)
+            batch = TensorBatch(with_state, with_state, [self.state[p] for p in with_state])
+            foreach = self._use_foreach(group)
+            for part in self._chunks(batch) if foreach else (batch,):
+                likes, (moved, _, vels, avgs) = _local(part, "velocity", "param_avg")
+                norms += _koala_m_predict(moved, vels, avgs, a=a, likes=likes, foreach=foreach)
+        drift_sq = 0.0
+        if norms:
+            devices = {n.device for n in norms}
+            if len(devices) > 1:
+                norms = [n.cpu() for n in norms]
+            drift_sq = sum(n * n for n in torch.stack(norms).double().tolist())
         drift = drift_sq**0.5 / max(total, 1)
         glob["qw"] = 0.9 * glob["qw"] + 0.1 * drift
         f = torch.tensor([[1.0, 1.0], [0.0, a]], dtype=torch.float64)
@@ -458,26 +508,55 @@ class MomentumKOALA(_KOALA):
         hh = None
         for group, batches in prepared:
             value = -float(loss) if group["maximize"] else float(loss)
+            foreach = self._use_foreach(group)
+            fn = _multi_tensor_koala_m if foreach else _single_tensor_koala_m
             for batch in batches:
-                fn = _multi_tensor_koala_m if self._use_foreach(group) else _single_tensor_koala_m
-                likes, lists = _local(batch, "velocity", "param_avg")
-                out = fn(
-                    *lists,
-                    likes=likes,
-                    loss=value,
-                    p00=p00,
-                    p10=p10,
-                    r=r,
-                    lr=float(group["lr"]),
-                    weight_decay=group["weight_decay"],
-                )
+                for part in self._chunks(batch) if foreach else (batch,):
+                    likes, lists = _local(part, "velocity", "param_avg")
+                    out = fn(
+                        *lists,
+                        likes=likes,
+                        loss=value,
+                        p00=p00,
+                        p10=p10,
+                        r=r,
+                        lr=float(group["lr"]),
+                        weight_decay=group["weight_decay"],
+                    )
+                    if out is not None:
+                        hh = out if hh is None else max(hh, out)
                 batch.write_back()
-                if out is not None:
-                    hh = out if hh is None else max(hh, out)
         if hh is not None:
             p = glob["P"]
             hhs = torch.tensor([[hh, 0.0], [0.0, 0.0]], dtype=torch.float64)
             glob["P"] = p - p @ hhs @ p.T
+
+
+def _koala_m_predict(
+    params: list[torch.Tensor],
+    vels: list[torch.Tensor],
+    avgs: list[torch.Tensor],
+    *,
+    a: float,
+    likes: list[torch.Tensor] | None,
+    foreach: bool,
+) -> list[torch.Tensor]:
+    """``p += v``, ``v *= a``; returns each tensor's drift ``||p_bar - p||`` (before the move).
+
+    ``p`` is moved in its own dtype (``v`` is fp32 for bf16/fp16 parameters), as in the reference.
+    """
+    work = [p.to(avg.dtype) for p, avg in zip(params, avgs, strict=True)]  # p itself, unless bf16
+    if foreach:
+        norms = _norm_tensors(torch._foreach_sub(avgs, work), likes)
+        torch._foreach_add_(params, vels)  # F00 = F01 = 1
+        torch._foreach_mul_(vels, a)
+        return norms
+    norms = []
+    for i, (param, vel, avg) in enumerate(zip(params, vels, avgs, strict=True)):
+        norms += _norm_tensors([avg - work[i]], None if likes is None else [likes[i]])
+        param.add_(vel)
+        vel.mul_(a)
+    return norms
 
 
 def _single_tensor_koala_m(
@@ -504,13 +583,12 @@ def _multi_tensor_koala_m(
 ):
     if not params:
         return None
-    grad_norms = _norms_of(grads, likes)
     hs = l2_weight_decay(grads, params, weight_decay)
-    h_norms = _norms_of(hs, likes) if weight_decay else grad_norms
     if weight_decay:
-        p_norms = _norms_of(params, likes)
+        grad_norms, h_norms, p_norms = _norms_of_many([grads, hs, params], likes)
     else:
-        p_norms = [0.0] * len(params)
+        (grad_norms,) = _norms_of_many([grads], likes)
+        h_norms, p_norms = grad_norms, [0.0] * len(params)
     keep, k1, k2, ratios = [], [], [], []
     for i, (gn, hn, pn) in enumerate(zip(grad_norms, h_norms, p_norms, strict=True)):
         if gn < GRAD_EPS:
@@ -525,11 +603,10 @@ def _multi_tensor_koala_m(
         return None
     h_kept = [hs[i] for i in keep]
     moved = [params[i] for i in keep]
-    torch._foreach_add_(moved, torch._foreach_mul(h_kept, k1))
-    torch._foreach_add_([vels[i] for i in keep], torch._foreach_mul(h_kept, k2))
-    kept_avgs = [avgs[i] for i in keep]
-    torch._foreach_mul_(kept_avgs, 0.9)
-    torch._foreach_add_(kept_avgs, moved, alpha=0.1)
+    _add_scaled_(moved, h_kept, k1)
+    _add_scaled_([vels[i] for i in keep], h_kept, k2)
+    # p_bar = 0.9 p_bar + 0.1 p, in one pass (equal up to rounding)
+    torch._foreach_lerp_([avgs[i] for i in keep], moved, 0.1)
     return max(ratios)
 
 
