@@ -72,6 +72,7 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("mada", "mada", dict(lr=1e-2)),
     ("mada-interp-per-tensor", "mada", dict(lr=1e-2, beta3=0.3, rho=0.5, c=0.5, foreach=False)),
     ("mada-interp-wd", "mada", dict(lr=1e-2, beta3=0.3, rho=0.5, c=0.5, weight_decay=0.1)),
+    ("mada-lion", "mada", dict(lr=1e-2, lion=True)),
     # Adafactor, H-Fac: row statistics summed over the ranks of a Shard(1) layer, column statistics
     # over those of a Shard(0) layer, none over a sharded batch dim; RMS over all shards
     ("adafactor", "adafactor", dict()),
@@ -136,6 +137,7 @@ RESUMED = {
     "mars",
     "koala_m",
     "mada",
+    "mada-lion",
     "adafactor-beta1-wd",
     "hfac",
     "ahb_adam",

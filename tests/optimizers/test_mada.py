@@ -4,14 +4,20 @@
   torch.optim.AdamW.
 * AVGrad against a plain-tensor transcription of the reference code (gdtuo.Meta with rho = 0).
 * The closed-form hyper-gradient against autograd through one step of the reference's equations.
+* The Lion interpolation (``lion=True``, gdtuo.Meta's ``gamma``) against steps written out by hand on a
+  2-by-2 problem, with ``gamma`` frozen and learned.
+* The cache-blocked CPU update against one pass over the whole batch.
 """
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 
 import adaptim
+from adaptim.optimizers import mada
 from helpers import assert_same_trajectory
 
 
@@ -78,9 +84,13 @@ def test_mada_at_rho_zero_is_avgrad():
     )
 
 
-def _reference_update(g, g_prev, m, v, v_mean, n, t, h, eps):
-    """One update direction of gdtuo.Meta as a differentiable function of h = (b1, b2, b3, rho, c)."""
-    b1, b2, b3, rho, c = h
+def _reference_update(g, g_prev, m, v, v_mean, n, t, h, eps, m_lion=None):
+    """One update direction of gdtuo.Meta as a differentiable function of h = (b1, b2, b3, rho, c[, gamma]).
+
+    With ``m_lion`` (Lion's momentum before the step) the direction is gdtuo.Meta's
+    ``gamma * u + (1 - gamma) * sign(0.95 * m_lion_new + 0.05 * g)``, ``m_lion_new = 0.98 m_lion + 0.02 g``.
+    """
+    b1, b2, b3, rho, c = h[:5]
     g_hat = g + b3 * (g - g_prev)
     g_tilde_sq = c * g_hat * g_hat + (1 - c) * (v + g_hat * g_hat * torch.sign(g_hat * g_hat - v))
     m_new = b1 * m + (1 - b1) * g
@@ -89,16 +99,24 @@ def _reference_update(g, g_prev, m, v, v_mean, n, t, h, eps):
     v_mean_new = ((v_new + (t - 1) * v_mean) / t).detach()
     m_hat = m_new / (1 - b1**t)
     v_hat = (rho * v_new + (1 - rho) * v_mean_new) / (1 - b2**t)
-    return (m_hat + b3 * n_new) / (v_hat**0.5 + eps)
+    u = (m_hat + b3 * n_new) / (v_hat**0.5 + eps)
+    if m_lion is None:
+        return u
+    gamma = h[5]
+    m_lion_new = 0.98 * m_lion + 0.02 * g
+    return gamma * u + (1 - gamma) * torch.sign(0.95 * m_lion_new + 0.05 * g)
 
 
+@pytest.mark.parametrize("lion", [False, True])
 @pytest.mark.parametrize("foreach", [False, True])
-def test_hypergradient_derivatives_match_autograd(foreach):
+def test_hypergradient_derivatives_match_autograd(foreach, lion):
     torch.manual_seed(0)
     x = torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64))
+    extra = dict(lion=True, gamma=0.7, gamma_hyper_lr=1e-4) if lion else {}
     opt = adaptim.MADA(
-        [x], lr=0.05, beta3=0.3, rho=0.6, c=0.7, hyper_lr=(1e-4,) * 5, foreach=foreach
+        [x], lr=0.05, beta3=0.3, rho=0.6, c=0.7, hyper_lr=(1e-4,) * 5, foreach=foreach, **extra
     )
+    names = ("beta1", "beta2", "beta3", "rho", "c") + (("gamma",) if lion else ())
     for _ in range(3):
         x.grad = torch.randn(3, 4, dtype=torch.float64)
         opt.step()
@@ -107,10 +125,7 @@ def test_hypergradient_derivatives_match_autograd(foreach):
     x.grad = torch.randn(3, 4, dtype=torch.float64)
     opt.step()
     group = opt.param_groups[0]
-    h = [
-        torch.tensor(group[k], dtype=torch.float64, requires_grad=True)
-        for k in ("beta1", "beta2", "beta3", "rho", "c")
-    ]
+    h = [torch.tensor(group[k], dtype=torch.float64, requires_grad=True) for k in names]
     u = _reference_update(
         x.grad,
         snap["prev_grad"],
@@ -121,15 +136,16 @@ def test_hypergradient_derivatives_match_autograd(foreach):
         4,
         h,
         group["eps"],
+        snap["lion_exp_avg"] if lion else None,
     )
     probe = torch.randn(3, 4, dtype=torch.float64)  # <probe, lr du/dh> for every h
     auto = torch.autograd.grad((probe * u).sum() * group["lr"], h)
-    for name, a in zip(("beta1", "beta2", "beta3", "rho", "c"), auto, strict=True):
+    for name, a in zip(names, auto, strict=True):
         ours = (probe * state[f"d_{name}"]).sum()
         assert abs(a.item()) > 1e-8
         torch.testing.assert_close(ours, a, atol=1e-12, rtol=1e-9, msg=name)
     # the next step moves each coefficient by -hyper_lr * (-<g, lr du/dh>), then projects
-    before = {k: group[k] for k in ("beta1", "beta2", "beta3", "rho", "c")}
+    before = {k: group[k] for k in names}
     x.grad = torch.randn(3, 4, dtype=torch.float64)
     expected = {k: before[k] + 1e-4 * (x.grad * state[f"d_{k}"]).sum().item() for k in before}
     opt.step()
@@ -151,15 +167,21 @@ def test_coefficients_are_projected_and_clipped():
     assert group["beta1"] == 0.9 and group["c"] == 1.0  # not learned
 
 
-@pytest.mark.parametrize("name", ["beta1", "beta2", "beta3", "rho", "c"])
-def test_hypergradient_is_the_derivative_of_the_next_loss(name):
+@pytest.mark.parametrize(
+    "name, lion",
+    [(h, False) for h in ("beta1", "beta2", "beta3", "rho", "c")]
+    + [("gamma", True), ("beta1", True)],
+)
+def test_hypergradient_is_the_derivative_of_the_next_loss(name, lion):
     # End to end: d L(x_t) / d h_{t-1}, by central finite differences of the real step, equals the
     # hyper-gradient -<g_t, lr du_{t-1}/dh> the optimizer descends. Like the reference, the hyper-gradient
     # treats the time-average v_avg as a constant, so for the coefficients that act on v (beta2, beta3, c)
     # the comparison is exact at rho = 1, where v_avg does not enter the step.
-    rho = 0.5 if name in ("beta1", "rho") else 1.0
-    import copy
-
+    # With Lion the step is gamma u + (1 - gamma) sign(.): linear in gamma, and gamma scales du/dh.
+    rho = 0.5 if name in ("beta1", "rho", "gamma") else 1.0
+    kw = dict(lr=0.05, beta3=0.2, rho=rho, c=0.5, hyper_lr=(1e-300,) * 5)
+    if lion:
+        kw.update(lion=True, gamma=0.6, gamma_hyper_lr=1e-300)
     a = torch.diag(torch.logspace(-1, 1, 6, dtype=torch.float64))
     b = torch.linspace(-1, 1, 6, dtype=torch.float64)
 
@@ -167,7 +189,7 @@ def test_hypergradient_is_the_derivative_of_the_next_loss(name):
         return 0.5 * x @ a @ x + b @ x + 0.1 * (x**4).sum()
 
     x = torch.nn.Parameter(torch.ones(6, dtype=torch.float64))
-    opt = adaptim.MADA([x], lr=0.05, beta3=0.2, rho=rho, c=0.5, hyper_lr=(1e-300,) * 5)
+    opt = adaptim.MADA([x], **kw)
     for _ in range(5):
         opt.zero_grad()
         loss(x).backward()
@@ -177,7 +199,7 @@ def test_hypergradient_is_the_derivative_of_the_next_loss(name):
 
     def next_loss(delta):
         x2 = copy.deepcopy(x)
-        opt2 = adaptim.MADA([x2], lr=0.05, beta3=0.2, rho=rho, c=0.5, hyper_lr=(1e-300,) * 5)
+        opt2 = adaptim.MADA([x2], **kw)
         opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
         x2.grad = x.grad.clone()
         opt2._before_update = lambda prepared: None  # keep h_{t-1} as set
@@ -203,6 +225,10 @@ PATH_VARIANTS = [
     dict(rho=0.0, c=0.0, beta3=0.5, weight_decay=0.1),  # rho, c at the ends of their ranges
     dict(hyper_lr=(1e-3, 0.0, 0.0, 0.1, 0.0)),  # some learned, some frozen
     dict(hyper_lr=(0.0, 1e-3, 0.1, 0.0, 0.1), c=0.5, rho=0.7, beta3=0.1, maximize=True),
+    dict(lion=True),  # Lion interpolation, gamma learned from 1
+    dict(lion=True, gamma=0.4, beta3=0.3, rho=0.5, c=0.4, weight_decay=0.1),
+    dict(lion=True, gamma=0.4, hyper_lr=(0.0,) * 5, gamma_hyper_lr=0.0),  # frozen: the cheap path
+    dict(lion=True, gamma=0.6, hyper_lr=(0.0,) * 5, lion_betas=(0.9, 0.99)),  # only gamma learned
 ]
 
 
@@ -221,7 +247,7 @@ def _run_paths(foreach: bool, kw: dict, steps: int = 40):
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
             p.grad = noise + 0.3 * p.detach()
         opt.step()
-    group = {k: opt.param_groups[0][k] for k in ("beta1", "beta2", "beta3", "rho", "c")}
+    group = {k: opt.param_groups[0][k] for k in ("beta1", "beta2", "beta3", "rho", "c", "gamma")}
     states = [{k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)} for p in params]
     return [p.detach().clone() for p in params], group, states
 
@@ -242,7 +268,7 @@ def test_multi_tensor_path_equals_per_tensor_path(kw):
             torch.testing.assert_close(sb[key], sa[key], atol=1e-10 * scale, rtol=0, msg=key)
     for key, value in ref_group.items():
         assert group[key] == pytest.approx(value, abs=1e-12), key
-    learned = [h for h, k in zip(ref_group, kw.get("hyper_lr", (1,) * 5), strict=True) if k > 0]
+    learned = [h for h, k in zip(ref_group, kw.get("hyper_lr", (1,) * 5), strict=False) if k > 0]
     assert any(f"d_{h}" in ref_states[0] for h in learned) or not learned
 
 
@@ -257,3 +283,192 @@ def test_multi_tensor_path_never_writes_the_gradients():
         assert all(
             v.data_ptr() != x.grad.data_ptr() for v in opt.state[x].values() if torch.is_tensor(v)
         )
+
+
+# -- the Lion interpolation (gdtuo.Meta's gamma), by hand on a 2-by-2 problem -------------------------
+
+X0 = [[1.0, -2.0], [0.5, 3.0]]
+# Fixed gradients (no model): element [0][0] goes 1.0 then -0.3, where gdtuo.Meta's Lion direction
+# (sign of an interpolation with the *new* Lion momentum) and Lion's own (with the old one) differ.
+GRADS = [
+    [[1.0, -1.0], [0.25, 2.0]],
+    [[-0.3, 0.8], [0.1, -1.5]],
+    [[0.7, 0.2], [-0.4, 0.9]],
+]
+
+
+def _mada_on_fixed_grads(steps: int, **kw):
+    x = torch.nn.Parameter(torch.tensor(X0, dtype=torch.float64))
+    opt = adaptim.MADA([x], **kw)
+    out = []
+    for g in GRADS[:steps]:
+        x.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+        out.append((x.detach().clone(), opt.param_groups[0]["gamma"]))
+    return out, opt.state[x]
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_lion_interpolation_matches_steps_by_hand(foreach):
+    """Adam start (beta3 = 0, rho = c = 1), gamma frozen at 0.6: x -= lr (0.6 adam + 0.4 lion)."""
+    lr, b1, b2, eps, lb1, lb2, gamma = 0.1, 0.9, 0.99, 1e-6, 0.95, 0.98, 0.6
+    ours, _ = _mada_on_fixed_grads(
+        3,
+        lr=lr,
+        lion=True,
+        gamma=gamma,
+        gamma_hyper_lr=0.0,
+        hyper_lr=(0.0,) * 5,
+        foreach=foreach,
+    )
+    x = torch.tensor(X0, dtype=torch.float64)
+    m = torch.zeros(2, 2, dtype=torch.float64)
+    v = torch.zeros(2, 2, dtype=torch.float64)
+    m_lion = torch.zeros(2, 2, dtype=torch.float64)
+    for t, (g, (x_ours, gamma_ours)) in enumerate(zip(GRADS, ours, strict=True), start=1):
+        g = torch.tensor(g, dtype=torch.float64)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        lion_own = torch.sign(lb1 * m_lion + (1 - lb1) * g)  # Lion (Chen et al.): old momentum
+        m_lion = lb2 * m_lion + (1 - lb2) * g
+        lion = torch.sign(lb1 * m_lion + (1 - lb1) * g)  # gdtuo.Meta: new momentum
+        if t == 2:
+            assert lion[0, 0] == -1 and lion_own[0, 0] == 1  # the test tells the two apart
+        adam = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
+        x = x - lr * (gamma * adam + (1 - gamma) * lion)
+        torch.testing.assert_close(x_ours, x, atol=1e-14, rtol=0)
+        assert gamma_ours == gamma
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_learned_gamma_follows_its_hypergradient_by_hand(foreach):
+    """Only gamma learned: gamma_t = clip01(gamma - k clip(-<g_t, lr (adam_{t-1} - lion_{t-1})>))."""
+    lr, b1, b2, eps, lb1, lb2, k = 0.1, 0.9, 0.99, 1e-6, 0.95, 0.98, 0.1
+    ours, state = _mada_on_fixed_grads(
+        3, lr=lr, lion=True, gamma=0.5, gamma_hyper_lr=k, hyper_lr=(0.0,) * 5, foreach=foreach
+    )
+    x = torch.tensor(X0, dtype=torch.float64)
+    m = torch.zeros(2, 2, dtype=torch.float64)
+    v = torch.zeros(2, 2, dtype=torch.float64)
+    m_lion = torch.zeros(2, 2, dtype=torch.float64)
+    gamma, direction = 0.5, None
+    for t, (g, (x_ours, gamma_ours)) in enumerate(zip(GRADS, ours, strict=True), start=1):
+        g = torch.tensor(g, dtype=torch.float64)
+        if direction is not None:  # dL(x_t)/dgamma = <g_t, dx_t/dgamma> = -lr <g_t, adam - lion>
+            hypergrad = -lr * (g * direction).sum().item()
+            gamma = min(max(gamma - k * min(max(hypergrad, -10.0), 10.0), 0.0), 1.0)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        m_lion = lb2 * m_lion + (1 - lb2) * g
+        lion = torch.sign(lb1 * m_lion + (1 - lb1) * g)
+        adam = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
+        x = x - lr * (gamma * adam + (1 - gamma) * lion)
+        direction = adam - lion
+        assert gamma_ours == pytest.approx(gamma, abs=1e-15)
+        torch.testing.assert_close(x_ours, x, atol=1e-14, rtol=0)
+    assert ours[1][1] != 0.5 and ours[2][1] != ours[1][1]  # gamma did move
+    torch.testing.assert_close(state["d_gamma"], lr * direction, atol=1e-15, rtol=0)
+
+
+def test_lion_off_is_gamma_one_and_keeps_no_lion_state():
+    base = dict(lr=1e-2, beta3=0.2, rho=0.5, c=0.5)
+    assert_same_trajectory(
+        lambda p: adaptim.MADA(p, **base),
+        lambda p: adaptim.MADA(p, lion=True, gamma=1.0, gamma_hyper_lr=0.0, **base),
+        atol=1e-13,
+    )
+    ours, state = _mada_on_fixed_grads(2)
+    assert "lion_exp_avg" not in state and "d_gamma" not in state
+    assert ours[-1][1] == 1.0
+
+
+def test_gamma_below_one_needs_lion():
+    x = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="gamma"):
+        adaptim.MADA([x], gamma=0.5)
+    opt = adaptim.MADA([x])
+    with pytest.raises(ValueError, match="gamma"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "gamma": 0.5})
+    with pytest.raises(ValueError, match="lion_betas"):
+        adaptim.MADA([x], lion=True, lion_betas=(0.95, 1.5))
+
+
+def test_checkpoint_without_the_lion_keys_still_loads():
+    """A state dict saved before ``lion`` existed loads, and continues as lion=False."""
+    x = torch.nn.Parameter(torch.tensor(X0, dtype=torch.float64))
+    opt = adaptim.MADA([x], lr=0.05)
+    for g in GRADS[:2]:
+        x.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    for group in saved["param_groups"]:
+        for key in ("lion", "gamma", "gamma_hyper_lr", "lion_betas"):
+            del group[key]
+    x2 = torch.nn.Parameter(x.detach().clone())
+    opt2 = adaptim.MADA([x2], lr=0.05)
+    opt2.load_state_dict(saved)
+    assert opt2.param_groups[0]["lion"] is False
+    x.grad = torch.tensor(GRADS[2], dtype=torch.float64)
+    x2.grad = x.grad.clone()
+    opt.step()
+    opt2.step()
+    assert torch.equal(x, x2)
+
+
+# -- the cache-blocked CPU update ---------------------------------------------------------------------
+
+
+def _run_blocked(monkeypatch, block: int, small: int, kw: dict, steps: int):
+    monkeypatch.setattr(mada, "CPU_BLOCK_NUMEL", block)
+    monkeypatch.setattr(mada, "SMALL_DOT_NUMEL", small)
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(7, 5), (3,), (4, 6), (0,), (6, 4)]
+    params = [
+        torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64)) for s in shapes
+    ]
+    params.append(torch.nn.Parameter(torch.randn(5, 8, generator=gen, dtype=torch.float64).t()))
+    opt = adaptim.MADA(params, lr=0.02, foreach=True, **kw)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64) + 0.3 * p.detach()
+        opt.step()
+    states = [{k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)} for p in params]
+    coefficients = {k: opt.param_groups[0][k] for k in (*mada.COEFFICIENTS, "gamma")}
+    return [p.detach().clone() for p in params], states, coefficients
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(hyper_lr=(0.0,) * 5, beta3=0.3, rho=0.5, c=0.4), dict(lion=True, beta3=0.3, c=0.5)],
+    ids=["frozen", "learned"],
+)
+def test_cache_blocked_update_equals_one_pass(monkeypatch, kw):
+    """Blocks of 8 elements (large tensors cut, small ones grouped, a transposed one whole) against
+    one pass: bit-identical updates. The hyper-gradient dot products, per tensor, per 8-element
+    piece or over the concatenated small tensors, are summed in other orders: equal to rounding."""
+    for steps in (1, 12):  # step 1 has no hyper-step: bit-identical states, derivatives included
+        whole = _run_blocked(monkeypatch, 10**9, 0, kw, steps)  # one vdot per tensor
+        exact = steps == 1 or "hyper_lr" in kw
+        for block, small in ((8, 0), (10**9, 10**9)):  # pieces of 8 / one concatenation
+            other = _run_blocked(monkeypatch, block, small, kw, steps)
+            for a, b in zip(whole[0], other[0], strict=True):
+                assert torch.equal(a, b) if exact else torch.allclose(a, b, atol=1e-12, rtol=0)
+            for sa, sb in zip(whole[1], other[1], strict=True):
+                assert sa.keys() == sb.keys()
+                for key in sa:
+                    same = torch.equal(sa[key], sb[key])
+                    assert same if exact else torch.allclose(sa[key], sb[key], atol=1e-10, rtol=0)
+            for key, value in whole[2].items():
+                assert other[2][key] == pytest.approx(value, abs=1e-12)
+    assert whole[2]["gamma"] != 1.0 or "hyper_lr" in kw  # the learned case did learn
+
+
+def test_cpu_blocks_cut_large_tensors_and_group_small_ones():
+    big, small, odd = torch.zeros(20), torch.zeros(3), torch.zeros(4, 5).t()
+    lists = [[big, small, odd], [big.clone(), small.clone(), odd.clone()]]
+    blocks = mada._cpu_blocks(lists, [1, 2, 3], 8)
+    sizes = [[t.numel() for t in parts[0]] for parts, _ in blocks]
+    assert sizes == [[8], [8], [4, 3], [20]]  # the transposed tensor is not cut
+    assert [steps for _, steps in blocks] == [[1], [1], [1, 2], [3]]
+    assert blocks[0][0][0][0].data_ptr() == big.data_ptr()  # views, not copies
+    assert blocks[1][0][0][0].data_ptr() == big.data_ptr() + 8 * big.element_size()

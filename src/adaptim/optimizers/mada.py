@@ -20,6 +20,17 @@ Parameterized optimizer (per element; ``t`` the step; states from earlier steps 
 
 ``b3 = 0, c = 1, rho = 1`` is Adam; ``rho = 0`` is AVGrad; ``c = 0`` Yogi-like; ``b3 > 0`` Adan-like.
 
+Lion interpolation (``lion=True``; the ICML code's ``gamma``, with Lion's coefficients fixed at the
+code's ``lb1, lb2 = 0.95, 0.98``)::
+
+    m_lion = lb2 m_lion + (1 - lb2) g
+    p     -= lr (gamma u + (1 - gamma) sign(lb1 m_lion + (1 - lb1) g))     (instead of p -= lr u)
+
+As in ``gdtuo.Meta`` the sign is taken of an interpolation with the *new* ``m_lion`` (Lion's own
+algorithm, Chen et al. 2023, uses the old one and then updates it); we follow the code. ``gamma = 1``
+is the optimizer above, ``gamma = 0`` that Lion. ``lion=False`` (the default) is ``gamma = 1`` without
+``m_lion``: the behaviour of the first versions of this module.
+
 Hyper-gradient descent (the reference's one-step unrolling): the loss at ``x_t`` depends on the
 coefficients ``h`` through the last update, ``x_t = x_{t-1} - lr u_{t-1}(h)`` (older states detached,
 ``v_avg`` detached inside the root), so ``dL(x_t)/dh = -lr <g_t, du_{t-1}/dh>`` summed over all
@@ -27,31 +38,46 @@ parameters of the group. At each step, before the update::
 
     h <- clip_range(h - hyper_lr_h * clip(dL/dh, -hypergrad_clip, hypergrad_clip))
 
-with ranges b1 in [0.01, 0.99], b2 in [0.501, 0.99], b3 in [0, 0.99], rho and c in [0, 1] and the
-reference's hyper learning rates (train_ddp.py): b1, b2: 5e-4; b3, rho, c: 0.1; the clip is 10. We compute
-``du/dh`` analytically in the update and keep ``lr du/dh`` per learned coefficient (one state tensor each;
-a coefficient whose hyper learning rate is 0 is not learned and costs nothing). The coefficients live in
-the param group (``group["beta1"]`` ...), so they are saved with the state dict; with several groups
-each learns its own from its own parameters.
+with ranges b1 in [0.01, 0.99], b2 in [0.501, 0.99], b3 in [0, 0.99], rho, c and gamma in [0, 1] and
+the reference's hyper learning rates (train_ddp.py): b1, b2: 5e-4; b3, rho, c, gamma: 0.1; the clip is
+10. With Lion the step is ``gamma u + (1 - gamma) sign(.)``: the derivatives of the other coefficients
+carry a factor ``gamma`` and ``d/dgamma = u - sign(.)`` (the sign's derivative is 0, as autograd's).
+We compute ``du/dh`` analytically in the update and keep ``lr du/dh`` per learned coefficient (one
+state tensor each; a coefficient whose hyper learning rate is 0 is not learned and costs nothing). The
+coefficients live in the param group (``group["beta1"]`` ...), so they are saved with the state dict;
+with several groups each learns its own from its own parameters.
 
 Differences from the reference: it computes the hyper-gradient with autograd through a graph kept
 between steps; we use the closed form of the same derivative (tests check it against autograd). The
-reference also interpolates towards Lion (``gamma``, learned with hyper lr 0.1, started at 1 = no
-Lion); that term is not implemented (``gamma = 1``). The reference adds ``1e-15`` to ``v`` and ``v_avg``
-at initialization so that autograd's ``sqrt`` is differentiable at 0; we start them at 0 and guard the
-derivative instead. We keep the reference's start ``n_0 = g_1^2`` (probably unintended, it only matters at
-``t = 1`` when ``b3 > 0``). The reference's driver applies decoupled weight decay to matrices only and
-clips gradients; here ``weight_decay`` is decoupled and applies to the group (use param groups to exempt
-biases). Gradient accumulation and DDP averaging of the hyper-gradient are the training script's business.
+reference always carries the Lion term (``gamma`` started at 1 and learned); here it is opt-in
+(``lion=True``), because a learned ``gamma`` leaves 1 at the first hyper-step and changes the default
+behaviour. The reference adds ``1e-15`` to ``v`` and ``v_avg`` at initialization so that autograd's
+``sqrt`` is differentiable at 0; we start them at 0 and guard the derivative instead. We keep the
+reference's start ``n_0 = g_1^2`` (probably unintended, it only matters at ``t = 1`` when ``b3 > 0``).
+The reference's driver zeroes gradients in place after each step (``ModuleWrapper.zero_grad``) and
+``Meta`` keeps the previous gradient as an alias of ``p.grad`` (``g = param.grad.detach()``), so in the
+authors' runs the stored ``g_prev`` is 0 at every step (``d = g``: the Adan term is an EMA of ``g``);
+we use the real previous gradient, as the paper's equations. With that one change (a copy of ``g`` in
+the code's cache) our steps match ``gdtuo.Meta`` run out of tree, Lion included (2-by-2 problem, 30
+steps, float64): to 2e-14 with ``gamma`` frozen or learned alone (1e-15 without the code's ``1e-15``
+start of ``v``), to 5e-9 with all six coefficients learned (the code clips a hyper-gradient with
+``clip_grad_norm_``, to ``10 |g| / (|g| + 1e-6)``, not exactly 10). The reference's driver applies
+decoupled weight decay to matrices only and clips gradients; here ``weight_decay`` is decoupled and
+applies to the group (use param groups to exempt biases). Gradient accumulation and DDP averaging of
+the hyper-gradient are the training script's business.
 
 Paths: ``_single_tensor_mada`` writes the equations out per tensor (the reference);
 ``_multi_tensor_mada`` (the default) computes the same with ``torch._foreach_*`` ops, materializing
-only the terms in use (frozen ``c = 1``, ``beta3 = 0``, ``rho`` in {0, 1} cost nothing) and using
-``m_old - g = (m - g) / b1``, ``v_old - g2 = (v - g2) / b2`` and ``b3 (n_old - d) = n - d`` for the
-derivatives instead of copies of the old states (tests: equal to the reference in float64). The
-hyper-gradient dot products of all tensors reach the host in one synchronization per step.
-FSDP2 (DTensor parameters): the update is elementwise and runs on the local shards; the dot products
-are summed over the shards in one collective (tests/test_fsdp2.py).
+only the terms in use (frozen ``c = 1``, ``beta3 = 0``, ``rho`` in {0, 1}, ``gamma = 1`` cost nothing)
+and using ``m_old - g = (m - g) / b1``, ``v_old - g2 = (v - g2) / b2`` and ``b3 (n_old - d) = n - d``
+for the derivatives instead of copies of the old states (tests: equal to the reference in float64).
+On CPU the multi-tensor update runs over blocks of ``CPU_BLOCK_NUMEL`` elements (large tensors cut
+into flat views, small ones grouped): its ~40 elementwise passes then work on a block held in cache,
+and only the states themselves stream through memory (bit-identical to one pass over the batch). The
+hyper-gradient dot products read each block of the gradient once for all coefficients, and reach the
+host in one synchronization per step. FSDP2 (DTensor parameters): the update is elementwise and runs
+on the local shards; the dot products are summed over the shards in one collective
+(tests/test_fsdp2.py).
 
 AVGrad (class :class:`AVGrad`) is the ``rho = 0, b3 = 0, c = 1`` member without hyper-gradients::
 
@@ -64,15 +90,21 @@ Defaults follow ``gdtuo.Meta``: ``lr = 1e-3``, ``betas = (0.9, 0.99)``, ``eps = 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
-from adaptim.core.distributed import all_reduce_many, any_dtensor, local, local_list
+from adaptim.core.distributed import (
+    all_reduce_many,
+    any_dtensor,
+    is_dtensor,
+    local,
+    local_list,
+)
 from adaptim.core.functional import bias_correction, decoupled_weight_decay_, scalars
-from adaptim.core.validation import NONNEGATIVE, UNIT_CLOSED, UNIT_HALF_OPEN, TupleOf
+from adaptim.core.validation import BOOL, NONNEGATIVE, UNIT_CLOSED, UNIT_HALF_OPEN, TupleOf
 from adaptim.registry import OptimInfo, register
 
 __all__ = ["MADA", "AVGrad"]
@@ -85,7 +117,12 @@ RANGES = {
     "beta3": (0.0, 0.99),
     "rho": (0.0, 1.0),
     "c": (0.0, 1.0),
+    "gamma": (0.0, 1.0),
 }
+#: elements per block of the cache-blocked CPU update and of the hyper-gradient dot products
+CPU_BLOCK_NUMEL = 2**17
+#: tensors up to this size are concatenated for the hyper-gradient dot products (one dot for all)
+SMALL_DOT_NUMEL = 2**14
 
 PAPER = (
     "Ozkara, Karakus, Raman, Hong, Sabach, Kveton, Cevher, MADA: Meta-Adaptive Optimizers through "
@@ -98,7 +135,10 @@ REFERENCE = (
 
 
 class MADA(AdaptimOptimizer):
-    """MADA (Ozkara et al., 2024): an Adam/AVGrad/Yogi/Adan interpolation learned by hyper-gradients.
+    """MADA (Ozkara et al., 2024): an Adam/AVGrad/Yogi/Adan(/Lion) interpolation learned by hyper-gradients.
+
+    Paper: arXiv:2401.08893 (ICML 2024). Reference: github.com/amazon-science/mada_optimizer_search
+    ``gdtuo.py`` (``Meta``) and ``train_ddp.py`` at 2beded8. See the module docstring for the equations.
 
     Args:
         params: parameters or param groups.
@@ -108,6 +148,12 @@ class MADA(AdaptimOptimizer):
         weight_decay: decoupled, ``p *= 1 - lr * weight_decay``.
         hyper_lr: hyper learning rates of (beta1, beta2, beta3, rho, c); 0 freezes a coefficient.
         hypergrad_clip: each hyper-gradient is clipped to ``[-hypergrad_clip, hypergrad_clip]``.
+        lion: interpolate towards Lion as the ICML code does: the step is
+            ``gamma * u + (1 - gamma) * sign(lion direction)``. ``False`` (the default) is ``gamma = 1``
+            without Lion's state.
+        gamma: initial weight of the adaptive direction (used with ``lion=True``; in ``[0, 1]``).
+        gamma_hyper_lr: hyper learning rate of ``gamma`` (the reference's 0.1); 0 freezes it.
+        lion_betas: Lion's ``(beta1, beta2)``, the reference's fixed ``(0.95, 0.98)``.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
     """
@@ -122,8 +168,13 @@ class MADA(AdaptimOptimizer):
         "c": UNIT_CLOSED,
         "hyper_lr": TupleOf((NONNEGATIVE,) * 5),
         "hypergrad_clip": NONNEGATIVE,
+        "lion": BOOL,
+        "gamma": UNIT_CLOSED,
+        "gamma_hyper_lr": NONNEGATIVE,
+        "lion_betas": TupleOf((UNIT_HALF_OPEN, UNIT_HALF_OPEN)),
     }
     state_keys = ("exp_avg", "exp_avg_sq", "exp_avg_sq_mean", "diff_avg", "prev_grad")
+    optional_state_keys = {"lion": "lion_exp_avg"}
 
     def __init__(
         self,
@@ -139,6 +190,10 @@ class MADA(AdaptimOptimizer):
         hyper_lr: tuple[float, float, float, float, float] = (5e-4, 5e-4, 0.1, 0.1, 0.1),
         hypergrad_clip: float = 10.0,
         *,
+        lion: bool = False,
+        gamma: float = 1.0,
+        gamma_hyper_lr: float = 0.1,
+        lion_betas: tuple[float, float] = (0.95, 0.98),
         maximize: bool = False,
         foreach: bool | None = None,
     ) -> None:
@@ -153,50 +208,97 @@ class MADA(AdaptimOptimizer):
             weight_decay=weight_decay,
             hyper_lr=tuple(hyper_lr),
             hypergrad_clip=hypergrad_clip,
+            lion=lion,
+            gamma=gamma,
+            gamma_hyper_lr=gamma_hyper_lr,
+            lion_betas=tuple(lion_betas),
             maximize=maximize,
             foreach=foreach,
         )
         super().__init__(params, defaults)
 
+    def _validate_relations(self, values: Mapping[str, Any]) -> None:
+        if not values.get("lion", False) and values.get("gamma", 1.0) != 1.0:
+            raise ValueError(
+                f"MADA: gamma={values['gamma']!r} weights Lion's direction, which needs lion=True; "
+                "accepted: gamma=1.0 with lion=False, or any gamma in [0, 1] with lion=True"
+            )
+
     @staticmethod
-    def _learned(group: dict[str, Any]) -> list[str]:
-        return [h for h, k in zip(COEFFICIENTS, group["hyper_lr"], strict=True) if k > 0]
+    def _hyper_lrs(group: Mapping[str, Any]) -> dict[str, float]:
+        """The hyper learning rate of every coefficient in use (gamma only with ``lion=True``)."""
+        rates = dict(zip(COEFFICIENTS, group["hyper_lr"], strict=True))
+        if group["lion"]:
+            rates["gamma"] = group["gamma_hyper_lr"]
+        return rates
+
+    @classmethod
+    def _learned(cls, group: Mapping[str, Any]) -> list[str]:
+        return [h for h, k in cls._hyper_lrs(group).items() if k > 0]
 
     def _before_update(self, prepared: list[tuple[dict[str, Any], list[TensorBatch]]]) -> None:
         """Hyper-gradient step on each group's coefficients, from the new gradients.
 
-        One dot product ``<g, lr du/dh>`` per tensor and learned coefficient, computed on local shards,
-        summed over the shards of FSDP2 (DTensor) parameters in one collective, and read back to the
-        host in one synchronization for all groups.
+        The hyper-gradient of ``h`` is ``-sum <g, lr du/dh>`` over the group's tensors. Plain tensors'
+        dot products are summed on the device: small tensors are concatenated (one dot per
+        coefficient for all of them), large ones on CPU read in cache-sized pieces, each piece of the
+        gradient serving all coefficients while in cache. FSDP2 (DTensor) parameters' dot products
+        are computed on the local shards and summed over the shards in one collective. All values
+        reach the host in one synchronization per device.
         """
-        dots: list[torch.Tensor] = []
+        # (group index, coefficient) -> partial sums of <g, lr du/dh> (0-d tensors)
+        parts: dict[tuple[int, str], list[torch.Tensor]] = {}
+        dots: list[torch.Tensor] = []  # DTensor parameters: one dot per tensor, summed over shards
         likes: list[torch.Tensor] = []
-        owners: list[tuple[int, str]] = []  # (group index, coefficient) of each dot
+        owners: list[tuple[int, str]] = []
         for gi, (group, batches) in enumerate(prepared):
             learned = self._learned(group)
+            if not learned:
+                continue
             for batch in batches:
+                small: list[tuple[torch.Tensor, dict[str, Any]]] = []
                 for param, grad, state in zip(batch.params, batch.grads, batch.states, strict=True):
                     if state["step"] <= 1:
                         continue
-                    flat_grad = local(grad).reshape(-1)
+                    keys = [h for h in learned if f"d_{h}" in state]
+                    if not keys:
+                        continue
+                    if is_dtensor(param):
+                        flats = [local(state[f"d_{h}"]).reshape(-1) for h in keys]
+                        dots += _dots(local(grad).reshape(-1), flats)
+                        likes += [param] * len(keys)
+                        owners += [(gi, h) for h in keys]
+                    elif grad.numel() <= SMALL_DOT_NUMEL and len(keys) == len(learned):
+                        small.append((grad, state))
+                    else:
+                        flats = [state[f"d_{h}"].reshape(-1) for h in keys]
+                        for h, dot in zip(keys, _dots(grad.reshape(-1), flats), strict=True):
+                            parts.setdefault((gi, h), []).append(dot)
+                if small:
+                    flat_grads = torch.cat([g.reshape(-1) for g, _ in small])
                     for h in learned:
-                        key = f"d_{h}"
-                        if key in state:
-                            dots.append(torch.vdot(flat_grad, local(state[key]).reshape(-1)))
-                            likes.append(param)
-                            owners.append((gi, h))
-        values: list[float] = []
+                        flat = torch.cat([s[f"d_{h}"].reshape(-1) for _, s in small])
+                        parts.setdefault((gi, h), []).append(torch.vdot(flat_grads, flat))
         if dots:
-            dots = all_reduce_many(dots, likes, "sum")
-            values = torch.stack([x.to(torch.float64) for x in dots]).tolist()
+            for key, dot in zip(owners, all_reduce_many(dots, likes, "sum"), strict=True):
+                parts.setdefault(key, []).append(dot)
+        summed: list[tuple[int, str]] = []
+        sums: list[torch.Tensor] = []
+        for key, values in parts.items():
+            by_device: dict[torch.device, list[torch.Tensor]] = {}
+            for x in values:
+                by_device.setdefault(x.device, []).append(x)
+            for same in by_device.values():
+                summed.append(key)
+                sums.append(torch.stack(same).to(torch.float64).sum())
         hypergrads: list[dict[str, float]] = [
             dict.fromkeys(self._learned(group), 0.0) for group, _ in prepared
         ]
-        for (gi, h), value in zip(owners, values, strict=True):
+        for (gi, h), value in zip(summed, _host_values(sums), strict=True):
             hypergrads[gi][h] -= value
         for (group, _), hypergrad in zip(prepared, hypergrads, strict=True):
             clip = group["hypergrad_clip"]
-            for h, k in zip(COEFFICIENTS, group["hyper_lr"], strict=True):
+            for h, k in self._hyper_lrs(group).items():
                 value = group[h]
                 if k > 0:
                     value = value - k * min(max(hypergrad[h], -clip), clip)
@@ -209,21 +311,98 @@ class MADA(AdaptimOptimizer):
             for h in learned:
                 if f"d_{h}" not in s:
                     s[f"d_{h}"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        lists = [batch.params, batch.grads, *(batch.state(k) for k in self.state_keys)]
-        derivs = [batch.state(f"d_{h}") for h in learned]
+        lion = bool(group["lion"])
+        keys = self.state_keys + (("lion_exp_avg",) if lion else ())
+        lists = [batch.params, batch.grads, *(batch.state(k) for k in keys)]
+        lists += [batch.state(f"d_{h}") for h in learned]
         if any_dtensor(batch.params):  # elementwise: run on the local shards
             lists = [local_list(ts) for ts in lists]
-            derivs = [local_list(ts) for ts in derivs]
-        fn = _multi_tensor_mada if foreach else _single_tensor_mada
-        fn(
-            *lists,
-            dict(zip(learned, derivs, strict=True)),
-            batch.steps,
+        kwargs = dict(
             lr=float(group["lr"]),
             eps=group["eps"],
             weight_decay=group["weight_decay"],
+            gamma=group["gamma"] if lion else 1.0,
+            lion_betas=group["lion_betas"],
             **{h: group[h] for h in COEFFICIENTS},
         )
+        fn = _multi_tensor_mada if foreach else _single_tensor_mada
+        blocks = [(lists, batch.steps)]
+        if foreach and batch.params and batch.params[0].device.type == "cpu":
+            blocks = _cpu_blocks(lists, batch.steps, CPU_BLOCK_NUMEL)
+        n = len(keys) + 2
+        for parts, steps in blocks:
+            states = parts[:n]
+            fn(
+                *states[:7],
+                states[7] if lion else None,
+                dict(zip(learned, parts[n:], strict=True)),
+                steps,
+                **kwargs,
+            )
+
+
+def _dots(flat: torch.Tensor, others: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``[<flat, x> for x in others]``; on CPU a long ``flat`` is read in cache-sized pieces once."""
+    size = flat.numel()
+    if flat.device.type != "cpu" or size <= CPU_BLOCK_NUMEL:
+        return [torch.vdot(flat, x) for x in others]
+    parts: list[list[torch.Tensor]] = [[] for _ in others]
+    for start in range(0, size, CPU_BLOCK_NUMEL):
+        piece = flat[start : start + CPU_BLOCK_NUMEL]
+        for part, x in zip(parts, others, strict=True):
+            part.append(torch.vdot(piece, x[start : start + CPU_BLOCK_NUMEL]))
+    return [torch.stack(part).sum() for part in parts]
+
+
+def _host_values(xs: list[torch.Tensor]) -> list[float]:
+    """The values of 0-d tensors, read in one synchronization per device."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, x in enumerate(xs):
+        by_device.setdefault(x.device, []).append(i)
+    values = [0.0] * len(xs)
+    for indices in by_device.values():
+        read = torch.stack([xs[i] for i in indices]).tolist()
+        for i, value in zip(indices, read, strict=True):
+            values[i] = value
+    return values
+
+
+def _cpu_blocks(
+    lists: list[list[torch.Tensor]], steps: list[int], block: int
+) -> list[tuple[list[list[torch.Tensor]], list[int]]]:
+    """Cut the aligned ``lists`` (params, grads, states: one tensor per parameter in each) into runs
+    of at most ``block`` elements (cache blocking of an elementwise update).
+
+    A tensor larger than ``block`` is cut into flat views of ``block`` elements when it and all its
+    companions are contiguous (same layout, so the same flat index is the same element); small
+    tensors are grouped. Every element is updated once, by the same elementwise operations as over
+    the whole batch, so the result is bit-identical; the many passes of the update then run over a
+    block held in cache instead of streaming every tensor through memory.
+    """
+    blocks: list[tuple[list[list[torch.Tensor]], list[int]]] = []
+    current: list[list[torch.Tensor]] = [[] for _ in lists]
+    current_steps: list[int] = []
+    size = 0
+    for i, step in enumerate(steps):
+        tensors = [ts[i] for ts in lists]
+        numel = tensors[0].numel()
+        if numel > block and all(t.is_contiguous() for t in tensors):
+            flats = [t.view(-1) for t in tensors]
+            pieces = [[f[s : s + block] for f in flats] for s in range(0, numel, block)]
+        else:
+            pieces = [tensors]
+        for piece in pieces:
+            length = piece[0].numel()
+            if size and size + length > block:
+                blocks.append((current, current_steps))
+                current, current_steps, size = [[] for _ in lists], [], 0
+            for out, t in zip(current, piece, strict=True):
+                out.append(t)
+            current_steps.append(step)
+            size += length
+    if current_steps:
+        blocks.append((current, current_steps))
+    return blocks
 
 
 def _single_tensor_mada(
@@ -234,6 +413,7 @@ def _single_tensor_mada(
     exp_avg_sq_means: list[torch.Tensor],
     diff_avgs: list[torch.Tensor],
     prev_grads: list[torch.Tensor],
+    lion_exp_avgs: list[torch.Tensor] | None,
     derivs: dict[str, list[torch.Tensor]],
     steps: list[int],
     *,
@@ -243,12 +423,15 @@ def _single_tensor_mada(
     beta3: float,
     rho: float,
     c: float,
+    gamma: float,
+    lion_betas: tuple[float, float],
     eps: float,
     weight_decay: float,
 ) -> None:
     """The reference: the equations of the module docstring, one tensor at a time.
 
     ``derivs[h][i]`` receives ``lr du/dh`` of tensor ``i`` for each learned coefficient ``h``.
+    ``lion_exp_avgs`` is ``None`` without the Lion interpolation (then ``gamma`` is 1).
     """
     for i, param in enumerate(params):
         g, t = grads[i], steps[i]
@@ -278,6 +461,14 @@ def _single_tensor_mada(
         denom = root + eps
         numer = m / bc1 + beta3 * n
         update = numer / denom
+        lion_dir = None
+        if lion_exp_avgs is not None:
+            # gdtuo.Meta: m_lion = b2 m_lion + (1 - b2) g, then sign(b1 m_lion + (1 - b1) g) with the
+            # new m_lion (Lion's own code interpolates with the old one)
+            lion_beta1, lion_beta2 = lion_betas
+            m_lion = lion_exp_avgs[i]
+            m_lion.lerp_(g, 1 - lion_beta2)
+            lion_dir = torch.lerp(m_lion, g, 1 - lion_beta1).sign_()
         if derivs:
             # u = N / D with D = sqrt(V) + eps:  du = dN / D - N / D^2 * dV / (2 sqrt(V))
             inv_d = denom.reciprocal()
@@ -285,6 +476,9 @@ def _single_tensor_mada(
                 root > 0, -numer * inv_d * inv_d / (2 * root), torch.zeros_like(root)
             )
             for h, out in derivs.items():
+                if h == "gamma":  # the step is gamma u + (1 - gamma) sign(lion direction)
+                    out[i].copy_(update).sub_(lion_dir).mul_(lr)
+                    continue
                 if h == "beta1":
                     du = inv_d * ((m_old - g) / bc1 + m * (t * beta1 ** (t - 1) / bc1**2))
                 elif h == "beta2":
@@ -299,9 +493,12 @@ def _single_tensor_mada(
                     du = dv_coef * ((v - v_avg) / bc2)
                 else:  # c
                     du = dv_coef * (rho * (1 - beta2) / bc2 * (g_hat_sq - yogi))
-                out[i].copy_(du).mul_(lr)  # d x_{t+1} / dh = -lr du/dh
+                out[i].copy_(du).mul_(lr * gamma)  # d x_{t+1} / dh = -lr gamma du/dh
         decoupled_weight_decay_(param, lr * weight_decay)
-        param.add_(update, alpha=-lr)
+        if lion_dir is None:
+            param.add_(update, alpha=-lr)
+        else:
+            param.add_(update, alpha=-lr * gamma).add_(lion_dir, alpha=-lr * (1 - gamma))
 
 
 def _multi_tensor_mada(
@@ -312,6 +509,7 @@ def _multi_tensor_mada(
     exp_avg_sq_means: list[torch.Tensor],
     diff_avgs: list[torch.Tensor],
     prev_grads: list[torch.Tensor],
+    lion_exp_avgs: list[torch.Tensor] | None,
     derivs: dict[str, list[torch.Tensor]],
     steps: list[int],
     *,
@@ -321,15 +519,18 @@ def _multi_tensor_mada(
     beta3: float,
     rho: float,
     c: float,
+    gamma: float,
+    lion_betas: tuple[float, float],
     eps: float,
     weight_decay: float,
 ) -> None:
     """The same update with ``torch._foreach_*`` ops; temporaries only for the terms in use.
 
     Frozen coefficients at their usual values cost nothing: ``c = 1`` skips the Yogi terms,
-    ``beta3 = 0`` the Adan terms, ``rho`` in {0, 1} the mix. With learned coefficients the derivative
-    states are written by ``zero_`` + ``addcmul_`` terms whose per-tensor scalars carry the bias
-    corrections, ``lr`` and the constant factors.
+    ``beta3 = 0`` the Adan terms (``n`` is then ``d`` itself), ``rho`` in {0, 1} the mix, a frozen
+    ``gamma = 1`` Lion's direction. With learned coefficients the derivative states are written by
+    ``zero_`` + ``addcmul_`` terms whose per-tensor scalars carry the bias corrections, ``lr gamma``
+    and the constant factors. On CPU the caller runs this over cache-sized blocks (``_cpu_blocks``).
     """
     if not params:
         return
@@ -344,14 +545,21 @@ def _multi_tensor_mada(
     learned = set(derivs)
     bc1 = [bias_correction(beta1, t) for t in steps]
     bc2 = [bias_correction(beta2, t) for t in steps]
-    first = [i for i, t in enumerate(steps) if t == 1]
-    if first:  # the reference's start of n: n_0 = g_1^2
-        n_first, g_first = [n[i] for i in first], [g[i] for i in first]
-        torch._foreach_copy_(n_first, g_first)
-        torch._foreach_mul_(n_first, g_first)
 
-    d = torch._foreach_sub(g, g_prev)
-    g_hat = torch._foreach_add(g, d, alpha=beta3) if beta3 != 0 else g
+    # d = g - g_prev ; n = b3 n + (1 - b3) d ; g_hat = g + b3 d
+    if beta3 != 0:
+        first = [i for i, t in enumerate(steps) if t == 1]
+        if first:  # the reference's start of n: n_0 = g_1^2 (no effect when b3 = 0)
+            n_first, g_first = [n[i] for i in first], [g[i] for i in first]
+            torch._foreach_copy_(n_first, g_first)
+            torch._foreach_mul_(n_first, g_first)
+        d = torch._foreach_sub(g, g_prev)
+        g_hat = torch._foreach_add(g, d, alpha=beta3)
+        torch._foreach_lerp_(n, d, 1 - beta3)
+    else:  # n = d: no temporary
+        torch._foreach_copy_(n, g)
+        torch._foreach_sub_(n, g_prev)
+        d, g_hat = n, g  # read only from here on
     # g2 = c g_hat^2 + (1 - c) yogi, yogi = v + g_hat^2 sign(g_hat^2 - v); materialized only if needed
     g_hat_sq = g2 = c_term = sign = None
     if c != 1 or learned & {"c", "beta2"}:
@@ -374,11 +582,14 @@ def _multi_tensor_mada(
     else:
         torch._foreach_lerp_(v, g2, 1 - beta2)
     torch._foreach_lerp_(m, g, 1 - beta1)
-    if beta3 != 0:
-        torch._foreach_lerp_(n, d, 1 - beta3)
-    else:
-        torch._foreach_copy_(n, d)
     torch._foreach_lerp_(v_avg, v, scalars([1.0 / t for t in steps]))
+    lion_dir = None
+    if lion_exp_avgs is not None:  # gdtuo.Meta: sign(b1 m_lion + (1 - b1) g) with the new m_lion
+        lion_beta1, lion_beta2 = lion_betas
+        torch._foreach_lerp_(lion_exp_avgs, g, 1 - lion_beta2)
+        if gamma != 1 or "gamma" in learned:
+            lion_dir = torch._foreach_lerp(lion_exp_avgs, g, 1 - lion_beta1)
+            torch._foreach_sign_(lion_dir)
     torch._foreach_copy_(g_prev, g)
     if rho == 1:
         v_mix = v
@@ -387,6 +598,9 @@ def _multi_tensor_mada(
     else:
         v_mix = torch._foreach_lerp(v_avg, v, rho)
     decoupled_weight_decay_(params, lr * weight_decay)
+    if lion_dir is not None and gamma != 1:
+        torch._foreach_add_(params, lion_dir, alpha=-lr * (1 - gamma))
+    lr_g = lr * gamma  # the adaptive step and its derivatives carry gamma
 
     if not learned:  # sqrt(v/bc2) + eps == (sqrt(v) + eps sqrt(bc2)) / sqrt(bc2), as in Adam
         bc2_sqrt = [math.sqrt(b) for b in bc2]
@@ -396,7 +610,7 @@ def _multi_tensor_mada(
         if beta3 != 0:  # m / bc1 + b3 n == (m + b3 bc1 n) / bc1
             numer = torch._foreach_mul(n, scalars([beta3 * b for b in bc1]))
             torch._foreach_add_(numer, m)
-        step = [-lr * s / b for s, b in zip(bc2_sqrt, bc1, strict=True)]
+        step = [-lr_g * s / b for s, b in zip(bc2_sqrt, bc1, strict=True)]
         torch._foreach_addcdiv_(params, numer, denom, scalars(step))
         return
 
@@ -405,7 +619,7 @@ def _multi_tensor_mada(
     torch._foreach_sqrt_(root)
     inv_d = torch._foreach_add(root, eps)
     dvq: list[torch.Tensor] = []  # 1 / (D sqrt(V)) where sqrt(V) > 0, else 0; later u / (D sqrt(V))
-    if learned - {"beta1"}:
+    if learned & {"beta2", "beta3", "rho", "c"}:
         q = torch._foreach_mul(root, inv_d)
         # A positive q is at least the smallest subnormal (sqrt(V) >= its square root), so the clamp
         # changes only q = 0, where the mask sign(sqrt(V)) is 0 too.
@@ -420,11 +634,17 @@ def _multi_tensor_mada(
     if beta3 != 0:
         torch._foreach_add_(u, n, alpha=beta3)
     torch._foreach_mul_(u, inv_d)
-    torch._foreach_add_(params, u, alpha=-lr)
+    torch._foreach_add_(params, u, alpha=-lr_g)
+    if "gamma" in learned:  # lr (u - sign(lion direction))
+        out = derivs["gamma"]
+        torch._foreach_copy_(out, u)
+        torch._foreach_sub_(out, lion_dir)
+        torch._foreach_mul_(out, lr)
+    del lion_dir
     if dvq:
         torch._foreach_mul_(dvq, u)  # N / (D^2 sqrt(V)) = -2 x the coefficient of dV in du
     del u
-    half = -0.5 * lr  # derivs[h] = lr du/dh
+    half = -0.5 * lr_g  # derivs[h] = lr gamma du/dh
     k1 = [t * beta1 ** (t - 1) / b**2 for t, b in zip(steps, bc1, strict=True)]
     k2 = [t * beta2 ** (t - 1) / b**2 for t, b in zip(steps, bc2, strict=True)]
 
@@ -434,9 +654,9 @@ def _multi_tensor_mada(
         torch._foreach_zero_(out)
         a = [1.0 / (beta1 * b) for b in bc1]
         torch._foreach_addcmul_(
-            out, inv_d, m, scalars([lr * (x + k) for x, k in zip(a, k1, strict=True)])
+            out, inv_d, m, scalars([lr_g * (x + k) for x, k in zip(a, k1, strict=True)])
         )
-        torch._foreach_addcmul_(out, inv_d, g, scalars([-lr * x for x in a]))
+        torch._foreach_addcmul_(out, inv_d, g, scalars([-lr_g * x for x in a]))
     if "beta2" in learned:
         # dv (rho (v_old - g2) / bc2 + k2 v_mix), with v_old - g2 = (v - g2) / b2 (b2 > 0.5)
         out = derivs["beta2"]
@@ -467,13 +687,19 @@ def _multi_tensor_mada(
     del c_term
     if "beta3" in learned:
         # inv_d (n + b3 (n_old - d)) + dv rho (1 - b2) / bc2 2 g_hat (c + (1 - c) sign) d, where
-        # b3 (n_old - d) = n - d exactly (n = b3 n_old + (1 - b3) d)
+        # b3 (n_old - d) = n - d exactly (n = b3 n_old + (1 - b3) d; n is d when b3 = 0)
         out = derivs["beta3"]
         torch._foreach_zero_(out)
-        torch._foreach_addcmul_(out, inv_d, n, 2.0 * lr)
-        torch._foreach_addcmul_(out, inv_d, d, -lr)
+        if beta3 != 0:
+            torch._foreach_addcmul_(out, inv_d, n, 2.0 * lr_g)
+            torch._foreach_addcmul_(out, inv_d, d, -lr_g)
+        else:
+            torch._foreach_addcmul_(out, inv_d, n, lr_g)
         if rho != 0:
-            torch._foreach_mul_(d, g_hat)
+            if beta3 != 0:  # d is a temporary
+                torch._foreach_mul_(d, g_hat)
+            else:  # d is the state n
+                d = torch._foreach_mul(d, g_hat)
             if c != 1:  # c + (1 - c) sign
                 torch._foreach_mul_(sign, 1 - c)
                 torch._foreach_add_(sign, c)
@@ -574,13 +800,14 @@ def _multi_tensor_avgrad(
 register(
     OptimInfo(
         name="mada",
-        verified="frozen at Adam = torch.optim.AdamW; hyper-gradient vs autograd and finite differences",
+        verified="frozen at Adam = torch.optim.AdamW; hyper-gradient vs autograd and finite "
+        "differences; Lion interpolation vs steps by hand (2x2)",
         cls=MADA,
         paper=PAPER,
         paper_url=PAPER_URL,
         reference=REFERENCE,
-        description="Interpolation of Adam, AVGrad, Yogi and Adan whose coefficients are learned "
-        "online by hyper-gradient descent.",
+        description="Interpolation of Adam, AVGrad, Yogi and Adan (and, with lion=True, Lion) "
+        "whose coefficients are learned online by hyper-gradient descent.",
         tuned_lr={"quadratic": 0.05, "rosenbrock": 0.03},
     )
 )
