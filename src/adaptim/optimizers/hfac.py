@@ -98,6 +98,10 @@ class HFac(AdaptimOptimizer):
 
     elementwise = False
     supports_dtensor = True  # tests/test_fsdp2.py
+    # Every statistic is per tensor (row/column means, RMS clip), so the multi-tensor update can run
+    # over cache-sized chunks of whole tensors; chunks are cut by global sizes, so FSDP2 ranks issue
+    # the same collectives.
+    cache_blocking = True
     hyperparameter_rules = {
         "betas": TupleOf((UNIT_HALF_OPEN, UNIT_HALF_OPEN)),
         "eps": NONNEGATIVE,
