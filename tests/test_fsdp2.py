@@ -326,6 +326,49 @@ def _worker(rank: int, port: int, out_path: str) -> None:
         dist.destroy_process_group()
 
 
+def _one_chunk_per_tensor_worker(
+    rank: int, port: int, out_path: str, cases: list[tuple[str, str, dict[str, Any]]]
+) -> None:
+    """:func:`_worker` for ``cases`` only, with every tensor its own CPU chunk (cache blocking)."""
+    from adaptim.core import base
+
+    base.CPU_CHUNK_BYTES = 1
+    CASES[:] = cases
+    _worker(rank, port, out_path)
+
+
+def check_one_chunk_per_tensor(
+    cases: list[tuple[str, str, dict[str, Any]]], tmp_dir: str, dtensor_states: bool = True
+) -> None:
+    """Cache-blocked optimizers whose per-chunk statistics are reduced over shards: run ``cases``
+    sharded with one CPU chunk per tensor (uneven, empty and dim-1 shards) and compare each with a
+    single-process run (which moves the weights, so the comparison means something)."""
+    import torch.multiprocessing as mp
+
+    out_path = os.path.join(tmp_dir, "results.pt")
+    mp.start_processes(
+        _one_chunk_per_tensor_worker,
+        args=(_free_port(), out_path, cases),
+        nprocs=2,
+        start_method="spawn",
+    )
+    results = torch.load(out_path, weights_only=False)
+    for case_id, name, kwargs in cases:
+        result = results[case_id]
+        assert "error" not in result, result.get("error")
+        if dtensor_states:
+            assert result["state_kinds"] == {"DTensor"}, case_id
+        model = make_model()
+        start = [p.detach().clone() for p in model.parameters()]
+        train(model, lambda params, n=name, kw=kwargs: adaptim.create(n, params, **kw))
+        moved = max(
+            (p - s).abs().max().item() for p, s in zip(model.parameters(), start, strict=True)
+        )
+        assert moved > 1e-3, case_id
+        for got, want in zip(result["params"], model.parameters(), strict=True):
+            assert (got - want).abs().max().item() < TOL, case_id
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """Tiny models: threads only contend (the single-process runs are 50x slower with 2 threads)."""

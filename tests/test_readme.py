@@ -20,4 +20,6 @@ def test_readme_registry_table_is_current():
     if os.environ.get("ADAPTIM_UPDATE_README") == "1":
         README.write_text(expected)
         text = expected
-    assert text == expected, "README's table is stale: run ADAPTIM_UPDATE_README=1 pytest tests/test_readme.py"
+    assert text == expected, (
+        "README's table is stale: run ADAPTIM_UPDATE_README=1 pytest tests/test_readme.py"
+    )

@@ -87,7 +87,9 @@ def test_pieces_agree_on_tensors_and_lists_and_never_touch_grads():
         for i, d in enumerate(many):
             expected = ((v[i] + 1e-4) / per[i]).sqrt() + 1e-3
             torch.testing.assert_close(d, expected)
-            torch.testing.assert_close(adam_denominator(v[i], 1e-3, per[i], eps_inside=1e-4), expected)
+            torch.testing.assert_close(
+                adam_denominator(v[i], 1e-3, per[i], eps_inside=1e-4), expected
+            )
     a, b = copy.deepcopy(params), copy.deepcopy(params)
     decoupled_weight_decay_(a, [0.1, 0.2])
     proximal_weight_decay_(b, 0.1)
@@ -113,7 +115,9 @@ def test_bf16_checkpoint_keeps_fp32_states_and_continues_bit_identically():
     twin_opt.load_state_dict(opt.state_dict())
     for p in twin.parameters():
         assert twin_opt.state[p]["exp_avg_sq"].dtype == torch.float32
-        assert twin_opt.state[p]["exp_avg"].data_ptr() != opt.state[model.weight]["exp_avg"].data_ptr()
+        assert (
+            twin_opt.state[p]["exp_avg"].data_ptr() != opt.state[model.weight]["exp_avg"].data_ptr()
+        )
     run(model, opt, 3)
     run(twin, twin_opt, 3)
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):

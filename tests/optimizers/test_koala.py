@@ -288,39 +288,9 @@ FSDP2_CASES = [
 ]
 
 
-def _chunked_fsdp2_worker(rank: int, port: int, out_path: str, cases) -> None:
-    """tests/test_fsdp2.py's worker, for ``cases``, with every tensor its own CPU chunk."""
-    import test_fsdp2
-
-    base.CPU_CHUNK_BYTES = 1
-    test_fsdp2.CASES[:] = cases
-    test_fsdp2._worker(rank, port, out_path)
-
-
 @pytest.mark.slow
 def test_fsdp2_with_one_chunk_per_tensor_matches_single_process(tmp_path):
     """Per-chunk norms summed over shards (uneven, empty and dim-1 shards) give the same steps."""
-    import torch.multiprocessing as mp
-
     import test_fsdp2
 
-    out_path = str(tmp_path / "results.pt")
-    mp.start_processes(
-        _chunked_fsdp2_worker,
-        args=(test_fsdp2._free_port(), out_path, FSDP2_CASES),
-        nprocs=2,
-        start_method="spawn",
-    )
-    results = torch.load(out_path, weights_only=False)
-    for case_id, name, kwargs in FSDP2_CASES:
-        result = results[case_id]
-        assert "error" not in result, result.get("error")
-        model = test_fsdp2.make_model()
-        start = [p.detach().clone() for p in model.parameters()]
-        test_fsdp2.train(model, lambda params, n=name, kw=kwargs: adaptim.create(n, params, **kw))
-        moved = max(
-            (p - s).abs().max().item() for p, s in zip(model.parameters(), start, strict=True)
-        )
-        assert moved > 1e-3
-        for got, want in zip(result["params"], model.parameters(), strict=True):
-            assert (got - want).abs().max().item() < test_fsdp2.TOL, case_id
+    test_fsdp2.check_one_chunk_per_tensor(FSDP2_CASES, str(tmp_path), dtensor_states=False)
