@@ -10,8 +10,10 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 import adaptim
+from adaptim.core import base
 
 A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
 B = torch.tensor([[1.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
@@ -165,3 +167,104 @@ def test_bad_hyperparameters_are_refused():
         adaptim.AdaptiveHeavyBallSGD([x], lr=0.1, delta=0.0)
     with pytest.raises(ValueError, match="beta2"):
         adaptim.AdaptiveHeavyBallAdam([x], beta2=1.0)
+
+
+# -- the cache-blocked passes ---------------------------------------------------------------------
+
+BLOCKING_CASES = [
+    (adaptim.AdaptiveHeavyBallSGD, dict(lr=0.05, weight_decay=0.05)),
+    (adaptim.AdaptiveHeavyBallAdam, dict(lr=1e-2, weight_decay=0.05)),
+    (adaptim.AdaptiveHeavyBallAdam, dict(lr=1e-2, maximize=True)),
+]
+
+
+def _blocked_run(cls, kw, chunk_bytes, monkeypatch, parts):
+    """Two param groups (different lr); the last layer starts at step 3, so a batch mixes step
+    counts and tensors without history."""
+    monkeypatch.setattr(base, "CPU_CHUNK_BYTES", chunk_bytes)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 3)
+    )
+    model = model.double()
+    params = list(model.parameters())
+    groups = [{"params": params[:3]}, {"params": params[3:], "lr": kw["lr"] / 3}]
+    opt = cls(groups, foreach=True, **kw)
+    chunks = opt._chunks
+
+    def counting(batch):
+        out = chunks(batch)
+        parts.append(len(out))
+        return out
+
+    monkeypatch.setattr(opt, "_chunks", counting)
+    gen = torch.Generator().manual_seed(5)
+    for step in range(6):
+        x = torch.randn(8, 5, generator=gen, dtype=torch.float64)
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        if step < 2:
+            params[-1].grad = params[-2].grad = None  # frozen for two steps
+        opt.step()
+    return [p.detach().clone() for p in params], [s["step_sq"] for s in opt.state.values()]
+
+
+@pytest.mark.parametrize(("cls", "kw"), BLOCKING_CASES, ids=str)
+def test_cache_blocked_passes_are_bit_identical(cls, kw, monkeypatch):
+    """Both passes (the change of the gradient, then the update) over one-tensor chunks equal one
+    pass over the whole batch, bit for bit, with L2 decay, maximize and mixed step counts."""
+    parts_small: list[int] = []
+    parts_whole: list[int] = []
+    small, small_steps = _blocked_run(cls, kw, 1, monkeypatch, parts_small)
+    whole, whole_steps = _blocked_run(cls, kw, 2**40, monkeypatch, parts_whole)
+    assert max(parts_small) == 3 and max(parts_whole) == 1  # really chunked (3 tensors a group)
+    for x, y in zip(small, whole, strict=True):
+        assert torch.equal(x, y), f"max diff {(x - y).abs().max().item():.3e}"
+    assert small_steps == whole_steps
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_step_sq_is_the_squared_length_of_the_last_step(foreach):
+    """``step_sq`` keeps its meaning (old checkpoints): ``||x_{k+1} - x_k||^2``, a Python float."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+    opt = adaptim.AdaptiveHeavyBallAdam(model.parameters(), lr=0.03, foreach=foreach)
+    for _ in range(3):
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.zero_grad()
+        model(torch.randn(5, 4, dtype=torch.float64)).pow(2).sum().backward()
+        opt.step()
+        for p, b in zip(model.parameters(), before, strict=True):
+            step_sq = opt.state[p]["step_sq"]
+            assert type(step_sq) is float
+            assert step_sq > 0
+            assert math.isclose(step_sq, (p.detach() - b).pow(2).sum().item(), rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("cls", [adaptim.AdaptiveHeavyBallSGD, adaptim.AdaptiveHeavyBallAdam])
+def test_one_host_transfer_per_step(cls, monkeypatch):
+    """``beta_k`` stays a device tensor: no .item()/float()/bool() in the multi-tensor step, and one
+    ``tolist`` (the step lengths written to the states)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    opt = cls(model.parameters(), lr=0.05, weight_decay=0.01, foreach=True)
+    calls = []
+    tolist = torch.Tensor.tolist
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host synchronization in the multi-tensor step")
+
+    def counting(self):
+        calls.append(1)
+        return tolist(self)
+
+    for step in range(3):
+        opt.zero_grad()
+        model(torch.randn(3, 4, dtype=torch.float64)).pow(2).mean().backward()
+        with monkeypatch.context() as m:
+            for name in ("item", "__float__", "__bool__"):
+                m.setattr(torch.Tensor, name, refuse)
+            m.setattr(torch.Tensor, "tolist", counting)
+            opt.step()
+        assert len(calls) == step + 1
+    assert all(s["step_sq"] > 0 for s in opt.state.values())  # the states really moved

@@ -6,10 +6,14 @@ with plain tensor arithmetic over the concatenation of both parameters.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from torch import nn
 
 import adaptim
+from adaptim.core import base
 
 A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
 T = torch.tensor([[1.0, -1.0], [0.5, 2.0]], dtype=torch.float64)
@@ -137,3 +141,106 @@ def test_beta_type_must_agree_across_groups():
     opt = adaptim.NCGMomentumSGD([a], lr=0.1)
     with pytest.raises(ValueError, match="beta_type"):
         opt.add_param_group({"params": [b], "beta_type": "pr"})
+
+
+# -- the cache-blocked passes ---------------------------------------------------------------------
+
+BLOCKING_CASES = [
+    dict(lr=0.05, weight_decay=0.05),  # FR: g + wd p recomputed in each pass
+    dict(lr=0.05, beta_type="pr", weight_decay=0.05),  # PR: g_k stored in prev_grad, read back
+    dict(lr=0.05, beta_type="pr", maximize=True, restart=False),
+]
+
+
+def _blocked_run(kw, chunk_bytes, monkeypatch, parts):
+    """Two param groups (different lr); the last layer starts at step 3 (mixed step counts)."""
+    monkeypatch.setattr(base, "CPU_CHUNK_BYTES", chunk_bytes)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 3)
+    )
+    model = model.double()
+    params = list(model.parameters())
+    groups = [{"params": params[:3]}, {"params": params[3:], "lr": kw["lr"] / 3}]
+    opt = adaptim.NCGMomentumSGD(groups, foreach=True, **kw)
+    chunks = opt._chunks
+
+    def counting(batch):
+        out = chunks(batch)
+        parts.append(len(out))
+        return out
+
+    monkeypatch.setattr(opt, "_chunks", counting)
+    gen = torch.Generator().manual_seed(5)
+    betas = []
+    for step in range(6):
+        x = torch.randn(8, 5, generator=gen, dtype=torch.float64)
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        if step < 2:
+            params[-1].grad = params[-2].grad = None  # frozen for two steps
+        opt.step()
+        betas.append(opt._sums)
+    return [p.detach().clone() for p in params], betas
+
+
+@pytest.mark.parametrize("kw", BLOCKING_CASES, ids=str)
+def test_cache_blocked_passes_are_bit_identical(kw, monkeypatch):
+    """Both passes (statistics, then the update) over one-tensor chunks equal one pass over the
+    whole batch, bit for bit."""
+    parts_small: list[int] = []
+    parts_whole: list[int] = []
+    small, sums_small = _blocked_run(kw, 1, monkeypatch, parts_small)
+    whole, sums_whole = _blocked_run(kw, 2**40, monkeypatch, parts_whole)
+    assert max(parts_small) == 3 and max(parts_whole) == 1  # really chunked (3 tensors a group)
+    assert sums_small == sums_whole
+    assert any(s[1] > 0 for s in sums_whole)  # the coefficient really had history
+    for x, y in zip(small, whole, strict=True):
+        assert torch.equal(x, y), f"max diff {(x - y).abs().max().item():.3e}"
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("beta_type", ["fr", "pr"])
+def test_grad_sq_is_the_squared_norm_of_the_gradient(foreach, beta_type):
+    """``grad_sq`` keeps its meaning (old checkpoints): ``||g_k||^2`` of the tensor, a Python float."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+    opt = adaptim.NCGMomentumSGD(
+        model.parameters(), lr=0.05, beta_type=beta_type, weight_decay=0.1, foreach=foreach
+    )
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(5, 4, dtype=torch.float64)).pow(2).sum().backward()
+        expected = [(p.grad + 0.1 * p.detach()).pow(2).sum().item() for p in model.parameters()]
+        opt.step()
+        for p, want in zip(model.parameters(), expected, strict=True):
+            grad_sq = opt.state[p]["grad_sq"]
+            assert type(grad_sq) is float
+            assert math.isclose(grad_sq, want, rel_tol=1e-9)
+
+
+def test_one_host_transfer_per_step(monkeypatch):
+    """The per-tensor statistics come to the host in one ``tolist`` a step, no ``.item()``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    opt = adaptim.NCGMomentumSGD(model.parameters(), lr=0.05, beta_type="pr", foreach=True)
+    calls = []
+    tolist = torch.Tensor.tolist
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host synchronization in the multi-tensor step")
+
+    def counting(self):
+        calls.append(1)
+        return tolist(self)
+
+    for step in range(3):
+        opt.zero_grad()
+        model(torch.randn(3, 4, dtype=torch.float64)).pow(2).mean().backward()
+        with monkeypatch.context() as m:
+            for name in ("item", "__float__", "__bool__"):
+                m.setattr(torch.Tensor, name, refuse)
+            m.setattr(torch.Tensor, "tolist", counting)
+            opt.step()
+        assert len(calls) == step + 1
+    assert opt._sums[1] > 0

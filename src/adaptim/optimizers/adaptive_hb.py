@@ -54,27 +54,32 @@ Choices where the sources are silent (named options where they matter):
   ``beta_1 = 0`` the EMA ``m`` has weights summing to one at every step, so it needs no bias correction
   (``1 - prod(beta_i) = 1``); ``v`` keeps Adam's bias correction.
 
+Two passes per step, both over cache-sized chunks of tensors on CPU (``cache_blocking``; bit-identical
+to one pass over all tensors). The first (``_before_update``) computes each tensor's
+``||g_k - g_{k-1}||`` in ``prev_grad``'s buffer (``prev_grad - g_k``, whose norm is the same) and then
+stores ``g_k`` there, so no temporary as large as the model exists and ``prev_grad`` is written while it
+is in cache; the second (the update) reads ``g_k`` back from ``prev_grad`` (with weight decay it is the
+regularized gradient, computed once). The global sum of squares stays a 0-dim float64 tensor on the
+parameters' device, and so does ``beta_k``: the only host synchronization is one per step, when the step
+lengths are written to the states as Python floats (``step_sq``, the ``||x_k - x_{k-1}||^2`` of each
+tensor, kept as a float so that checkpoints keep their meaning).
+
 FSDP2 (DTensor parameters): the updates are elementwise given ``beta_k`` and run on the local shards;
-the norms of ``g_k - g_{k-1}`` and of each step sum their squares over the shards (one collective per
-batch), so ``L_k`` and ``beta_k`` are the same on every rank and equal a single process's, and the
-recorded step length is the global one (tests/test_fsdp2.py).
+the norms of ``g_k - g_{k-1}`` (one collective per batch) and of the steps (one collective per step) sum
+their squares over the shards, so ``L_k`` and ``beta_k`` are the same on every rank and equal a single
+process's, and the recorded step length is the global one (tests/test_fsdp2.py).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
-from adaptim.core.distributed import (
-    any_dtensor,
-    foreach_copy_,
-    local_list,
-    sharded_norms,
-)
+from adaptim.core.distributed import any_dtensor, local_list, sharded_norms
 from adaptim.core.functional import adam_denominator, bias_correction, l2_weight_decay, scalars
 from adaptim.core.validation import POSITIVE, UNIT_HALF_OPEN, Interval
 from adaptim.registry import OptimInfo, register
@@ -92,19 +97,28 @@ REFERENCE = (
     "ANSHB code (zqOuO/ziqwnudt-Normalized-Stochastic-Heavy-Ball-with-Adaptive-Momentum @ 7ed8973)"
 )
 
+Beta = float | torch.Tensor
 
-def adaptive_momentum(lr: float, curvature: float | None, delta: float) -> float:
-    """``clip((1 - sqrt(lr * L))^2, 0, 1 - delta)``; ``0`` when there is no curvature estimate yet."""
+
+def adaptive_momentum(lr: float, curvature: Beta | None, delta: float) -> Beta:
+    """``clip((1 - sqrt(lr * L))^2, 0, 1 - delta)``; ``0`` when there is no curvature estimate yet.
+
+    ``curvature`` may be a Python float or a 0-dim tensor (then so is the result: no host sync)."""
     if curvature is None:
         return 0.0
+    if isinstance(curvature, torch.Tensor):
+        return (1.0 - (lr * curvature).sqrt()).square().clamp(0.0, 1.0 - delta)
     return min(max((1.0 - math.sqrt(lr * curvature)) ** 2, 0.0), 1.0 - delta)
 
 
 class _AdaptiveHeavyBall(AdaptimOptimizer):
-    """Shared parts: the global curvature estimate, computed before any parameter moves."""
+    """Shared parts: the global curvature estimate, computed before any parameter moves, and the
+    recording of each tensor's step length once the step is taken."""
 
     state_keys = ("momentum_buffer", "prev_grad")
     supports_dtensor = True  # tests/test_fsdp2.py
+    #: elementwise given ``beta_k``, which a first pass (``_before_update``) computes
+    cache_blocking = True
 
     def _init_state(
         self, group: dict[str, Any], param: torch.Tensor, state: dict[str, Any]
@@ -112,37 +126,87 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
         super()._init_state(group, param, state)
         state["step_sq"] = 0.0  # ||x_k - x_{k-1}||^2 of this tensor's last step
 
-    def _before_update(self, prepared: list[tuple[dict[str, Any], list[TensorBatch]]]) -> None:
-        grad_sq, step_sq, seen = 0.0, 0.0, False
-        for group, batches in prepared:
-            foreach = self._use_foreach(group)
-            for batch in batches:
-                # L2 weight decay once, here: the curvature is that of the regularized objective.
-                batch.grads = l2_weight_decay(batch.grads, batch.params, group["weight_decay"])
-                idx = [i for i, s in enumerate(batch.states) if s["step"] > 1]
-                if not idx:
-                    continue
-                seen = True
-                grads = [batch.grads[i] for i in idx]
-                prev = [batch.states[i]["prev_grad"] for i in idx]
-                likes = grads if any_dtensor(grads) else None
-                if likes is not None:  # FSDP2: norms of the local shards, squares summed below
-                    grads, prev = local_list(grads), local_list(prev)
-                if foreach:
-                    norms = torch._foreach_norm(torch._foreach_sub(grads, prev))
-                else:
-                    norms = [
-                        torch.linalg.vector_norm(g - q) for g, q in zip(grads, prev, strict=True)
-                    ]
-                if likes is not None:
-                    norms = sharded_norms(norms, likes)
-                grad_sq += sum(n * n for n in torch.stack(norms).double().tolist())
-                step_sq += sum(batch.states[i]["step_sq"] for i in idx)
-        eps = self.defaults["curvature_eps"]
-        self._curvature = math.sqrt(grad_sq) / (math.sqrt(step_sq) + eps) if seen else None
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        self._steps_taken: list[
+            tuple[list[torch.Tensor], list[torch.Tensor], list[Any], float]
+        ] = []
+        loss = super().step(closure)
+        self._record_step_lengths()
+        return loss
 
-    def _momentum(self, group: dict[str, Any]) -> float:
-        return adaptive_momentum(float(group["lr"]), self._curvature, group["delta"])
+    def _before_update(self, prepared: list[tuple[dict[str, Any], list[TensorBatch]]]) -> None:
+        """First pass: ``prev_grad <- g_k`` everywhere and the global ``||g_k - g_{k-1}||^2`` over the
+        tensors with a history, per cache-sized chunk on CPU (see the module notes)."""
+        totals: list[torch.Tensor] = []
+        step_sq = 0.0
+        for group, batches in prepared:
+            foreach, weight_decay = self._use_foreach(group), group["weight_decay"]
+            fn = _multi_tensor_grad_change_ if foreach else _single_tensor_grad_change_
+            for batch in batches:
+                norms: list[torch.Tensor] = []
+                likes: list[torch.Tensor] = []
+                for part in self._chunks(batch) if foreach else (batch,):
+                    params, grads, prev = _local(part, "prev_grad")
+                    changes = fn(params, grads, prev, weight_decay=weight_decay)
+                    for i, state in enumerate(part.states):
+                        if state["step"] > 1:  # a tensor without history does not enter L_k
+                            norms.append(changes[i])
+                            likes.append(part.params[i])
+                            step_sq += state["step_sq"]
+                if not norms:
+                    continue
+                if any_dtensor(likes):  # FSDP2: squares of the local shards' norms, summed
+                    norms = sharded_norms(norms, likes)
+                totals.append(torch.stack(norms).to(torch.float64).square().sum())
+        self._betas: dict[tuple[float, float, torch.device, torch.dtype], Beta] = {}
+        self._curvature: torch.Tensor | None = None
+        if totals:
+            device = totals[0].device
+            grad_sq = torch.stack([t.to(device) for t in totals]).sum()
+            eps = self.defaults["curvature_eps"]
+            self._curvature = grad_sq.sqrt() / (math.sqrt(step_sq) + eps)
+
+    def _momentum(self, group: dict[str, Any], like: torch.Tensor) -> Beta:
+        """``beta_k`` of ``group``: ``0.0``, or a 0-dim tensor on ``like``'s device, in its dtype."""
+        if self._curvature is None:
+            return 0.0
+        lr, delta = float(group["lr"]), group["delta"]
+        key = (lr, delta, like.device, like.dtype)
+        beta = self._betas.get(key)
+        if beta is None:
+            beta = adaptive_momentum(lr, self._curvature, delta)
+            beta = self._betas[key] = beta.to(device=like.device, dtype=like.dtype)
+        return beta
+
+    def _took(self, batch: TensorBatch, norms: list[torch.Tensor], lr: float) -> None:
+        """Remember the per-tensor norms of the step just taken (``||x_{k+1} - x_k|| / lr``)."""
+        self._steps_taken.append((norms, batch.params, batch.states, lr))
+
+    def _record_step_lengths(self) -> None:
+        """``step_sq = (lr * ||step||)^2`` of every tensor that moved: one host sync per step (and,
+        under FSDP2, one collective per set of process groups)."""
+        taken, self._steps_taken = self._steps_taken, []
+        if not taken:
+            return
+        likes = [p for _, params, _, _ in taken for p in params]
+        if any_dtensor(likes):
+            flat = sharded_norms([n for norms, _, _, _ in taken for n in norms], likes)
+            start, regrouped = 0, []
+            for norms, params, states, lr in taken:
+                regrouped.append((flat[start : start + len(norms)], params, states, lr))
+                start += len(norms)
+            taken = regrouped
+        device = taken[0][0][0].device
+        values = torch.cat(
+            [torch.stack(norms).to(device=device, dtype=torch.float64) for norms, *_ in taken]
+        ).tolist()
+        start = 0
+        for norms, _, states, lr in taken:
+            for state, n in zip(states, values[start : start + len(norms)], strict=True):
+                state["step_sq"] = (lr * n) ** 2
+            start += len(norms)
 
 
 class AdaptiveHeavyBallSGD(_AdaptiveHeavyBall):
@@ -186,14 +250,13 @@ class AdaptiveHeavyBallSGD(_AdaptiveHeavyBall):
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
         fn = _multi_tensor_ahb_sgd if foreach else _single_tensor_ahb_sgd
-        likes, lists = _local(batch, "momentum_buffer", "prev_grad")
-        fn(
-            *lists,
-            batch.states,
-            likes=likes,
-            lr=float(group["lr"]),
-            beta=self._momentum(group),
-        )
+        # prev_grad holds g_k (with the L2 term) since the first pass
+        params, _, bufs, grads = _local(batch, "momentum_buffer", "prev_grad")
+        if not params:
+            return
+        lr = float(group["lr"])
+        norms = fn(params, grads, bufs, lr=lr, beta=self._momentum(group, params[0]))
+        self._took(batch, norms, lr)
 
 
 class AdaptiveHeavyBallAdam(_AdaptiveHeavyBall):
@@ -245,38 +308,70 @@ class AdaptiveHeavyBallAdam(_AdaptiveHeavyBall):
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
         fn = _multi_tensor_ahb_adam if foreach else _single_tensor_ahb_adam
-        likes, lists = _local(batch, "exp_avg", "exp_avg_sq", "prev_grad")
-        fn(
-            *lists,
-            batch.states,
-            likes=likes,
-            lr=float(group["lr"]),
-            beta=self._momentum(group),
+        # prev_grad holds g_k (with the L2 term) since the first pass
+        params, _, exp_avgs, exp_avg_sqs, grads = _local(
+            batch, "exp_avg", "exp_avg_sq", "prev_grad"
+        )
+        if not params:
+            return
+        lr = float(group["lr"])
+        norms = fn(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            batch.steps,
+            lr=lr,
+            beta=self._momentum(group, params[0]),
             beta2=group["beta2"],
             eps=group["eps"],
         )
+        self._took(batch, norms, lr)
 
 
-def _local(
-    batch: TensorBatch, *keys: str
-) -> tuple[list[torch.Tensor] | None, list[list[torch.Tensor]]]:
-    """``(likes, [params, grads, states...])``: under FSDP2 the local shards and their DTensors
-    (``likes``, over whose shards the norms of the recorded step lengths are summed)."""
+def _local(batch: TensorBatch, *keys: str) -> list[list[torch.Tensor]]:
+    """``[params, grads, states...]`` of ``batch``, as local shards under FSDP2 (in-place ops on a
+    local shard update its DTensor), so the math runs on plain tensors."""
     lists = [batch.params, batch.grads, *(batch.state(k) for k in keys)]
     if any_dtensor(batch.params):
-        return batch.params, [local_list(ts) for ts in lists]
-    return None, lists
+        return [local_list(ts) for ts in lists]
+    return lists
 
 
-def _step_norms(norms: list[torch.Tensor], likes: list[torch.Tensor] | None) -> list[float]:
-    """Per-tensor norms of the steps (local shards' norms summed over the shards under FSDP2)."""
-    if likes is not None:
-        norms = sharded_norms(norms, likes)
-    return torch.stack(norms).tolist()
+# -- first pass: the change of the gradient -------------------------------------------------------
 
 
-def _step_norm(norm: torch.Tensor, like: torch.Tensor | None) -> float:
-    return norm.item() if like is None else _step_norms([norm], [like])[0]
+def _single_tensor_grad_change_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    prev_grads: list[torch.Tensor],
+    *,
+    weight_decay: float,
+) -> list[torch.Tensor]:
+    """``g_k = grad + wd * p``; returns each ``||g_k - g_{k-1}||`` and stores ``g_k`` in ``prev_grads``."""
+    norms = []
+    for param, grad, prev in zip(params, grads, prev_grads, strict=True):
+        if weight_decay:
+            grad = grad.add(param, alpha=weight_decay)  # a new tensor, never p.grad
+        norms.append(torch.linalg.vector_norm(grad - prev))
+        prev.copy_(grad)
+    return norms
+
+
+def _multi_tensor_grad_change_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    prev_grads: list[torch.Tensor],
+    *,
+    weight_decay: float,
+) -> list[torch.Tensor]:
+    if not params:
+        return []
+    grads = l2_weight_decay(grads, params, weight_decay)  # a new list of new tensors, or grads
+    torch._foreach_sub_(prev_grads, grads)  # g_{k-1} - g_k: the same norm, no temporary
+    norms = list(torch._foreach_norm(prev_grads))
+    torch._foreach_copy_(prev_grads, grads)
+    return norms
 
 
 # -- SGD ------------------------------------------------------------------------------------------
@@ -286,41 +381,31 @@ def _single_tensor_ahb_sgd(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     bufs: list[torch.Tensor],
-    prev_grads: list[torch.Tensor],
-    states: list[dict[str, Any]],
     *,
-    likes: list[torch.Tensor] | None = None,
     lr: float,
-    beta: float,
-) -> None:
-    for i, (param, grad, buf, prev, state) in enumerate(
-        zip(params, grads, bufs, prev_grads, states, strict=True)
-    ):
+    beta: Beta,
+) -> list[torch.Tensor]:
+    """One step per tensor; ``grads`` are ``g_k`` (L2 included). Returns each ``||m_k||``."""
+    norms = []
+    for param, grad, buf in zip(params, grads, bufs, strict=True):
         buf.mul_(beta).add_(grad)  # m_k = beta_k m_{k-1} + g_k
-        prev.copy_(grad)
         param.add_(buf, alpha=-lr)  # x_{k+1} = x_k - lr m_k
-        like = None if likes is None else likes[i]
-        state["step_sq"] = (lr * _step_norm(torch.linalg.vector_norm(buf), like)) ** 2
+        norms.append(torch.linalg.vector_norm(buf))
+    return norms
 
 
 def _multi_tensor_ahb_sgd(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     bufs: list[torch.Tensor],
-    prev_grads: list[torch.Tensor],
-    states: list[dict[str, Any]],
     *,
-    likes: list[torch.Tensor] | None = None,
     lr: float,
-    beta: float,
-) -> None:
+    beta: Beta,
+) -> list[torch.Tensor]:
     torch._foreach_mul_(bufs, beta)
     torch._foreach_add_(bufs, grads)
-    foreach_copy_(prev_grads, grads)
     torch._foreach_add_(params, bufs, alpha=-lr)
-    norms = _step_norms(list(torch._foreach_norm(bufs)), likes)
-    for state, n in zip(states, norms, strict=True):
-        state["step_sq"] = (lr * n) ** 2
+    return list(torch._foreach_norm(bufs))
 
 
 # -- Adam -----------------------------------------------------------------------------------------
@@ -331,24 +416,23 @@ def _single_tensor_ahb_adam(
     grads: list[torch.Tensor],
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
-    prev_grads: list[torch.Tensor],
-    states: list[dict[str, Any]],
+    steps: list[int],
     *,
-    likes: list[torch.Tensor] | None = None,
     lr: float,
-    beta: float,
+    beta: Beta,
     beta2: float,
     eps: float,
-) -> None:
+) -> list[torch.Tensor]:
+    """One step per tensor; ``grads`` are ``g_k`` (L2 included). Returns each ``||update||``."""
+    norms = []
     for i, param in enumerate(params):
-        grad, exp_avg, exp_avg_sq, state = grads[i], exp_avgs[i], exp_avg_sqs[i], states[i]
-        exp_avg.mul_(beta).add_(grad, alpha=1 - beta)  # beta_1 = 0: no bias correction needed
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        prev_grads[i].copy_(grad)
-        update = exp_avg / adam_denominator(exp_avg_sq, eps, bias_correction(beta2, state["step"]))
+        grad, exp_avg, exp_avg_sq = grads[i], exp_avgs[i], exp_avg_sqs[i]
+        exp_avg.mul_(beta).add_(grad * (1.0 - beta))  # beta_1 = 0: no bias correction needed
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        update = exp_avg / adam_denominator(exp_avg_sq, eps, bias_correction(beta2, steps[i]))
         param.add_(update, alpha=-lr)
-        like = None if likes is None else likes[i]
-        state["step_sq"] = (lr * _step_norm(torch.linalg.vector_norm(update), like)) ** 2
+        norms.append(torch.linalg.vector_norm(update))
+    return norms
 
 
 def _multi_tensor_ahb_adam(
@@ -356,30 +440,28 @@ def _multi_tensor_ahb_adam(
     grads: list[torch.Tensor],
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
-    prev_grads: list[torch.Tensor],
-    states: list[dict[str, Any]],
+    steps: list[int],
     *,
-    likes: list[torch.Tensor] | None = None,
     lr: float,
-    beta: float,
+    beta: Beta,
     beta2: float,
     eps: float,
-) -> None:
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta)
+) -> list[torch.Tensor]:
+    # m = beta m + (1 - beta) g; a tensor weight travels as a list (the scalar overload would sync)
+    weight = 1.0 - beta
+    torch._foreach_lerp_(
+        exp_avgs, grads, [weight] * len(grads) if isinstance(weight, torch.Tensor) else weight
+    )
     torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-    foreach_copy_(prev_grads, grads)
-    bc2_sqrt = [math.sqrt(bias_correction(beta2, s["step"])) for s in states]
-    # update = m / (sqrt(v)/sqrt(bc2) + eps), built in the denominator's buffer
-    update = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(update, scalars(bc2_sqrt))
-    torch._foreach_add_(update, eps)
-    torch._foreach_reciprocal_(update)
-    torch._foreach_mul_(update, exp_avgs)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - beta2)
+    # update = m / (sqrt(v) / sqrt(1 - b2^k) + eps)
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    bc2_sqrt = scalars([math.sqrt(bias_correction(beta2, s)) for s in steps])
+    torch._foreach_div_(denom, bc2_sqrt)
+    torch._foreach_add_(denom, eps)
+    update = torch._foreach_div(exp_avgs, denom)
     torch._foreach_add_(params, update, alpha=-lr)
-    norms = _step_norms(list(torch._foreach_norm(update)), likes)
-    for state, n in zip(states, norms, strict=True):
-        state["step_sq"] = (lr * n) ** 2
+    return list(torch._foreach_norm(update))
 
 
 register(

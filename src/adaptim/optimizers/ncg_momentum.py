@@ -27,8 +27,15 @@ Norms and inner products run over the concatenation of ALL parameters of ALL gro
 deterministic method (the gradient of the whole objective). ``max_momentum`` (default 0.99) only caps the
 coefficient between the restart threshold and one; it is a safeguard, not a tuned momentum.
 
+Two passes per step, both over cache-sized chunks of tensors on CPU (``cache_blocking``; bit-identical
+to one pass over all tensors). The first (``_before_update``) computes each tensor's ``||g_k||`` (and,
+for PR, ``<g_k, g_{k-1}>``, then stores ``g_k`` in ``prev_grad``, which the update reads back); with
+weight decay FR recomputes ``g + wd * p`` per chunk in each pass instead of storing it. The per-tensor
+values come to the host once per step (the coefficient's restart is a branch, and ``grad_sq``, each
+tensor's ``||g_{k-1}||^2``, is kept as a Python float so that checkpoints keep their meaning).
+
 FSDP2 (DTensor parameters): the per-tensor squared norms (and PR's inner products) of the local shards
-are summed over the shards (one collective per batch), so ``beta_k`` is the same on every rank and
+are summed over the shards (one collective per step), so ``beta_k`` is the same on every rank and
 equals a single process's; the update then runs on the local shards (tests/test_fsdp2.py).
 """
 
@@ -43,10 +50,7 @@ from adaptim.core.base import AdaptimOptimizer, TensorBatch
 from adaptim.core.distributed import (
     all_reduce_many,
     any_dtensor,
-    foreach_copy_,
-    local,
     local_list,
-    sharded_norms,
 )
 from adaptim.core.functional import l2_weight_decay
 from adaptim.core.validation import BOOL, UNIT_HALF_OPEN, OneOf
@@ -98,6 +102,8 @@ class NCGMomentumSGD(AdaptimOptimizer):
     }
     state_keys = ("momentum_buffer",)
     supports_dtensor = True  # tests/test_fsdp2.py
+    #: elementwise given ``beta_k``, which a first pass (``_before_update``) computes
+    cache_blocking = True
 
     def __init__(
         self,
@@ -139,45 +145,41 @@ class NCGMomentumSGD(AdaptimOptimizer):
             state["prev_grad"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
     def _before_update(self, prepared: list[tuple[dict[str, Any], list[TensorBatch]]]) -> None:
+        """First pass: each tensor's ``||g_k||^2`` (and PR's ``<g_k, g_{k-1}>``, storing ``g_k`` in
+        ``prev_grad``), per cache-sized chunk on CPU; one host transfer and, under FSDP2, one
+        collective per step."""
         pr = self.defaults["beta_type"] == "pr"
-        grad_sq = prev_sq = inner = 0.0
+        taken: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []  # (values, likes) per part
+        part_states: list[list[dict[str, Any]]] = []
         for group, batches in prepared:
-            foreach = self._use_foreach(group)
+            foreach, weight_decay = self._use_foreach(group), group["weight_decay"]
+            if pr:
+                fn = _multi_tensor_pr_stats_ if foreach else _single_tensor_pr_stats_
+            else:
+                fn = _multi_tensor_fr_stats if foreach else _single_tensor_fr_stats
             for batch in batches:
-                batch.grads = l2_weight_decay(batch.grads, batch.params, group["weight_decay"])
-                # FSDP2: norms of the local shards, squares summed over the shards
-                likes = batch.grads if any_dtensor(batch.grads) else None
-                grads = batch.grads if likes is None else local_list(batch.grads)
-                if foreach:
-                    norms = torch._foreach_norm(grads)
-                else:
-                    norms = [torch.linalg.vector_norm(g) for g in grads]
-                if likes is not None:
-                    norms = sharded_norms(norms, likes)
-                sq = [n * n for n in torch.stack(norms).double().tolist()]
-                for state, s in zip(batch.states, sq, strict=True):
-                    if state["step"] > 1:  # only tensors with history enter the ratio
-                        grad_sq += s
-                        prev_sq += state["grad_sq"]
-                    state["grad_sq_new"] = s
-                if pr and likes is None:
-                    for g, state in zip(batch.grads, batch.states, strict=True):
-                        if state["step"] > 1:
-                            inner += torch.vdot(g.flatten(), state["prev_grad"].flatten()).item()
-                elif pr:  # the local shards' dot products, summed over the shards
-                    idx = [i for i, state in enumerate(batch.states) if state["step"] > 1]
-                    dots = [
-                        torch.vdot(
-                            grads[i].flatten(), local(batch.states[i]["prev_grad"]).flatten()
-                        )
-                        for i in idx
-                    ]
-                    dots = all_reduce_many(dots, [likes[i] for i in idx])
-                    inner += sum(torch.stack(dots).tolist()) if dots else 0.0
-        for _, batches in prepared:
-            for batch in batches:
-                for state in batch.states:
-                    state["grad_sq"] = state.pop("grad_sq_new")
+                for part in self._chunks(batch) if foreach else (batch,):
+                    if not part.params:
+                        continue
+                    lists = _local(part, "prev_grad") if pr else _local(part)
+                    squares, dots = fn(*lists, weight_decay=weight_decay)
+                    # the part's squares, then (PR) its dots: the same order on every rank
+                    taken.append((squares + dots, part.params + part.params[: len(dots)]))
+                    part_states.append(part.states)
+        values = _gather(taken)
+        grad_sq = prev_sq = inner = 0.0
+        start = 0
+        for states in part_states:
+            k = len(states)
+            squares = values[start : start + k]
+            dots = values[start + k : start + 2 * k] if pr else [0.0] * k
+            start += 2 * k if pr else k
+            for state, sq, dot in zip(states, squares, dots, strict=True):
+                if state["step"] > 1:  # only tensors with history enter the ratio
+                    grad_sq += sq
+                    prev_sq += state["grad_sq"]
+                    inner += dot
+                state["grad_sq"] = sq
         self._sums = (grad_sq, prev_sq, inner if pr else None)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
@@ -185,51 +187,137 @@ class NCGMomentumSGD(AdaptimOptimizer):
             *self._sums, group["beta_type"], group["max_momentum"], group["restart"]
         )
         fn = _multi_tensor_ncg_sgd if foreach else _single_tensor_ncg_sgd
-        params, grads = batch.params, batch.grads
-        bufs = batch.state("momentum_buffer")
-        prev = batch.state("prev_grad") if group["beta_type"] == "pr" else None
-        if any_dtensor(params):  # elementwise given the global beta: run on the local shards
-            params, grads, bufs = local_list(params), local_list(grads), local_list(bufs)
-            prev = None if prev is None else local_list(prev)
-        fn(
-            params,
-            grads,
-            bufs,
-            prev,
-            lr=float(group["lr"]),
-            beta=beta,
-        )
+        if group["beta_type"] == "pr":  # prev_grad holds g_k (L2 included) since the first pass
+            params, _, bufs, grads = _local(batch, "momentum_buffer", "prev_grad")
+            weight_decay = 0.0
+        else:
+            params, grads, bufs = _local(batch, "momentum_buffer")
+            weight_decay = group["weight_decay"]
+        fn(params, grads, bufs, lr=float(group["lr"]), beta=beta, weight_decay=weight_decay)
+
+
+def _local(batch: TensorBatch, *keys: str) -> list[list[torch.Tensor]]:
+    """``[params, grads, states...]`` of ``batch``, as local shards under FSDP2 (in-place ops on a
+    local shard update its DTensor), so the math runs on plain tensors."""
+    lists = [batch.params, batch.grads, *(batch.state(k) for k in keys)]
+    if any_dtensor(batch.params):
+        return [local_list(ts) for ts in lists]
+    return lists
+
+
+def _gather(taken: list[tuple[list[torch.Tensor], list[torch.Tensor]]]) -> list[float]:
+    """The values of all parts in order, each summed over the shards of its ``like`` under FSDP2
+    (one collective per set of process groups), as Python floats: the one host transfer of the
+    step."""
+    if not taken:
+        return []
+    likes = [like for _, ls in taken for like in ls]
+    if any_dtensor(likes):
+        flat = all_reduce_many([v for vals, _ in taken for v in vals], likes)
+        start, regrouped = 0, []
+        for vals, ls in taken:
+            regrouped.append((flat[start : start + len(vals)], ls))
+            start += len(vals)
+        taken = regrouped
+    device = taken[0][0][0].device
+    return torch.cat(
+        [torch.stack(vals).to(device=device, dtype=torch.float64) for vals, _ in taken]
+    ).tolist()
+
+
+# -- first pass: the per-tensor statistics --------------------------------------------------------
+
+
+def _single_tensor_fr_stats(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    *,
+    weight_decay: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each ``||g_k||^2`` with ``g_k = grad + wd * p``; no inner products."""
+    squares = []
+    for param, grad in zip(params, grads, strict=True):
+        if weight_decay:
+            grad = grad.add(param, alpha=weight_decay)  # a new tensor, never p.grad
+        squares.append(torch.linalg.vector_norm(grad).square())
+    return squares, []
+
+
+def _multi_tensor_fr_stats(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    *,
+    weight_decay: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    grads = l2_weight_decay(grads, params, weight_decay)
+    return list(torch._foreach_pow(torch._foreach_norm(grads), 2)), []
+
+
+def _single_tensor_pr_stats_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    prev_grads: list[torch.Tensor],
+    *,
+    weight_decay: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each ``||g_k||^2`` and ``<g_k, g_{k-1}>``; stores ``g_k`` in ``prev_grads``."""
+    squares, dots = [], []
+    for param, grad, prev in zip(params, grads, prev_grads, strict=True):
+        if weight_decay:
+            grad = grad.add(param, alpha=weight_decay)
+        squares.append(torch.linalg.vector_norm(grad).square())
+        dots.append(torch.vdot(grad.flatten(), prev.flatten()))
+        prev.copy_(grad)
+    return squares, dots
+
+
+def _multi_tensor_pr_stats_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    prev_grads: list[torch.Tensor],
+    *,
+    weight_decay: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    grads = l2_weight_decay(grads, params, weight_decay)
+    squares = list(torch._foreach_pow(torch._foreach_norm(grads), 2))
+    dots = [torch.vdot(g.flatten(), q.flatten()) for g, q in zip(grads, prev_grads, strict=True)]
+    torch._foreach_copy_(prev_grads, grads)
+    return squares, dots
+
+
+# -- second pass: the step ------------------------------------------------------------------------
 
 
 def _single_tensor_ncg_sgd(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     bufs: list[torch.Tensor],
-    prev_grads: list[torch.Tensor] | None,
     *,
     lr: float,
     beta: float,
+    weight_decay: float,
 ) -> None:
-    for i, param in enumerate(params):
-        bufs[i].mul_(beta).add_(grads[i])  # d_k = g_k + beta_k d_{k-1}
-        if prev_grads is not None:
-            prev_grads[i].copy_(grads[i])
-        param.add_(bufs[i], alpha=-lr)
+    for param, grad, buf in zip(params, grads, bufs, strict=True):
+        if weight_decay:
+            grad = grad.add(param, alpha=weight_decay)  # as in the first pass
+        buf.mul_(beta).add_(grad)  # d_k = g_k + beta_k d_{k-1}
+        param.add_(buf, alpha=-lr)
 
 
 def _multi_tensor_ncg_sgd(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     bufs: list[torch.Tensor],
-    prev_grads: list[torch.Tensor] | None,
     *,
     lr: float,
     beta: float,
+    weight_decay: float,
 ) -> None:
+    if not params:
+        return
+    grads = l2_weight_decay(grads, params, weight_decay)  # as in the first pass
     torch._foreach_mul_(bufs, beta)
     torch._foreach_add_(bufs, grads)
-    if prev_grads is not None:
-        foreach_copy_(prev_grads, grads)
     torch._foreach_add_(params, bufs, alpha=-lr)
 
 
