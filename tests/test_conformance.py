@@ -499,6 +499,26 @@ def test_cache_blocked_cpu_update_is_bit_identical(info, monkeypatch):
 
 
 @parametrize_infos
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_tensors_cut_into_flat_pieces_give_bit_identical_steps(info, dtype, monkeypatch):
+    if not (info.has_foreach and info.cls.cache_blocking and info.cls.splits_tensors):
+        pytest.skip(f"{info.name} does not cut tensors into pieces")
+    cut = []
+    flat_pieces = base._flat_pieces
+    monkeypatch.setattr(base, "_flat_pieces", lambda b, i: cut.append(i) or flat_pieces(b, i))
+    results = []
+    for chunk_bytes in (64 * 8, 2**40):  # pieces of 64 or 128 elements (1,200-element weight) / none
+        monkeypatch.setattr(base, "CPU_CHUNK_BYTES", chunk_bytes)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 300), nn.Tanh(), nn.Linear(300, 3)).to(dtype)
+        opt = make(info, model.parameters(), foreach=True)
+        train(model, opt, range(6))
+        results.append(params_of(model))
+    assert cut, "no tensor was cut into pieces"
+    assert_params_equal(results[0], results[1])
+
+
+@parametrize_infos
 @pytest.mark.parametrize("problem", ["quadratic", "rosenbrock"])
 def test_converges_to_known_minimizer(info, problem):
     assert problem in info.tuned_lr, f"{info.name} has no tuned lr for {problem}"

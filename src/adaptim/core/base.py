@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import torch
 from torch.optim import Optimizer
 
-from adaptim.core.distributed import foreach_copy_
+from adaptim.core.distributed import foreach_copy_, is_dtensor
 from adaptim.core.validation import (
     BOOL,
     NONNEGATIVE,
@@ -99,6 +99,40 @@ class TensorBatch:
             foreach_copy_(self.originals, self.params)
 
 
+#: flat pieces start at multiples of this many elements, so each piece's vectorized body and scalar
+#: tail cover the same elements as a pass over the whole tensor would (bit-identical results)
+_PIECE_ALIGN = 64
+
+
+def _flat_pieces(batch: TensorBatch, i: int) -> list[TensorBatch]:
+    """Tensor ``i`` of ``batch`` as one-tensor batches of flat pieces of about ``CPU_CHUNK_BYTES``,
+    or ``[]`` when it cannot be cut: a DTensor, or a param, grad or state of its shape that is not
+    contiguous. Each piece's state dict holds views of the tensor states shaped like the parameter
+    (other entries, such as ``step``, as they are)."""
+    param, grad, state = batch.params[i], batch.grads[i], batch.states[i]
+    shape, numel = param.shape, param.numel()
+    per_piece = max(
+        _PIECE_ALIGN, CPU_CHUNK_BYTES // param.element_size() // _PIECE_ALIGN * _PIECE_ALIGN
+    )
+    if numel <= per_piece or is_dtensor(param):
+        return []
+    shaped = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.shape == shape]
+    if not all(t.is_contiguous() for t in (param, grad, *(state[k] for k in shaped))):
+        return []
+    pieces = []
+    for a in range(0, numel, per_piece):
+        b = min(numel, a + per_piece)
+        piece_state = dict(state)
+        for k in shaped:
+            piece_state[k] = state[k].view(-1)[a:b]
+        pieces.append(
+            TensorBatch(
+                [param.view(-1)[a:b]], [grad.view(-1)[a:b]], [piece_state], [], batch.copied
+            )
+        )
+    return pieces
+
+
 class AdaptimOptimizer(Optimizer):
     """Base class: see the module docstring for what it provides."""
 
@@ -115,6 +149,10 @@ class AdaptimOptimizer(Optimizer):
     #: CPU it runs over cache-sized chunks of the batch: a chunk's params, grads and states stay in
     #: cache across the update's passes instead of streaming every pass through memory
     cache_blocking: ClassVar[bool] = False
+    #: with ``cache_blocking``: the multi-tensor update is elementwise inside each tensor too (no
+    #: per-tensor reduction, no state entry assigned in ``_update``), so on CPU a contiguous tensor
+    #: larger than a chunk is cut into flat pieces of about ``CPU_CHUNK_BYTES`` (see ``_chunks``)
+    splits_tensors: ClassVar[bool] = False
     #: checked on FSDP2-sharded (DTensor) parameters against a single-process run (tests/test_fsdp2.py);
     #: the others refuse DTensor parameters rather than risk a reduction over one shard only
     supports_dtensor: ClassVar[bool] = False
@@ -208,19 +246,32 @@ class AdaptimOptimizer(Optimizer):
 
     def _chunks(self, batch: TensorBatch) -> list[TensorBatch]:
         """Split a CPU batch into runs of tensors of at most ``CPU_CHUNK_BYTES`` (a tensor larger than
-        that is a chunk of its own). Sizes are global (a DTensor's ``numel`` is its full size), so all
-        ranks of a sharded run cut the batch at the same places. The result is bit-identical to one
-        pass over the whole batch; on CPU it is about twice as fast for large tensors."""
-        if len(batch.params) < 2 or batch.params[0].device.type != "cpu":
+        that is a chunk of its own, or, with ``splits_tensors``, cut into flat pieces). Sizes are
+        global (a DTensor's ``numel`` is its full size), so all ranks of a sharded run cut the batch
+        at the same places. The result is bit-identical to one pass over the whole batch; on CPU it is
+        about twice as fast for large tensors."""
+        if batch.params[0].device.type != "cpu":
+            return [batch]
+        if len(batch.params) < 2 and not self.splits_tensors:
             return [batch]
         parts, start, size = [], 0, 0
         for i, p in enumerate(batch.params):
             nbytes = p.numel() * p.element_size()
+            pieces = (
+                _flat_pieces(batch, i) if self.splits_tensors and nbytes > CPU_CHUNK_BYTES else []
+            )
+            if pieces:
+                if i > start:
+                    parts.append(batch.slice(start, i))
+                parts += pieces
+                start, size = i + 1, 0
+                continue
             if size and size + nbytes > CPU_CHUNK_BYTES:
                 parts.append(batch.slice(start, i))
                 start, size = i, 0
             size += nbytes
-        parts.append(batch.slice(start, len(batch.params)))
+        if start < len(batch.params):
+            parts.append(batch.slice(start, len(batch.params)))
         return parts
 
     def _use_foreach(self, group: Mapping[str, Any]) -> bool:

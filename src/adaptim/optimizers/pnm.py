@@ -82,6 +82,7 @@ class PNM(AdaptimOptimizer):
     """
 
     cache_blocking = True  # the multi-tensor update is per tensor
+    splits_tensors = True  # and elementwise inside each tensor
 
     supports_dtensor = True  # tests/test_fsdp2.py
 
@@ -144,6 +145,7 @@ class AdaPNM(AdaptimOptimizer):
     """
 
     cache_blocking = True  # the multi-tensor update is per tensor
+    splits_tensors = True  # and elementwise inside each tensor
 
     supports_dtensor = True  # tests/test_fsdp2.py
 

@@ -81,6 +81,7 @@ class RAdam(AdaptimOptimizer):
     """
 
     cache_blocking = True  # the multi-tensor update is per tensor
+    splits_tensors = True  # and elementwise inside each tensor
 
     supports_dtensor = True  # tests/test_fsdp2.py
 

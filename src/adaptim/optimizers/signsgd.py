@@ -62,6 +62,7 @@ class GenSignSGD(AdaptimOptimizer):
     """
 
     cache_blocking = True  # the multi-tensor update is per tensor
+    splits_tensors = True  # and elementwise inside each tensor
 
     supports_dtensor = True  # tests/test_fsdp2.py
 
