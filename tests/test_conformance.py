@@ -507,7 +507,10 @@ def test_tensors_cut_into_flat_pieces_give_bit_identical_steps(info, dtype, monk
     flat_pieces = base._flat_pieces
     monkeypatch.setattr(base, "_flat_pieces", lambda b, i: cut.append(i) or flat_pieces(b, i))
     results = []
-    for chunk_bytes in (64 * 8, 2**40):  # pieces of 64 or 128 elements (1,200-element weight) / none
+    for chunk_bytes in (
+        64 * 8,
+        2**40,
+    ):  # pieces of 64 or 128 elements (1,200-element weight) / none
         monkeypatch.setattr(base, "CPU_CHUNK_BYTES", chunk_bytes)
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(4, 300), nn.Tanh(), nn.Linear(300, 3)).to(dtype)
