@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import torch
 from torch.optim import Optimizer
 
-from adaptim.core.distributed import foreach_copy_, is_dtensor
+from adaptim.core.distributed import any_dtensor, foreach_copy_, is_dtensor, local_list
 from adaptim.core.validation import (
     BOOL,
     NONNEGATIVE,
@@ -82,6 +82,15 @@ class TensorBatch:
     @property
     def steps(self) -> list[int]:
         return [s["step"] for s in self.states]
+
+    def local(self, *keys: str) -> list[list[torch.Tensor]]:
+        """``[params, grads, *(state(k) for k in keys)]``, as local shards when the parameters are
+        DTensors (FSDP2; in-place ops on a local shard update its DTensor), so an update written for
+        plain tensors runs unchanged; reductions over shards are the caller's."""
+        lists = [self.params, self.grads, *(self.state(k) for k in keys)]
+        if any_dtensor(self.params):
+            return [local_list(ts) for ts in lists]
+        return lists
 
     def slice(self, start: int, stop: int) -> TensorBatch:
         return TensorBatch(

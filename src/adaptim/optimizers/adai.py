@@ -49,7 +49,7 @@ from typing import Any
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
-from adaptim.core.distributed import all_reduce_many, any_dtensor, local_list
+from adaptim.core.distributed import all_reduce_many, any_dtensor
 from adaptim.core.functional import (
     bias_correction,
     decoupled_weight_decay_,
@@ -139,7 +139,7 @@ class Adai(AdaptimOptimizer):
                 likes: list[torch.Tensor] = []
                 steps: list[int] = []
                 for part in self._chunks(batch) if foreach else (batch,):
-                    params, grads, exp_avg_sqs = _local(part, "exp_avg_sq")
+                    params, grads, exp_avg_sqs = part.local("exp_avg_sq")
                     sums += fn(params, grads, exp_avg_sqs, beta2=beta2, weight_decay=l2)
                     likes += part.params
                     steps += part.steps
@@ -171,7 +171,7 @@ class Adai(AdaptimOptimizer):
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
         beta0, beta2 = group["betas"]
-        lists = _local(batch, "exp_avg", "exp_avg_sq", "beta1_prod")
+        lists = batch.local("exp_avg", "exp_avg_sq", "beta1_prod")
         device = lists[0][0].device
         if foreach:
             fn, stat = _multi_tensor_adai, self._on(self._inv_v_bar, device)
@@ -239,15 +239,6 @@ class AdaiV2(Adai):
 
 
 # -- first phase: the second moment and its per-tensor sums -------------------------------------
-
-
-def _local(batch: TensorBatch, *keys: str) -> list[list[torch.Tensor]]:
-    """``[params, grads, states...]`` of ``batch``, as local shards under FSDP2 (in-place ops on a
-    local shard update its DTensor), so the math runs on plain tensors."""
-    lists = [batch.params, batch.grads, *(batch.state(k) for k in keys)]
-    if any_dtensor(batch.params):
-        return [local_list(ts) for ts in lists]
-    return lists
 
 
 def _single_tensor_adai_second_moment(

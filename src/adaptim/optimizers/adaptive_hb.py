@@ -79,7 +79,7 @@ from typing import Any
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
-from adaptim.core.distributed import any_dtensor, local_list, sharded_norms
+from adaptim.core.distributed import any_dtensor, sharded_norms
 from adaptim.core.functional import adam_denominator, bias_correction, l2_weight_decay, scalars
 from adaptim.core.validation import POSITIVE, UNIT_HALF_OPEN, Interval
 from adaptim.registry import OptimInfo, register
@@ -148,7 +148,7 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
                 norms: list[torch.Tensor] = []
                 likes: list[torch.Tensor] = []
                 for part in self._chunks(batch) if foreach else (batch,):
-                    params, grads, prev = _local(part, "prev_grad")
+                    params, grads, prev = part.local("prev_grad")
                     changes = fn(params, grads, prev, weight_decay=weight_decay)
                     for i, state in enumerate(part.states):
                         if state["step"] > 1:  # a tensor without history does not enter L_k
@@ -251,7 +251,7 @@ class AdaptiveHeavyBallSGD(_AdaptiveHeavyBall):
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
         fn = _multi_tensor_ahb_sgd if foreach else _single_tensor_ahb_sgd
         # prev_grad holds g_k (with the L2 term) since the first pass
-        params, _, bufs, grads = _local(batch, "momentum_buffer", "prev_grad")
+        params, _, bufs, grads = batch.local("momentum_buffer", "prev_grad")
         if not params:
             return
         lr = float(group["lr"])
@@ -309,9 +309,7 @@ class AdaptiveHeavyBallAdam(_AdaptiveHeavyBall):
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
         fn = _multi_tensor_ahb_adam if foreach else _single_tensor_ahb_adam
         # prev_grad holds g_k (with the L2 term) since the first pass
-        params, _, exp_avgs, exp_avg_sqs, grads = _local(
-            batch, "exp_avg", "exp_avg_sq", "prev_grad"
-        )
+        params, _, exp_avgs, exp_avg_sqs, grads = batch.local("exp_avg", "exp_avg_sq", "prev_grad")
         if not params:
             return
         lr = float(group["lr"])
@@ -327,15 +325,6 @@ class AdaptiveHeavyBallAdam(_AdaptiveHeavyBall):
             eps=group["eps"],
         )
         self._took(batch, norms, lr)
-
-
-def _local(batch: TensorBatch, *keys: str) -> list[list[torch.Tensor]]:
-    """``[params, grads, states...]`` of ``batch``, as local shards under FSDP2 (in-place ops on a
-    local shard update its DTensor), so the math runs on plain tensors."""
-    lists = [batch.params, batch.grads, *(batch.state(k) for k in keys)]
-    if any_dtensor(batch.params):
-        return [local_list(ts) for ts in lists]
-    return lists
 
 
 # -- first pass: the change of the gradient -------------------------------------------------------

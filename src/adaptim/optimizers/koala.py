@@ -144,11 +144,8 @@ def _add_scaled_(targets: list[torch.Tensor], xs: list[torch.Tensor], factors: l
 def _local(
     batch: TensorBatch, *keys: str
 ) -> tuple[list[torch.Tensor] | None, list[list[torch.Tensor]]]:
-    """``(likes, [params, grads, states...])``: local shards and their DTensors under FSDP2."""
-    lists = [batch.params, batch.grads, *(batch.state(k) for k in keys)]
-    if any_dtensor(batch.params):
-        return batch.params, [local_list(ts) for ts in lists]
-    return None, lists
+    """``(likes, batch.local(*keys))``: the DTensors whose local shards the lists hold, under FSDP2."""
+    return (batch.params if any_dtensor(batch.params) else None), batch.local(*keys)
 
 
 def loss_statistics(out: Any) -> tuple[float, float]:

@@ -50,7 +50,6 @@ from adaptim.core.base import AdaptimOptimizer, TensorBatch
 from adaptim.core.distributed import (
     all_reduce_many,
     any_dtensor,
-    local_list,
 )
 from adaptim.core.functional import l2_weight_decay
 from adaptim.core.validation import BOOL, UNIT_HALF_OPEN, OneOf
@@ -161,7 +160,7 @@ class NCGMomentumSGD(AdaptimOptimizer):
                 for part in self._chunks(batch) if foreach else (batch,):
                     if not part.params:
                         continue
-                    lists = _local(part, "prev_grad") if pr else _local(part)
+                    lists = part.local("prev_grad") if pr else part.local()
                     squares, dots = fn(*lists, weight_decay=weight_decay)
                     # the part's squares, then (PR) its dots: the same order on every rank
                     taken.append((squares + dots, part.params + part.params[: len(dots)]))
@@ -188,21 +187,12 @@ class NCGMomentumSGD(AdaptimOptimizer):
         )
         fn = _multi_tensor_ncg_sgd if foreach else _single_tensor_ncg_sgd
         if group["beta_type"] == "pr":  # prev_grad holds g_k (L2 included) since the first pass
-            params, _, bufs, grads = _local(batch, "momentum_buffer", "prev_grad")
+            params, _, bufs, grads = batch.local("momentum_buffer", "prev_grad")
             weight_decay = 0.0
         else:
-            params, grads, bufs = _local(batch, "momentum_buffer")
+            params, grads, bufs = batch.local("momentum_buffer")
             weight_decay = group["weight_decay"]
         fn(params, grads, bufs, lr=float(group["lr"]), beta=beta, weight_decay=weight_decay)
-
-
-def _local(batch: TensorBatch, *keys: str) -> list[list[torch.Tensor]]:
-    """``[params, grads, states...]`` of ``batch``, as local shards under FSDP2 (in-place ops on a
-    local shard update its DTensor), so the math runs on plain tensors."""
-    lists = [batch.params, batch.grads, *(batch.state(k) for k in keys)]
-    if any_dtensor(batch.params):
-        return [local_list(ts) for ts in lists]
-    return lists
 
 
 def _gather(taken: list[tuple[list[torch.Tensor], list[torch.Tensor]]]) -> list[float]:
