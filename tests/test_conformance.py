@@ -505,7 +505,7 @@ def test_tensors_cut_into_flat_pieces_give_bit_identical_steps(info, dtype, monk
         pytest.skip(f"{info.name} does not cut tensors into pieces")
     cut = []
     flat_pieces = base._flat_pieces
-    monkeypatch.setattr(base, "_flat_pieces", lambda b, i: cut.append(i) or flat_pieces(b, i))
+    monkeypatch.setattr(base, "_flat_pieces", lambda b, i, n: cut.append(i) or flat_pieces(b, i, n))
     results = []
     for chunk_bytes in (
         64 * 8,

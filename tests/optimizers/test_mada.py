@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import adaptim
+from adaptim.core import base
 from adaptim.optimizers import mada
 from helpers import assert_same_trajectory
 
@@ -419,7 +420,8 @@ def test_checkpoint_without_the_lion_keys_still_loads():
 
 
 def _run_blocked(monkeypatch, block: int, small: int, kw: dict, steps: int):
-    monkeypatch.setattr(mada, "CPU_BLOCK_NUMEL", block)
+    monkeypatch.setattr(base, "CPU_CHUNK_BYTES", block * 8)  # float64: chunks of the update
+    monkeypatch.setattr(mada, "CPU_BLOCK_NUMEL", block)  # pieces of the dot products
     monkeypatch.setattr(mada, "SMALL_DOT_NUMEL", small)
     gen = torch.Generator().manual_seed(0)
     shapes = [(7, 5), (3,), (4, 6), (0,), (6, 4)]
@@ -443,8 +445,8 @@ def _run_blocked(monkeypatch, block: int, small: int, kw: dict, steps: int):
     ids=["frozen", "learned"],
 )
 def test_cache_blocked_update_equals_one_pass(monkeypatch, kw):
-    """Blocks of 8 elements (large tensors cut, small ones grouped, a transposed one whole) against
-    one pass: bit-identical updates. The hyper-gradient dot products, per tensor, per 8-element
+    """Chunks of 8 elements (every tensor its own chunk; the base class's piece cutting is tested in
+    tests/test_conformance.py) against one pass: bit-identical updates. The hyper-gradient dot products, per tensor, per 8-element
     piece or over the concatenated small tensors, are summed in other orders: equal to rounding."""
     for steps in (1, 12):  # step 1 has no hyper-step: bit-identical states, derivatives included
         whole = _run_blocked(monkeypatch, 10**9, 0, kw, steps)  # one vdot per tensor
@@ -461,14 +463,3 @@ def test_cache_blocked_update_equals_one_pass(monkeypatch, kw):
             for key, value in whole[2].items():
                 assert other[2][key] == pytest.approx(value, abs=1e-12)
     assert whole[2]["gamma"] != 1.0 or "hyper_lr" in kw  # the learned case did learn
-
-
-def test_cpu_blocks_cut_large_tensors_and_group_small_ones():
-    big, small, odd = torch.zeros(20), torch.zeros(3), torch.zeros(4, 5).t()
-    lists = [[big, small, odd], [big.clone(), small.clone(), odd.clone()]]
-    blocks = mada._cpu_blocks(lists, [1, 2, 3], 8)
-    sizes = [[t.numel() for t in parts[0]] for parts, _ in blocks]
-    assert sizes == [[8], [8], [4, 3], [20]]  # the transposed tensor is not cut
-    assert [steps for _, steps in blocks] == [[1], [1], [1, 2], [3]]
-    assert blocks[0][0][0][0].data_ptr() == big.data_ptr()  # views, not copies
-    assert blocks[1][0][0][0].data_ptr() == big.data_ptr() + 8 * big.element_size()

@@ -113,15 +113,15 @@ class TensorBatch:
 _PIECE_ALIGN = 64
 
 
-def _flat_pieces(batch: TensorBatch, i: int) -> list[TensorBatch]:
-    """Tensor ``i`` of ``batch`` as one-tensor batches of flat pieces of about ``CPU_CHUNK_BYTES``,
+def _flat_pieces(batch: TensorBatch, i: int, chunk_bytes: int) -> list[TensorBatch]:
+    """Tensor ``i`` of ``batch`` as one-tensor batches of flat pieces of about ``chunk_bytes``,
     or ``[]`` when it cannot be cut: a DTensor, or a param, grad or state of its shape that is not
     contiguous. Each piece's state dict holds views of the tensor states shaped like the parameter
     (other entries, such as ``step``, as they are)."""
     param, grad, state = batch.params[i], batch.grads[i], batch.states[i]
     shape, numel = param.shape, param.numel()
     per_piece = max(
-        _PIECE_ALIGN, CPU_CHUNK_BYTES // param.element_size() // _PIECE_ALIGN * _PIECE_ALIGN
+        _PIECE_ALIGN, chunk_bytes // param.element_size() // _PIECE_ALIGN * _PIECE_ALIGN
     )
     if numel <= per_piece or is_dtensor(param):
         return []
@@ -162,6 +162,9 @@ class AdaptimOptimizer(Optimizer):
     #: per-tensor reduction, no state entry assigned in ``_update``), so on CPU a contiguous tensor
     #: larger than a chunk is cut into flat pieces of about ``CPU_CHUNK_BYTES`` (see ``_chunks``)
     splits_tensors: ClassVar[bool] = False
+    #: with ``cache_blocking``: chunks of ``CPU_CHUNK_BYTES / chunk_divisor`` parameter bytes, for an
+    #: update that touches many more full-size tensors per parameter than Adam's four
+    chunk_divisor: ClassVar[int] = 1
     #: checked on FSDP2-sharded (DTensor) parameters against a single-process run (tests/test_fsdp2.py);
     #: the others refuse DTensor parameters rather than risk a reduction over one shard only
     supports_dtensor: ClassVar[bool] = False
@@ -254,8 +257,8 @@ class AdaptimOptimizer(Optimizer):
         return loss
 
     def _chunks(self, batch: TensorBatch) -> list[TensorBatch]:
-        """Split a CPU batch into runs of tensors of at most ``CPU_CHUNK_BYTES`` (a tensor larger than
-        that is a chunk of its own, or, with ``splits_tensors``, cut into flat pieces). Sizes are
+        """Split a CPU batch into runs of tensors of at most ``CPU_CHUNK_BYTES / chunk_divisor`` bytes
+        (a larger tensor is a chunk of its own, or, with ``splits_tensors``, cut into flat pieces). Sizes are
         global (a DTensor's ``numel`` is its full size), so all ranks of a sharded run cut the batch
         at the same places. The result is bit-identical to one pass over the whole batch; on CPU it is
         about twice as fast for large tensors."""
@@ -263,19 +266,19 @@ class AdaptimOptimizer(Optimizer):
             return [batch]
         if len(batch.params) < 2 and not self.splits_tensors:
             return [batch]
+        chunk_bytes = max(1, CPU_CHUNK_BYTES // self.chunk_divisor)
         parts, start, size = [], 0, 0
         for i, p in enumerate(batch.params):
             nbytes = p.numel() * p.element_size()
-            pieces = (
-                _flat_pieces(batch, i) if self.splits_tensors and nbytes > CPU_CHUNK_BYTES else []
-            )
+            split = self.splits_tensors and nbytes > chunk_bytes
+            pieces = _flat_pieces(batch, i, chunk_bytes) if split else []
             if pieces:
                 if i > start:
                     parts.append(batch.slice(start, i))
                 parts += pieces
                 start, size = i + 1, 0
                 continue
-            if size and size + nbytes > CPU_CHUNK_BYTES:
+            if size and size + nbytes > chunk_bytes:
                 parts.append(batch.slice(start, i))
                 start, size = i, 0
             size += nbytes

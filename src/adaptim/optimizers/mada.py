@@ -71,10 +71,11 @@ Paths: ``_single_tensor_mada`` writes the equations out per tensor (the referenc
 only the terms in use (frozen ``c = 1``, ``beta3 = 0``, ``rho`` in {0, 1}, ``gamma = 1`` cost nothing)
 and using ``m_old - g = (m - g) / b1``, ``v_old - g2 = (v - g2) / b2`` and ``b3 (n_old - d) = n - d``
 for the derivatives instead of copies of the old states (tests: equal to the reference in float64).
-On CPU the multi-tensor update runs over blocks of ``CPU_BLOCK_NUMEL`` elements (large tensors cut
-into flat views, small ones grouped): its ~40 elementwise passes then work on a block held in cache,
-and only the states themselves stream through memory (bit-identical to one pass over the batch). The
-hyper-gradient dot products read each block of the gradient once for all coefficients, and reach the
+On CPU the multi-tensor update is cache-blocked by the base class (chunks of tensors, large tensors
+cut into flat pieces): its ~40 elementwise passes then work on a chunk held in cache, and only the
+states themselves stream through memory (bit-identical to one pass over the batch). The
+hyper-gradient dot products read each block of ``CPU_BLOCK_NUMEL`` gradient elements once for all
+coefficients, and reach the
 host in one synchronization per step. FSDP2 (DTensor parameters): the update is elementwise and runs
 on the local shards; the dot products are summed over the shards in one collective
 (tests/test_fsdp2.py).
@@ -119,7 +120,7 @@ RANGES = {
     "c": (0.0, 1.0),
     "gamma": (0.0, 1.0),
 }
-#: elements per block of the cache-blocked CPU update and of the hyper-gradient dot products
+#: elements per block of the hyper-gradient dot products on CPU
 CPU_BLOCK_NUMEL = 2**17
 #: tensors up to this size are concatenated for the hyper-gradient dot products (one dot for all)
 SMALL_DOT_NUMEL = 2**14
@@ -159,6 +160,11 @@ class MADA(AdaptimOptimizer):
     """
 
     supports_dtensor = True  # tests/test_fsdp2.py
+    # the update is elementwise once the hyper-gradient step (``_before_update``) is done, so on CPU
+    # it runs over cache-sized chunks, large tensors cut into flat pieces (core/base.py)
+    cache_blocking = True
+    splits_tensors = True
+    chunk_divisor = 4  # ~12 full-size tensors per parameter: 512 KB chunks keep them in cache
 
     hyperparameter_rules = {
         "beta1": UNIT_HALF_OPEN,
@@ -304,13 +310,18 @@ class MADA(AdaptimOptimizer):
                     value = value - k * min(max(hypergrad[h], -clip), clip)
                 lo, hi = RANGES[h]
                 group[h] = min(max(value, lo), hi)
+        # The derivatives du/dh of the learned coefficients start at zero, here rather than in
+        # _update, which on CPU sees chunks and pieces of the batch (state dicts of views).
+        for group, batches in prepared:
+            learned = self._learned(group)
+            for batch in batches:
+                for s, p in zip(batch.states, batch.params, strict=True):
+                    for h in learned:
+                        if f"d_{h}" not in s:
+                            s[f"d_{h}"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
         learned = self._learned(group)
-        for s, p in zip(batch.states, batch.params, strict=True):
-            for h in learned:
-                if f"d_{h}" not in s:
-                    s[f"d_{h}"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         lion = bool(group["lion"])
         keys = self.state_keys + (("lion_exp_avg",) if lion else ())
         lists = [batch.params, batch.grads, *(batch.state(k) for k in keys)]
@@ -326,19 +337,14 @@ class MADA(AdaptimOptimizer):
             **{h: group[h] for h in COEFFICIENTS},
         )
         fn = _multi_tensor_mada if foreach else _single_tensor_mada
-        blocks = [(lists, batch.steps)]
-        if foreach and batch.params and batch.params[0].device.type == "cpu":
-            blocks = _cpu_blocks(lists, batch.steps, CPU_BLOCK_NUMEL)
         n = len(keys) + 2
-        for parts, steps in blocks:
-            states = parts[:n]
-            fn(
-                *states[:7],
-                states[7] if lion else None,
-                dict(zip(learned, parts[n:], strict=True)),
-                steps,
-                **kwargs,
-            )
+        fn(
+            *lists[:7],
+            lists[7] if lion else None,
+            dict(zip(learned, lists[n:], strict=True)),
+            batch.steps,
+            **kwargs,
+        )
 
 
 def _dots(flat: torch.Tensor, others: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -365,44 +371,6 @@ def _host_values(xs: list[torch.Tensor]) -> list[float]:
         for i, value in zip(indices, read, strict=True):
             values[i] = value
     return values
-
-
-def _cpu_blocks(
-    lists: list[list[torch.Tensor]], steps: list[int], block: int
-) -> list[tuple[list[list[torch.Tensor]], list[int]]]:
-    """Cut the aligned ``lists`` (params, grads, states: one tensor per parameter in each) into runs
-    of at most ``block`` elements (cache blocking of an elementwise update).
-
-    A tensor larger than ``block`` is cut into flat views of ``block`` elements when it and all its
-    companions are contiguous (same layout, so the same flat index is the same element); small
-    tensors are grouped. Every element is updated once, by the same elementwise operations as over
-    the whole batch, so the result is bit-identical; the many passes of the update then run over a
-    block held in cache instead of streaming every tensor through memory.
-    """
-    blocks: list[tuple[list[list[torch.Tensor]], list[int]]] = []
-    current: list[list[torch.Tensor]] = [[] for _ in lists]
-    current_steps: list[int] = []
-    size = 0
-    for i, step in enumerate(steps):
-        tensors = [ts[i] for ts in lists]
-        numel = tensors[0].numel()
-        if numel > block and all(t.is_contiguous() for t in tensors):
-            flats = [t.view(-1) for t in tensors]
-            pieces = [[f[s : s + block] for f in flats] for s in range(0, numel, block)]
-        else:
-            pieces = [tensors]
-        for piece in pieces:
-            length = piece[0].numel()
-            if size and size + length > block:
-                blocks.append((current, current_steps))
-                current, current_steps, size = [[] for _ in lists], [], 0
-            for out, t in zip(current, piece, strict=True):
-                out.append(t)
-            current_steps.append(step)
-            size += length
-    if current_steps:
-        blocks.append((current, current_steps))
-    return blocks
 
 
 def _single_tensor_mada(
@@ -530,7 +498,7 @@ def _multi_tensor_mada(
     ``beta3 = 0`` the Adan terms (``n`` is then ``d`` itself), ``rho`` in {0, 1} the mix, a frozen
     ``gamma = 1`` Lion's direction. With learned coefficients the derivative states are written by
     ``zero_`` + ``addcmul_`` terms whose per-tensor scalars carry the bias corrections, ``lr gamma``
-    and the constant factors. On CPU the caller runs this over cache-sized blocks (``_cpu_blocks``).
+    and the constant factors. On CPU the base class runs this over cache-sized chunks (``cache_blocking``).
     """
     if not params:
         return
