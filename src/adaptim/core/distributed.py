@@ -41,6 +41,7 @@ __all__ = [
     "all_reduce_many",
     "any_dtensor",
     "dim_groups",
+    "drop_empty",
     "global_max",
     "global_norm",
     "global_sum",
@@ -243,6 +244,19 @@ def local_states(states: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {k: local(v) if isinstance(v, torch.Tensor) else v for k, v in s.items()} for s in states
     ]
+
+
+def drop_empty(
+    likes: Sequence[torch.Tensor], *lists: Sequence[Any] | None
+) -> list[list[Any] | None]:
+    """Each of ``lists`` (aligned with ``likes``; ``None`` passes through) without the entries whose
+    tensor in ``likes`` is empty. ``likes`` are the DTensors under FSDP2 (global sizes: a rank whose
+    own shard is empty keeps the entry, so it still joins the tensor's collectives), otherwise the
+    plain tensors themselves."""
+    keep = [i for i, t in enumerate(likes) if t.numel()]
+    if len(keep) == len(likes):
+        return [None if xs is None else list(xs) for xs in lists]
+    return [None if xs is None else [xs[i] for i in keep] for xs in lists]
 
 
 def global_sum(value: torch.Tensor, like: torch.Tensor, along: Along = "any") -> torch.Tensor:

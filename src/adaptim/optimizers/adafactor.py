@@ -77,6 +77,7 @@ from adaptim.core.distributed import (
     all_reduce_grouped,
     any_dtensor,
     dim_groups,
+    drop_empty,
     local_list,
     local_states,
     reduced_zeros,
@@ -341,16 +342,12 @@ def _multi_tensor_adafactor(
     # Under FSDP2 (``likes``: the DTensors whose local shards the lists hold) sizes are global and
     # every mean and norm is reduced over the shards: one collective per kind of reduction and set
     # of process groups, the same on every rank (also on one whose shard is empty).
-    shapes = [p.shape for p in (params if likes is None else likes)]
-    keep = [i for i, shape in enumerate(shapes) if math.prod(shape) > 0]
-    if not keep:
+    params, grads, states, steps, likes = drop_empty(
+        params if likes is None else likes, params, grads, states, steps, likes
+    )
+    if not params:
         return
-    params = [params[i] for i in keep]
-    grads = [grads[i] for i in keep]
-    states = [states[i] for i in keep]
-    steps = [steps[i] for i in keep]
-    shapes = [shapes[i] for i in keep]
-    likes = None if likes is None else [likes[i] for i in keep]
+    shapes = [p.shape for p in (params if likes is None else likes)]
     n = len(params)
     one_minus_beta2 = [s**beta2_decay for s in steps]
     rho = [_relative_step_size(lr, s, relative_step, warmup_init) for s in steps]

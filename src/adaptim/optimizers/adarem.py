@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
-from adaptim.core.distributed import all_reduce_many, any_dtensor, local_list
+from adaptim.core.distributed import all_reduce_many, any_dtensor, drop_empty, local_list
 from adaptim.core.functional import decoupled_weight_decay_, scalars
 from adaptim.core.validation import UNIT_CLOSED, UNIT_HALF_OPEN
 from adaptim.registry import OptimInfo, register
@@ -170,11 +170,9 @@ def _multi_tensor_adarem(
 ) -> None:
     # empty tensors: nothing to do (global sizes under FSDP2: a rank whose shard is empty still
     # takes part in the reduction of max |m|)
-    keep = [i for i, p in enumerate(params if likes is None else likes) if p.numel()]
-    if len(keep) < len(params):
-        params, grads, exp_avgs = ([x[i] for i in keep] for x in (params, grads, exp_avgs))
-        steps = [steps[i] for i in keep]
-        likes = None if likes is None else [likes[i] for i in keep]
+    params, grads, exp_avgs, steps, likes = drop_empty(
+        params if likes is None else likes, params, grads, exp_avgs, steps, likes
+    )
     if not params:
         return
     # factor * g = g + lr_scaling^(t-1) * m * |g| / (max|m| + eps): sign(g) * g = |g|.
