@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch.optim import Optimizer
+from torch.optim.optimizer import required as _required
 
 from adaptim.core.distributed import any_dtensor, foreach_copy_, is_dtensor, local_list
 from adaptim.core.validation import (
@@ -42,7 +43,11 @@ from adaptim.core.validation import (
     validate_hyperparameters,
 )
 
-__all__ = ["AdaptimOptimizer", "TensorBatch"]
+__all__ = ["AdaptimOptimizer", "TensorBatch", "required"]
+
+#: the default of a hyperparameter with no default (torch's sentinel, typed ``Any`` so that
+#: ``lr: float = required`` type-checks): every param group must then give it
+required: Any = _required
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 COMPLEX = (torch.complex32, torch.complex64, torch.complex128)
@@ -172,7 +177,7 @@ class AdaptimOptimizer(Optimizer):
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         defaults.setdefault("maximize", False)
         defaults.setdefault("foreach", None)
-        self._validate(defaults)
+        self._validate(defaults, allow_required=True)
         super().__init__(params, defaults)
 
     # -- validation -------------------------------------------------------------------------------
@@ -181,9 +186,20 @@ class AdaptimOptimizer(Optimizer):
     def _rules(cls) -> dict[str, Rule]:
         return {**COMMON_RULES, **cls.hyperparameter_rules}
 
-    def _validate(self, values: Mapping[str, Any]) -> None:
+    def _validate(self, values: Mapping[str, Any], *, allow_required: bool = False) -> None:
+        """Check ``values``; ``allow_required`` lets the defaults leave a hyperparameter ``required``
+        (e.g. an ``lr`` with no default), which every param group must then give."""
+        missing = [k for k, v in values.items() if v is required]
+        if missing and not allow_required:
+            raise ValueError(
+                f"{type(self).__name__}: {missing[0]!r} has no default; give it to the constructor "
+                f"(e.g. {missing[0]}=0.01) or in every param group"
+            )
+        if missing:
+            values = {k: v for k, v in values.items() if v is not required}
         validate_hyperparameters(type(self).__name__, values, self._rules())
-        self._validate_relations(values)
+        if not missing:
+            self._validate_relations(values)
 
     def _validate_relations(self, values: Mapping[str, Any]) -> None:
         """Hook for rules that relate several hyperparameters; raise ``ValueError``."""

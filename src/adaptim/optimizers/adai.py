@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from adaptim.core.base import AdaptimOptimizer, TensorBatch
+from adaptim.core.base import AdaptimOptimizer, TensorBatch, required
 from adaptim.core.distributed import all_reduce_many, any_dtensor
 from adaptim.core.functional import (
     bias_correction,
@@ -91,7 +91,7 @@ class Adai(AdaptimOptimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float,
+        lr: float = required,
         betas: tuple[float, float] = (0.1, 0.99),
         eps: float = 1e-3,
         weight_decay: float = 0.0,
@@ -212,7 +212,7 @@ class AdaiV2(Adai):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float,
+        lr: float = required,
         betas: tuple[float, float] = (0.1, 0.99),
         eps: float = 1e-3,
         weight_decay: float = 0.0,

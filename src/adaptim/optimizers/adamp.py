@@ -62,7 +62,7 @@ from typing import Any
 
 import torch
 
-from adaptim.core.base import AdaptimOptimizer, TensorBatch
+from adaptim.core.base import AdaptimOptimizer, TensorBatch, required
 from adaptim.core.distributed import (
     all_reduce_many,
     any_dtensor,
@@ -203,7 +203,7 @@ class SGDP(_ProjectionMixin, AdaptimOptimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float,
+        lr: float = required,
         momentum: float = 0.0,
         dampening: float = 0.0,
         weight_decay: float = 0.0,

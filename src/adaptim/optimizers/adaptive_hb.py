@@ -78,7 +78,7 @@ from typing import Any
 
 import torch
 
-from adaptim.core.base import AdaptimOptimizer, TensorBatch
+from adaptim.core.base import AdaptimOptimizer, TensorBatch, required
 from adaptim.core.distributed import any_dtensor, sharded_norms
 from adaptim.core.functional import adam_denominator, bias_correction, l2_weight_decay, scalars
 from adaptim.core.validation import POSITIVE, UNIT_HALF_OPEN, Interval
@@ -230,7 +230,7 @@ class AdaptiveHeavyBallSGD(_AdaptiveHeavyBall):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float,
+        lr: float = required,
         delta: float = 1e-2,
         curvature_eps: float = 1e-6,
         weight_decay: float = 0.0,

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from adaptim.core.base import AdaptimOptimizer, TensorBatch
+from adaptim.core.base import AdaptimOptimizer, TensorBatch, required
 from adaptim.core.distributed import all_reduce_many, any_dtensor, drop_empty, local_list
 from adaptim.core.functional import decoupled_weight_decay_, scalars
 from adaptim.core.validation import UNIT_CLOSED, UNIT_HALF_OPEN
@@ -71,7 +71,7 @@ class AdaRem(AdaptimOptimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float,
+        lr: float = required,
         beta: float = 0.9,
         lr_scaling: float = 0.999,
         eps: float = 1e-8,

@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from adaptim.core.base import AdaptimOptimizer, TensorBatch
+from adaptim.core.base import AdaptimOptimizer, TensorBatch, required
 from adaptim.core.distributed import (
     all_reduce_many,
     any_dtensor,
@@ -107,7 +107,7 @@ class NCGMomentumSGD(AdaptimOptimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float,
+        lr: float = required,
         beta_type: str = "fr",
         max_momentum: float = 0.99,
         weight_decay: float = 0.0,

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from adaptim.core.base import AdaptimOptimizer, TensorBatch
+from adaptim.core.base import AdaptimOptimizer, TensorBatch, required
 from adaptim.core.functional import (
     adam_denominator,
     bias_correction,
@@ -92,7 +92,7 @@ class PNM(AdaptimOptimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float,
+        lr: float = required,
         betas: tuple[float, float] = (0.9, 1.0),
         weight_decay: float = 0.0,
         *,
