@@ -345,7 +345,9 @@ class AdaptimOptimizer(Optimizer):
 
     def _prepare_group(self, group: dict[str, Any]) -> list[TensorBatch]:
         """Create missing state, advance step counters, and bucket by (device, working dtype)."""
-        buckets: dict[tuple[int, torch.dtype], TensorBatch] = {}
+        # The key holds whether the bucket's params are fp32 copies: a bf16 parameter's working
+        # copy has the dtype of a real fp32 parameter, but only the copy must be written back.
+        buckets: dict[tuple[int, torch.dtype, bool], TensorBatch] = {}
         states = self.state
         optional = [key for option, key in self.optional_state_keys.items() if group[option]]
         for p in group["params"]:
@@ -356,6 +358,7 @@ class AdaptimOptimizer(Optimizer):
             if dtype in COMPLEX:
                 working, grad = torch.view_as_real(p), torch.view_as_real(grad)
                 dtype = working.dtype
+            original = working  # what a working copy is written back into (a real view if complex)
             copied = dtype in LOW_PRECISION
             if copied:
                 working, grad, dtype = working.float(), grad.float(), torch.float32
@@ -367,14 +370,14 @@ class AdaptimOptimizer(Optimizer):
                 if key not in state:
                     state[key] = torch.zeros_like(working, memory_format=torch.preserve_format)
             state["step"] += 1
-            bucket_key = (p.get_device(), dtype)
+            bucket_key = (p.get_device(), dtype, copied)
             batch = buckets.get(bucket_key)
             if batch is None:
                 batch = buckets[bucket_key] = TensorBatch([], [], [], [], copied)
             batch.params.append(working)
             batch.grads.append(grad)
             batch.states.append(state)
-            batch.originals.append(p)
+            batch.originals.append(original)
         batches = list(buckets.values())
         if group["maximize"]:
             for batch in batches:
