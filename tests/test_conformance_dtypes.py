@@ -9,12 +9,20 @@ rules, KOALA, MADA) see the same parameters in both runs.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
 from test_conformance import IDS, INFOS, make
 
-F32, F64, BF16, F16, C64 = torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64
+F32, F64, BF16, F16, C64 = (
+    torch.float32,
+    torch.float64,
+    torch.bfloat16,
+    torch.float16,
+    torch.complex64,
+)
 _ALL = (F32, F64, BF16, F16, C64)
 
 #: optimizers that learn hyperparameters per param group: frozen here, since the reference gives every
@@ -102,5 +110,5 @@ def test_mixed_dtypes_in_one_group_train_each_param_as_alone(info):
 
 def test_the_pair_sequence_covers_every_ordered_pair():
     seq = _every_ordered_pair(_ALL)
-    pairs = set(zip(seq, seq[1:], strict=False))
+    pairs = set(itertools.pairwise(seq))
     assert pairs == {(a, b) for a in _ALL for b in _ALL}

@@ -34,7 +34,14 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.optimizer import required as _required
 
-from adaptim.core.distributed import any_dtensor, foreach_copy_, is_dtensor, local_list
+from adaptim.core.distributed import (
+    Partition,
+    any_dtensor,
+    foreach_copy_,
+    is_dtensor,
+    local_list,
+    zero_partition,
+)
 from adaptim.core.validation import (
     BOOL,
     NONNEGATIVE,
@@ -147,6 +154,40 @@ def _flat_pieces(batch: TensorBatch, i: int, chunk_bytes: int) -> list[TensorBat
     return pieces
 
 
+def _working_dtype(param: torch.Tensor) -> torch.dtype:
+    """The dtype of a parameter's update and states: fp32 for bf16/fp16, the real dtype of a
+    complex parameter's real view, else the parameter's own."""
+    if param.dtype in COMPLEX:
+        param = torch.view_as_real(torch.empty(0, dtype=param.dtype))
+    if param.dtype in LOW_PRECISION:
+        return torch.float32
+    return param.dtype
+
+
+def _guess_origin(group: Mapping[str, Any]) -> str:
+    """The optimizer class whose hyperparameters a saved param group has (torch.optim's and
+    adaptim's registered ones), for error messages; "unrecognized" if none matches exactly."""
+    import adaptim.registry
+
+    ignored = {"params", "param_names", "foreach", "differentiable", "capturable", "fused"}
+    keys = set(group) - ignored
+    candidates: list[tuple[str, type]] = [
+        (f"torch.optim.{n}", c)
+        for n, c in vars(torch.optim).items()
+        if isinstance(c, type) and issubclass(c, Optimizer) and c is not Optimizer
+    ]
+    candidates += [(f"adaptim.{i.cls.__name__}", i.cls) for i in adaptim.registry.registered()]
+    dummy = [torch.nn.Parameter(torch.zeros(1))]
+    for label, cls in candidates:
+        try:
+            defaults = cls(dummy, lr=1e-3).defaults  # type: ignore[call-arg]
+        except Exception:  # a wrapper, a tool, or a class needing other arguments
+            continue
+        if set(defaults) - ignored == keys:
+            return label
+    return "unrecognized"
+
+
 class AdaptimOptimizer(Optimizer):
     """Base class: see the module docstring for what it provides."""
 
@@ -173,11 +214,19 @@ class AdaptimOptimizer(Optimizer):
     #: checked on FSDP2-sharded (DTensor) parameters against a single-process run (tests/test_fsdp2.py);
     #: the others refuse DTensor parameters rather than risk a reduction over one shard only
     supports_dtensor: ClassVar[bool] = False
+    #: the update uses a statistic over all parameters (a global mean, norm or dot product): built by
+    #: a ``ZeroRedundancyOptimizer`` on one rank's share of the parameters, the optimizer finds the
+    #: partition (``core.distributed.zero_partition``) and must sum the statistic over it
+    global_statistics: ClassVar[bool] = False
+    #: with ``global_statistics``: the ZeRO partition this optimizer was built on, else ``None``
+    partition: Partition | None = None
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         defaults.setdefault("maximize", False)
         defaults.setdefault("foreach", None)
         self._validate(defaults, allow_required=True)
+        if self.global_statistics:  # only these pay for the look at the callers' frames
+            self.partition = zero_partition()
         super().__init__(params, defaults)
 
     # -- validation -------------------------------------------------------------------------------
@@ -221,10 +270,14 @@ class AdaptimOptimizer(Optimizer):
                 group.setdefault(key, value)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict, keeping each state tensor's saved dtype.
+        """Load a state dict; floating state tensors take the working dtype of their parameter.
 
-        ``torch.optim.Optimizer`` casts floating state tensors to the parameter's dtype, which would
-        round the fp32 states of bf16 parameters to bf16; here they are restored exactly, as copies.
+        The working dtype is the parameter's own, except for bf16/fp16 parameters, whose states stay
+        fp32 (``torch.optim.Optimizer`` would round them to bf16), and complex ones, whose states are
+        real views. So a checkpoint taken with fp64 parameters continues in fp32 when loaded into the
+        same model in fp32, as with ``torch.optim``; integer tensors (codes, counters) keep their
+        dtype. A tensor ``step`` (``torch.optim``'s format) becomes the int adaptim counts with. A
+        state dict from another optimizer is refused before anything changes.
         """
         self._check_state_dict_kind(state_dict)
         super().load_state_dict(state_dict)
@@ -235,22 +288,62 @@ class AdaptimOptimizer(Optimizer):
             if pid not in saved:
                 continue
             loaded = self.state[param]
+            dtype = _working_dtype(param)
             for key, value in saved[pid].items():
-                if isinstance(value, torch.Tensor):
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if key == "step":
+                    loaded[key] = int(value.item())
+                elif value.is_floating_point():
+                    loaded[key] = value.to(device=param.device, dtype=dtype, copy=True)
+                else:
                     loaded[key] = value.to(device=param.device, copy=True)
 
     def _check_state_dict_kind(self, state_dict: Mapping[str, Any]) -> None:
-        for group in state_dict.get("param_groups", []):
+        """Refuse a state dict that another optimizer wrote: its param groups have other
+        hyperparameters, or a parameter's state lacks a tensor this optimizer keeps (it would fail
+        with a bare ``KeyError`` at the next step)."""
+        name = type(self).__name__
+        saved_groups = state_dict.get("param_groups", [])
+        saved_state = state_dict.get("state", {})
+        for group in saved_groups:
             missing = [k for k in self.defaults if k not in group and k not in ("foreach",)]
             unknown = [
                 k for k in group if k not in self.defaults and k not in ("params", "param_names")
             ]
             if unknown and missing:
                 raise ValueError(
-                    f"{type(self).__name__}.load_state_dict: the state dict looks like it comes from "
-                    f"another optimizer (unknown hyperparameters {sorted(unknown)}, "
-                    f"missing {sorted(missing)})"
+                    f"{name}.load_state_dict: the state dict comes from another optimizer "
+                    f"({_guess_origin(group)}), not {name} (unknown hyperparameters "
+                    f"{sorted(unknown)}, missing {sorted(missing)})"
                 )
+        if len(saved_groups) != len(self.param_groups):
+            return  # torch's own check names the mismatch
+        for group, saved_group in zip(self.param_groups, saved_groups, strict=True):
+            options = {**group, **{k: v for k, v in saved_group.items() if k != "params"}}
+            for param, pid in zip(group["params"], saved_group.get("params", []), strict=False):
+                state = saved_state.get(pid)
+                if not state or is_dtensor(param):
+                    continue
+                needed = self._expected_state_keys(options, param)
+                lacking = sorted(needed - set(state))
+                if lacking:
+                    raise ValueError(
+                        f"{name}.load_state_dict: the state dict comes from another optimizer "
+                        f"({_guess_origin(saved_group)}), not {name}: the state of parameter {pid} "
+                        f"has {sorted(state)} but {name} needs {lacking} too"
+                    )
+
+    def _expected_state_keys(self, group: Mapping[str, Any], param: torch.Tensor) -> set[str]:
+        """The keys a parameter's state has after its first step (created on a meta tensor)."""
+        working = torch.empty(param.shape, dtype=_working_dtype(param), device="meta")
+        if param.dtype in COMPLEX:
+            working = torch.empty((*param.shape, 2), dtype=working.dtype, device="meta")
+        state: dict[str, Any] = {}
+        self._init_state(group, working, state)
+        keys = {"step", *state}
+        keys.update(key for option, key in self.optional_state_keys.items() if group.get(option))
+        return keys
 
     # -- the step ---------------------------------------------------------------------------------
 
