@@ -25,17 +25,26 @@ collective per set of groups.
 
 For plain tensors every function is a no-op or the obvious local computation: no collective, no
 import of ``torch.distributed``, no overhead beyond one ``isinstance``-like check.
+
+ZeRO (``torch.distributed.optim.ZeroRedundancyOptimizer``) is the other way parameters get split:
+each rank's optimizer is built on a *partition* of whole, plain tensors. Elementwise and per-tensor
+updates need nothing, but a statistic over all parameters (a global mean or norm, a sum of dot
+products) must be summed over the partition group: :func:`zero_partition` finds that group while the
+optimizer is being built, and :func:`partition_sum` sums a vector of partial statistics over it in one
+collective.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
 __all__ = [
+    "Partition",
     "all_reduce_",
     "all_reduce_grouped",
     "all_reduce_many",
@@ -50,9 +59,11 @@ __all__ = [
     "local_list",
     "local_states",
     "norm",
+    "partition_sum",
     "reduced_zeros",
     "shard_groups",
     "sharded_norms",
+    "zero_partition",
 ]
 
 Along = Literal["any", "first", "rest"]
@@ -305,3 +316,86 @@ def norm(tensor: torch.Tensor) -> torch.Tensor:
 def foreach_copy_(destinations: Sequence[torch.Tensor], sources: Sequence[torch.Tensor]) -> None:
     """``torch._foreach_copy_`` that also works on DTensors (it copies their local shards)."""
     torch._foreach_copy_(local_list(destinations), local_list(sources))
+
+
+# -- ZeRO partitions ---------------------------------------------------------------------------------
+
+_ZERO_MODULE = "torch.distributed.optim.zero_redundancy_optimizer"
+#: how many frames above the caller :func:`zero_partition` looks for the ZeroRedundancyOptimizer
+#: (torch 2.13: ZeRO._init_local_optimizer -> Subclass.__init__ [-> Parent.__init__ ...] -> here)
+_ZERO_SEARCH_DEPTH = 12
+
+
+@dataclass(frozen=True)
+class Partition:
+    """The ranks among which a ``ZeroRedundancyOptimizer`` partitions the parameters.
+
+    ``group`` is its process group; ``device`` is where the collectives' tensors go (the device of
+    its parameters, as ZeRO's own broadcasts: a CUDA device under NCCL, any under gloo)."""
+
+    group: Any
+    device: torch.device
+    size: int
+
+
+def zero_partition() -> Partition | None:
+    """The partition of the ``ZeroRedundancyOptimizer`` that is constructing the caller, or ``None``.
+
+    ``ZeroRedundancyOptimizer(params, optimizer_class=C, ...)`` builds ``C`` on this rank's share of
+    the parameters only (``_init_local_optimizer``), so a statistic that ``C`` computes over "all
+    parameters" would be over the share. Call this from the optimizer's constructor (adaptim's base
+    class does it for classes with ``global_statistics = True``, storing the result as
+    ``self.partition``): it walks up to ``_ZERO_SEARCH_DEPTH`` caller frames looking for a
+    ``ZeroRedundancyOptimizer`` instance as ``self``, and returns its process group, device and size;
+    ``None`` when there is none (or the group has one rank). No frame is inspected when
+    ``torch.distributed.optim`` was never imported.
+
+    To make a cross-tensor statistic exact under ZeRO (how Adai, AdaptiveHeavyBall*, NCGMomentumSGD
+    and MADA do it):
+
+    1. set ``global_statistics = True`` on the class;
+    2. in the step, compute the statistic's *additive* parts from the local tensors (sums, and the
+       counts a mean needs: a mean of means is not the mean), in a fixed order;
+    3. when ``self.partition`` is not ``None``, sum them with :func:`partition_sum` on *every* rank
+       and every step, also on a rank that holds no parameter or no gradient (with zeros): the
+       collective must be entered by all ranks of the group, or they hang;
+    4. derive the statistic (the division, the square root) from the summed parts.
+
+    The result then equals a single process's up to the order of the floating-point additions. A
+    statistic that is not a sum of per-rank parts (a median, a per-group quantity when groups differ
+    between ranks) cannot be made exact this way; refuse partitioned use in the constructor instead,
+    naming the optimizer and the alternative (e.g. DDP without ZeRO).
+    """
+    module = sys.modules.get(_ZERO_MODULE)
+    if module is None:
+        return None
+    frame = sys._getframe(1)
+    for _ in range(_ZERO_SEARCH_DEPTH):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, module.ZeroRedundancyOptimizer):
+            if owner.world_size < 2:
+                return None
+            device = next(
+                (p.device for g in owner.param_groups for p in g["params"]), torch.device("cpu")
+            )
+            return Partition(owner.process_group, device, owner.world_size)
+        frame = frame.f_back
+    return None
+
+
+def partition_sum(values: torch.Tensor, partition: Partition | None) -> torch.Tensor:
+    """``values`` (a 1-D tensor of partial sums, the same length on every rank) summed over the ranks
+    of ``partition`` in one ``all_reduce``; a new tensor on ``values``' device and in its dtype.
+
+    ``partition=None`` returns ``values`` itself. Pass float64 partial sums (counts included: they
+    stay exact up to 2**53) so that the sum loses nothing to rounding beyond the order of additions.
+    """
+    if partition is None:
+        return values
+    import torch.distributed as dist
+
+    summed = values.to(device=partition.device, copy=True)
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM, group=partition.group)
+    return summed.to(values.device)
