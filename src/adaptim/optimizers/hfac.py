@@ -174,6 +174,19 @@ def time_corrected_beta(beta: float, step: int) -> float:
     return beta * (1.0 - beta ** (step - 1)) / (1.0 - beta**step)
 
 
+def _finite_(x: torch.Tensor) -> torch.Tensor:
+    """Clamp (a mean of) ``G^2`` to the dtype's largest value: a gradient of 1e30 squares to inf in
+    float32, and inf row and column statistics would make ``V`` inf / inf = NaN. (``torch.optim.Adam``
+    stays finite there too: its ``m / sqrt(inf)`` is 0.) Only vectors are clamped: it is cheap."""
+    return x.clamp_(max=torch.finfo(x.dtype).max)
+
+
+def _mean_r(r: torch.Tensor, like: torch.Tensor | None) -> torch.Tensor:
+    """``mean(r)`` over the rows, summed in float64: the row statistics may be near the dtype's
+    largest value (:func:`_finite_`), and their float32 sum would overflow."""
+    return _mean(r.double(), -2, like).to(r.dtype)
+
+
 def _mean(x: torch.Tensor, dim: int, like: torch.Tensor | None) -> torch.Tensor:
     """``x.mean(dim, keepdim=True)``; under FSDP2 (``x`` a local shard shaped like ``like``'s) the
     sum is taken over the ranks that hold other parts of ``dim`` and divided by its global size."""
@@ -212,16 +225,18 @@ def _single_tensor_hfac(
             g_row, g_col = _mean(grad, -1, like), _mean(grad, -2, like)
             u.lerp_(g_row, 1 - b1)
             v.lerp_(g_col, 1 - b1)
-            r.lerp_(_mean(grad_sq, -1, like), 1 - b2)
-            s.lerp_(_mean(grad_sq, -2, like), 1 - b2)
-            v_hat = (r @ s) / _mean(r, -2, like)
+            r.lerp_(_finite_(_mean(grad_sq, -1, like)), 1 - b2)
+            s.lerp_(_finite_(_mean(grad_sq, -2, like)), 1 - b2)
+            # r (s / mean r) rather than (r s) / mean r: r s^T underflows to 0 for an all-zero
+            # gradient (eps^2 = 1e-60) and overflows for a huge one; the quotient is O(1).
+            v_hat = r @ (s / _mean_r(r, like))
             phi = b1 * (u - g_row) / r.sqrt()
             psi = b1 * (v - g_col) / s.sqrt()
             momentum = 0.5 * (phi + psi)
         else:
             m, v_hat = state["exp_avg"], state["exp_avg_sq"]
             m.lerp_(grad, 1 - b1)
-            v_hat.lerp_(grad_sq, 1 - b2)
+            v_hat.lerp_(_finite_(grad_sq), 1 - b2)  # lerp towards inf gives NaN
             momentum = b1 * (m - grad) / v_hat.sqrt()  # 0.5 (phi + psi) with phi = psi
         update = grad / v_hat.sqrt()
         if like is None:
@@ -320,6 +335,8 @@ def _multi_tensor_hfac(
         if eps:
             torch._foreach_add_(sq_rows, eps)
             torch._foreach_add_(sq_cols, eps)
+        for sq in (*sq_rows, *sq_cols):
+            _finite_(sq)
         omb1 = scalars([1 - b1[i] for i in mat])
         omb2 = scalars([1 - b2[i] for i in mat])
         torch._foreach_lerp_(us, g_rows, omb1)
@@ -338,14 +355,9 @@ def _multi_tensor_hfac(
         # G / sqrt(V) = row_factor * W, W = G * rsqrt(s) (broadcast), row_factor = rsqrt(r) sqrt(mean r):
         # V is never materialized, RMS(U) comes from the row norms of W, and the row factor is
         # applied by the final addcmul.
-        if likes is None:
-            root_mean_r = [r.mean(dim=-2, keepdim=True) for r in rs]
-        else:
-            root_mean_r = [
-                r.sum(dim=-2, keepdim=True).div_(shape[-2])
-                for r, shape in zip(rs, m_shapes, strict=True)
-            ]
-            root_mean_r = all_reduce_grouped(root_mean_r, col_groups)
+        root_mean_r = [
+            _mean_r(r, None if likes is None else likes[i]) for r, i in zip(rs, mat, strict=True)
+        ]
         torch._foreach_sqrt_(root_mean_r)
         row_factors = torch._foreach_mul(inv_sqrt_r, root_mean_r)
         ws = [torch.mul(g, i_s, out=b) for g, i_s, b in zip(gs, inv_sqrt_s, bufs, strict=True)]
