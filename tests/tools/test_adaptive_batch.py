@@ -460,3 +460,14 @@ def test_conformance_grads_untouched_and_quadratic(info):
     assert (
         converge(lambda p, lr: info.cls(p, lr=lr), "quadratic", info.tuned_lr["quadratic"]) < 1e-2
     )
+
+
+def test_adagrad_norm_refuses_eps_zero_with_no_initial_accumulator():
+    p = nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="eps"):
+        adaptim.AdAdaGradNorm([p], eps=0.0)
+    # with b_0 > 0 the denominator is never zero: eps=0 is fine
+    opt = adaptim.AdAdaGradNorm([p], eps=0.0, initial_accumulator_value=1.0)
+    p.grad = torch.zeros(3)
+    opt.step()
+    assert torch.equal(p, torch.zeros(3))

@@ -43,7 +43,7 @@ import torch
 from adaptim.core.base import AdaptimOptimizer, TensorBatch, required
 from adaptim.core.distributed import all_reduce_many, any_dtensor, drop_empty, local_list
 from adaptim.core.functional import decoupled_weight_decay_, scalars
-from adaptim.core.validation import UNIT_CLOSED, UNIT_HALF_OPEN
+from adaptim.core.validation import POSITIVE, UNIT_CLOSED, UNIT_HALF_OPEN
 from adaptim.registry import OptimInfo, register
 
 __all__ = ["AdaRem"]
@@ -63,7 +63,8 @@ class AdaRem(AdaptimOptimizer):
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
     """
 
-    hyperparameter_rules = {"beta": UNIT_HALF_OPEN, "lr_scaling": UNIT_CLOSED}
+    # eps > 0: the first step divides by max|m_0| + eps with m_0 = 0
+    hyperparameter_rules = {"beta": UNIT_HALF_OPEN, "lr_scaling": UNIT_CLOSED, "eps": POSITIVE}
     state_keys = ("exp_avg",)
     elementwise = False
     supports_dtensor = True  # tests/test_fsdp2.py

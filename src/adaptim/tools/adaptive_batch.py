@@ -78,7 +78,7 @@ takes effect that many batches late.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -637,6 +637,14 @@ class AdAdaGradNorm(_AdaptiveBatchOptimizer):
         self._denominator = 1.0
 
     hyperparameter_rules = {"initial_accumulator_value": NONNEGATIVE}
+
+    def _validate_relations(self, values: Mapping[str, Any]) -> None:
+        # The step divides by b + eps, and b = 0 until a nonzero gradient arrives when b_0 = 0.
+        if values.get("eps") == 0 and values.get("initial_accumulator_value") == 0:
+            raise ValueError(
+                f"{type(self).__name__}: eps must be > 0 when initial_accumulator_value is 0 (the "
+                "step divides by sqrt(initial_accumulator_value + sum ||g||^2) + eps); got eps=0"
+            )
 
     def _init_state(
         self, group: dict[str, Any], param: torch.Tensor, state: dict[str, Any]
