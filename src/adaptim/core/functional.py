@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TypeAlias
+from typing import TypeAlias, overload
 
 import torch
 
@@ -21,6 +21,7 @@ Scalars: TypeAlias = float | Sequence[float]
 __all__ = [
     "adam_denominator",
     "bias_correction",
+    "clamp_finite_",
     "decoupled_weight_decay_",
     "l2_weight_decay",
     "proximal_weight_decay_",
@@ -128,3 +129,24 @@ def radam_rectification(beta2: float, step: int, threshold: float = 5.0) -> floa
     return math.sqrt(
         (rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
     )
+
+
+@overload
+def clamp_finite_(squares: torch.Tensor) -> torch.Tensor: ...
+@overload
+def clamp_finite_(squares: list[torch.Tensor]) -> list[torch.Tensor]: ...
+
+
+def clamp_finite_(squares: Tensors) -> Tensors:
+    """Clamp squared gradients (or their row and column means) to the dtype's largest value, in place.
+
+    A gradient of 1e30 squares to inf in float32. Where a rule only divides by the square root of
+    its EMA, inf is harmless (``torch.optim.Adam``: ``m / sqrt(inf) = 0``), but an EMA written as
+    ``lerp`` towards inf (inf - inf) and a factored ``V = r s^T / mean(r)`` (inf / inf) give NaN.
+    Clamped, the statistic is huge but finite. Use it on vectors or temporaries: it costs a pass.
+    """
+    if isinstance(squares, torch.Tensor):
+        return squares.clamp_(max=torch.finfo(squares.dtype).max)
+    if squares:
+        torch._foreach_clamp_max_(squares, torch.finfo(squares[0].dtype).max)
+    return squares

@@ -84,7 +84,7 @@ from adaptim.core.distributed import (
     shard_groups,
     sharded_norms,
 )
-from adaptim.core.functional import decoupled_weight_decay_, scalars
+from adaptim.core.functional import clamp_finite_, decoupled_weight_decay_, scalars
 from adaptim.core.validation import (
     BOOL,
     NONNEGATIVE,
@@ -297,15 +297,17 @@ def _single_tensor_adafactor(
             grad_sq.add_(eps1)
         if grad.dim() >= 2:
             row_var, col_var = state["row_var"], state["col_var"]
-            row_var.lerp_(_mean_(grad_sq, -1, like), one_minus_beta2)
-            col_var.lerp_(_mean_(grad_sq, -2, like), one_minus_beta2)
-            row_mean = _mean_(row_var, -2, like)
+            # Clamped: a lerp towards inf is NaN (gradients of 1e30 square to inf in float32);
+            # mean(R) is summed in float64, since R may then be near the largest float32.
+            row_var.lerp_(clamp_finite_(_mean_(grad_sq, -1, like)), one_minus_beta2)
+            col_var.lerp_(clamp_finite_(_mean_(grad_sq, -2, like)), one_minus_beta2)
+            row_mean = _mean_(row_var.double(), -2, like).to(row_var.dtype)
             if not add_eps1:
                 row_mean = row_mean.clamp(min=eps1)
             var = (row_var @ col_var).div_(row_mean)
         else:
             variance = state["variance"]
-            variance.lerp_(grad_sq, one_minus_beta2)
+            variance.lerp_(clamp_finite_(grad_sq), one_minus_beta2)
             var = variance.clone()
         if not add_eps1:
             var.clamp_(min=eps1 * eps1)
@@ -399,18 +401,21 @@ def _multi_tensor_adafactor(
         if add_eps1:
             torch._foreach_add_(row_means, eps1)
             torch._foreach_add_(col_means, eps1)
+        clamp_finite_(row_means + col_means)  # a lerp towards inf is NaN
         omb2 = scalars([one_minus_beta2[i] for i in mat])
         torch._foreach_lerp_(rows, row_means, omb2)
         torch._foreach_lerp_(cols, col_means, omb2)
         del row_means, col_means
+        # mean(R) summed in float64: R may be near the largest float32 (clamped above)
         if likes is None:
-            row_avg = [r.mean(dim=-2, keepdim=True) for r in rows]
+            row_avg = [r.double().mean(dim=-2, keepdim=True) for r in rows]
         else:
             row_avg = [
-                r.sum(dim=-2, keepdim=True).div_(shape[-2])
+                r.double().sum(dim=-2, keepdim=True).div_(shape[-2])
                 for r, shape in zip(rows, m_shapes, strict=True)
             ]
             row_avg = all_reduce_grouped(row_avg, col_groups)
+        row_avg = [a.to(r.dtype) for a, r in zip(row_avg, rows, strict=True)]
         if not add_eps1:
             torch._foreach_clamp_min_(row_avg, eps1)
         scaled_rows = torch._foreach_div(rows, row_avg)  # V = scaled_rows * cols

@@ -75,7 +75,7 @@ from adaptim.core.distributed import (
     shard_groups,
     sharded_norms,
 )
-from adaptim.core.functional import decoupled_weight_decay_, scalars
+from adaptim.core.functional import clamp_finite_, decoupled_weight_decay_, scalars
 from adaptim.core.validation import NONNEGATIVE, UNIT_HALF_OPEN, Interval, TupleOf
 from adaptim.registry import OptimInfo, register
 
@@ -174,16 +174,9 @@ def time_corrected_beta(beta: float, step: int) -> float:
     return beta * (1.0 - beta ** (step - 1)) / (1.0 - beta**step)
 
 
-def _finite_(x: torch.Tensor) -> torch.Tensor:
-    """Clamp (a mean of) ``G^2`` to the dtype's largest value: a gradient of 1e30 squares to inf in
-    float32, and inf row and column statistics would make ``V`` inf / inf = NaN. (``torch.optim.Adam``
-    stays finite there too: its ``m / sqrt(inf)`` is 0.) Only vectors are clamped: it is cheap."""
-    return x.clamp_(max=torch.finfo(x.dtype).max)
-
-
 def _mean_r(r: torch.Tensor, like: torch.Tensor | None) -> torch.Tensor:
     """``mean(r)`` over the rows, summed in float64: the row statistics may be near the dtype's
-    largest value (:func:`_finite_`), and their float32 sum would overflow."""
+    largest value (:func:`clamp_finite_`), and their float32 sum would overflow."""
     return _mean(r.double(), -2, like).to(r.dtype)
 
 
@@ -225,8 +218,8 @@ def _single_tensor_hfac(
             g_row, g_col = _mean(grad, -1, like), _mean(grad, -2, like)
             u.lerp_(g_row, 1 - b1)
             v.lerp_(g_col, 1 - b1)
-            r.lerp_(_finite_(_mean(grad_sq, -1, like)), 1 - b2)
-            s.lerp_(_finite_(_mean(grad_sq, -2, like)), 1 - b2)
+            r.lerp_(clamp_finite_(_mean(grad_sq, -1, like)), 1 - b2)
+            s.lerp_(clamp_finite_(_mean(grad_sq, -2, like)), 1 - b2)
             # r (s / mean r) rather than (r s) / mean r: r s^T underflows to 0 for an all-zero
             # gradient (eps^2 = 1e-60) and overflows for a huge one; the quotient is O(1).
             v_hat = r @ (s / _mean_r(r, like))
@@ -236,7 +229,7 @@ def _single_tensor_hfac(
         else:
             m, v_hat = state["exp_avg"], state["exp_avg_sq"]
             m.lerp_(grad, 1 - b1)
-            v_hat.lerp_(_finite_(grad_sq), 1 - b2)  # lerp towards inf gives NaN
+            v_hat.lerp_(clamp_finite_(grad_sq), 1 - b2)  # lerp towards inf gives NaN
             momentum = b1 * (m - grad) / v_hat.sqrt()  # 0.5 (phi + psi) with phi = psi
         update = grad / v_hat.sqrt()
         if like is None:
@@ -335,8 +328,7 @@ def _multi_tensor_hfac(
         if eps:
             torch._foreach_add_(sq_rows, eps)
             torch._foreach_add_(sq_cols, eps)
-        for sq in (*sq_rows, *sq_cols):
-            _finite_(sq)
+        clamp_finite_(sq_rows + sq_cols)
         omb1 = scalars([1 - b1[i] for i in mat])
         omb2 = scalars([1 - b2[i] for i in mat])
         torch._foreach_lerp_(us, g_rows, omb1)
