@@ -5,19 +5,23 @@ schedulers) and adds, in one place, what every algorithm needs:
 
 * hyperparameter validation against the class's declared rules, before any state exists, for the
   defaults and for every param group added later;
-* gathering the parameters that have a gradient into :class:`TensorBatch` es, one per device and
-  working dtype, so a multi-tensor (``torch._foreach_*``) path can run over each;
+* gathering the parameters that have a gradient into :class:`TensorBatch` es, one per device,
+  working dtype and kind (the parameters themselves, or fp32 copies to write back), so a
+  multi-tensor (``torch._foreach_*``) path can run over each; one param group may mix fp32, fp64,
+  bf16, fp16 and complex parameters;
 * lazy state creation, per-parameter step counters;
 * ``maximize`` (the gradient is negated into a new tensor; ``p.grad`` is never written);
 * low-precision parameters: bf16 and fp16 parameters are updated with fp32 math on an fp32 copy that is
   written back after the step, and **their states are kept in fp32**. Moments of squared gradients
   underflow and lose most of their mantissa in bf16 (8 bits), which biases the denominator; fp32
   states cost memory but keep the update equal to the fp32 algorithm up to the final rounding of the
-  parameter. (8-bit block-wise states are the memory-saving option.) All other dtypes keep states in
-  the parameter's dtype;
+  parameter. All other dtypes keep states in the parameter's dtype, and ``load_state_dict`` casts
+  floating states to these working dtypes (an fp64 checkpoint continues in fp32);
 * complex parameters, for elementwise algorithms, as real views (``torch.view_as_real``), so each
   real and imaginary part is its own coordinate, as in ``torch.optim``;
-* refusal of sparse gradients with a clear error, before anything changes.
+* refusal of sparse gradients, and of another optimizer's state dict, with a clear error, before
+  anything changes;
+* hyperparameters without a default (``lr=required``, as in ``torch.optim``), given per param group.
 
 A subclass declares ``hyperparameter_rules`` and ``state_keys`` and implements :meth:`_update`, which
 receives a batch and dispatches to a per-tensor reference function or a multi-tensor function.
