@@ -28,6 +28,9 @@ host-device synchronization. Given ``v_bar``, the second pass (the update) is el
 both passes run over cache-sized chunks of tensors (``cache_blocking``; bit-identical to one pass over
 all tensors), so the L2 term ``g + wd * p`` is recomputed per chunk in each pass instead of being
 stored. Under FSDP2 the per-tensor sums are summed over the shards in one collective per batch.
+Under ZeRO (``torch.distributed.optim.ZeroRedundancyOptimizer``, which builds Adai on one rank's share
+of the tensors) the share's sum and coordinate count are summed over the partition in one collective
+per step (``global_statistics``; tests/test_zero.py), so ``v_bar`` is the mean over all parameters.
 
 Paper vs reference code: Alg. 2 is what the code does (the paper writes the bias-corrected momentum
 ``m_hat = m / (1 - prod beta1)``); AdaiV2's ``dampening`` exists only in the code. Where the code would
@@ -49,7 +52,7 @@ from typing import Any
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch, required
-from adaptim.core.distributed import all_reduce_many, any_dtensor
+from adaptim.core.distributed import all_reduce_many, any_dtensor, partition_sum
 from adaptim.core.functional import (
     bias_correction,
     decoupled_weight_decay_,
@@ -65,6 +68,9 @@ __all__ = ["Adai", "AdaiV2"]
 class Adai(AdaptimOptimizer):
     """Adaptive inertia (Xie et al., 2022): per-coordinate momentum from the global mean of ``v_hat``.
 
+    The mean is over all parameters also under FSDP2 and ZeRO (``ZeroRedundancyOptimizer(params,
+    optimizer_class=Adai, lr=...)``): exact there, up to the order of additions.
+
     Args:
         params: parameters or param groups.
         lr: learning rate (required). Adai's momentum is an average, not a sum: use the learning
@@ -79,6 +85,8 @@ class Adai(AdaptimOptimizer):
     """
 
     supports_dtensor = True  # tests/test_fsdp2.py
+    #: the mean of ``v_hat`` is over all parameters: summed over a ZeRO partition (tests/test_zero.py)
+    global_statistics = True
     #: elementwise given the global mean, computed in a first pass (``_before_update``)
     cache_blocking = True
 
@@ -152,7 +160,21 @@ class Adai(AdaptimOptimizer):
                 count += sum(p.numel() for p in batch.params)
         self._v_bar: dict[torch.device, torch.Tensor] = {}
         self._inv_v_bar: dict[torch.device, torch.Tensor] = {}
-        if totals:
+        if self.partition is not None:
+            # ZeRO: this rank holds a share of the tensors; the mean is over all of them, so the
+            # sum and the count are summed over the partition (one collective, on every rank)
+            device = totals[0].device if totals else self.partition.device
+            f64 = dict(dtype=torch.float64, device=device)
+            total = torch.stack([t.to(device) for t in totals]).sum() if totals else None
+            parts = torch.stack(
+                [torch.zeros((), **f64) if total is None else total, torch.full((), count, **f64)]
+            )  # torch.full: no host-to-device copy
+            total, count_t = partition_sum(parts, self.partition).unbind()
+            count_t = count_t.clamp_min(1.0)
+            positive = total > 0
+            self._v_bar[device] = torch.where(positive, total / count_t, math.inf)
+            self._inv_v_bar[device] = torch.where(positive, count_t / total, 0.0)
+        elif totals:
             device = totals[0].device
             total = torch.stack([t.to(device) for t in totals]).sum()
             # all v_hat are zero iff the total is zero (or there are no coordinates): then

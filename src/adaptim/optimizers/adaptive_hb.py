@@ -68,6 +68,11 @@ FSDP2 (DTensor parameters): the updates are elementwise given ``beta_k`` and run
 the norms of ``g_k - g_{k-1}`` (one collective per batch) and of the steps (one collective per step) sum
 their squares over the shards, so ``L_k`` and ``beta_k`` are the same on every rank and equal a single
 process's, and the recorded step length is the global one (tests/test_fsdp2.py).
+
+ZeRO (``torch.distributed.optim.ZeroRedundancyOptimizer`` builds the optimizer on one rank's share of
+the tensors): the share's two sums of squares and its number of tensors with a history are summed
+over the partition in one collective per step (``global_statistics``; tests/test_zero.py), so ``L_k``
+is a single process's; each rank records the step lengths of its own tensors.
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ from typing import Any
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch, required
-from adaptim.core.distributed import any_dtensor, sharded_norms
+from adaptim.core.distributed import any_dtensor, partition_sum, sharded_norms
 from adaptim.core.functional import adam_denominator, bias_correction, l2_weight_decay, scalars
 from adaptim.core.validation import POSITIVE, UNIT_HALF_OPEN, Interval
 from adaptim.registry import OptimInfo, register
@@ -117,6 +122,8 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
 
     state_keys = ("momentum_buffer", "prev_grad")
     supports_dtensor = True  # tests/test_fsdp2.py
+    #: the norms are over all parameters: summed over a ZeRO partition (tests/test_zero.py)
+    global_statistics = True
     #: elementwise given ``beta_k``, which a first pass (``_before_update``) computes
     cache_blocking = True
 
@@ -141,6 +148,7 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
         tensors with a history, per cache-sized chunk on CPU (see the module notes)."""
         totals: list[torch.Tensor] = []
         step_sq = 0.0
+        n = 0  # tensors with a history
         for group, batches in prepared:
             foreach, weight_decay = self._use_foreach(group), group["weight_decay"]
             fn = _multi_tensor_grad_change_ if foreach else _single_tensor_grad_change_
@@ -155,6 +163,7 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
                             norms.append(changes[i])
                             likes.append(part.params[i])
                             step_sq += state["step_sq"]
+                            n += 1
                 if not norms:
                     continue
                 if any_dtensor(likes):  # FSDP2: squares of the local shards' norms, summed
@@ -162,10 +171,26 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
                 totals.append(torch.stack(norms).to(torch.float64).square().sum())
         self._betas: dict[tuple[float, float, torch.device, torch.dtype], Beta] = {}
         self._curvature: torch.Tensor | None = None
-        if totals:
+        eps = self.defaults["curvature_eps"]
+        if self.partition is not None:
+            # ZeRO: this rank holds a share of the tensors; both squared norms are over all of them,
+            # and so is the question whether any tensor has a history (one collective per step)
+            device = totals[0].device if totals else self.partition.device
+            f64 = dict(dtype=torch.float64, device=device)
+            partial = [t.to(device) for t in totals] + [torch.zeros((), **f64)]
+            parts = torch.stack(
+                [
+                    torch.stack(partial).sum(),
+                    torch.full((), step_sq, **f64),
+                    torch.full((), n, **f64),
+                ]
+            )
+            grad_sq, step_sq_t, with_history = partition_sum(parts, self.partition).unbind()
+            if with_history.item() > 0:  # a host sync, as _record_step_lengths has one anyway
+                self._curvature = grad_sq.sqrt() / (step_sq_t.sqrt() + eps)
+        elif totals:
             device = totals[0].device
             grad_sq = torch.stack([t.to(device) for t in totals]).sum()
-            eps = self.defaults["curvature_eps"]
             self._curvature = grad_sq.sqrt() / (math.sqrt(step_sq) + eps)
 
     def _momentum(self, group: dict[str, Any], like: torch.Tensor) -> Beta:
@@ -211,6 +236,8 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
 
 class AdaptiveHeavyBallSGD(_AdaptiveHeavyBall):
     """SGD with the adaptive heavy-ball momentum of Sun et al. (2021); no momentum hyperparameter.
+
+    The norms are over all parameters also under FSDP2 and ZeRO (exact there, up to rounding).
 
     Args:
         params: parameters or param groups.
@@ -261,6 +288,8 @@ class AdaptiveHeavyBallSGD(_AdaptiveHeavyBall):
 
 class AdaptiveHeavyBallAdam(_AdaptiveHeavyBall):
     """Adam whose ``beta1`` is the adaptive heavy-ball momentum of Sun et al. (2021).
+
+    The norms are over all parameters also under FSDP2 and ZeRO (exact there, up to rounding).
 
     Args:
         params: parameters or param groups.

@@ -78,7 +78,10 @@ hyper-gradient dot products read each block of ``CPU_BLOCK_NUMEL`` gradient elem
 coefficients, and reach the
 host in one synchronization per step. FSDP2 (DTensor parameters): the update is elementwise and runs
 on the local shards; the dot products are summed over the shards in one collective
-(tests/test_fsdp2.py).
+(tests/test_fsdp2.py). ZeRO (``torch.distributed.optim.ZeroRedundancyOptimizer`` builds MADA on one
+rank's share of each group's tensors): the hyper-gradients of all groups are summed over the
+partition in one collective per step (``global_statistics``; tests/test_zero.py). AVGrad is
+elementwise and needs nothing.
 
 AVGrad (class :class:`AVGrad`) is the ``rho = 0, b3 = 0, c = 1`` member without hyper-gradients::
 
@@ -103,6 +106,7 @@ from adaptim.core.distributed import (
     is_dtensor,
     local,
     local_list,
+    partition_sum,
 )
 from adaptim.core.functional import bias_correction, decoupled_weight_decay_, scalars
 from adaptim.core.validation import BOOL, NONNEGATIVE, UNIT_CLOSED, UNIT_HALF_OPEN, TupleOf
@@ -140,6 +144,8 @@ class MADA(AdaptimOptimizer):
 
     Paper: arXiv:2401.08893 (ICML 2024). Reference: github.com/amazon-science/mada_optimizer_search
     ``gdtuo.py`` (``Meta``) and ``train_ddp.py`` at 2beded8. See the module docstring for the equations.
+    The hyper-gradients are over all of a group's parameters also under FSDP2 and ZeRO (exact there,
+    up to rounding).
 
     Args:
         params: parameters or param groups.
@@ -160,6 +166,9 @@ class MADA(AdaptimOptimizer):
     """
 
     supports_dtensor = True  # tests/test_fsdp2.py
+    #: the hyper-gradients are sums over a group's parameters: summed over a ZeRO partition
+    #: (tests/test_zero.py)
+    global_statistics = True
     # the update is elementwise once the hyper-gradient step (``_before_update``) is done, so on CPU
     # it runs over cache-sized chunks, large tensors cut into flat pieces (core/base.py)
     cache_blocking = True
@@ -302,6 +311,17 @@ class MADA(AdaptimOptimizer):
         ]
         for (gi, h), value in zip(summed, _host_values(sums), strict=True):
             hypergrads[gi][h] -= value
+        if self.partition is not None:
+            # ZeRO: this rank holds a share of each group's tensors; the hyper-gradients are sums
+            # over all of them. Every rank has every group (ZeRO keeps empty ones) with the same
+            # coefficients, so the vector has the same layout everywhere (one collective per step).
+            flat = [value for hypergrad in hypergrads for value in hypergrad.values()]
+            if flat:
+                partial = torch.tensor(flat, dtype=torch.float64)
+                summed_flat = iter(partition_sum(partial, self.partition).tolist())
+                for hypergrad in hypergrads:
+                    for h in hypergrad:
+                        hypergrad[h] = next(summed_flat)
         for (group, _), hypergrad in zip(prepared, hypergrads, strict=True):
             clip = group["hypergrad_clip"]
             for h, k in self._hyper_lrs(group).items():
@@ -678,6 +698,8 @@ def _multi_tensor_mada(
 
 class AVGrad(AdaptimOptimizer):
     """AVGrad (Ozkara et al., 2024): AMSGrad with the maximum of ``v`` replaced by its time-average.
+
+    Elementwise, with no statistic across tensors: exact under DDP, FSDP2 and ZeRO as it is.
 
     Args:
         params: parameters or param groups.

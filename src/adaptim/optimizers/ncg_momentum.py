@@ -37,6 +37,10 @@ tensor's ``||g_{k-1}||^2``, is kept as a Python float so that checkpoints keep t
 FSDP2 (DTensor parameters): the per-tensor squared norms (and PR's inner products) of the local shards
 are summed over the shards (one collective per step), so ``beta_k`` is the same on every rank and
 equals a single process's; the update then runs on the local shards (tests/test_fsdp2.py).
+
+ZeRO (``torch.distributed.optim.ZeroRedundancyOptimizer`` builds the optimizer on one rank's share of
+the tensors): the share's three sums are summed over the partition in one collective per step
+(``global_statistics``; tests/test_zero.py), so ``beta_k`` is a single process's.
 """
 
 from __future__ import annotations
@@ -47,10 +51,7 @@ from typing import Any
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch, required
-from adaptim.core.distributed import (
-    all_reduce_many,
-    any_dtensor,
-)
+from adaptim.core.distributed import all_reduce_many, any_dtensor, partition_sum
 from adaptim.core.functional import l2_weight_decay
 from adaptim.core.validation import BOOL, UNIT_HALF_OPEN, OneOf
 from adaptim.registry import OptimInfo, register
@@ -82,6 +83,8 @@ def ncg_momentum(
 class NCGMomentumSGD(AdaptimOptimizer):
     """SGD whose momentum coefficient is a nonlinear-CG ``beta`` (Wang & Ye, 2020).
 
+    The norms are over all parameters also under FSDP2 and ZeRO (exact there, up to rounding).
+
     Args:
         params: parameters or param groups.
         lr: learning rate (required).
@@ -101,6 +104,8 @@ class NCGMomentumSGD(AdaptimOptimizer):
     }
     state_keys = ("momentum_buffer",)
     supports_dtensor = True  # tests/test_fsdp2.py
+    #: the norms are over all parameters: summed over a ZeRO partition (tests/test_zero.py)
+    global_statistics = True
     #: elementwise given ``beta_k``, which a first pass (``_before_update``) computes
     cache_blocking = True
 
@@ -179,6 +184,11 @@ class NCGMomentumSGD(AdaptimOptimizer):
                     prev_sq += state["grad_sq"]
                     inner += dot
                 state["grad_sq"] = sq
+        if self.partition is not None:
+            # ZeRO: this rank holds a share of the tensors; the norms and the inner product are
+            # over all of them (one collective per step, on every rank)
+            partial = torch.tensor([grad_sq, prev_sq, inner], dtype=torch.float64)
+            grad_sq, prev_sq, inner = partition_sum(partial, self.partition).tolist()
         self._sums = (grad_sq, prev_sq, inner if pr else None)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
