@@ -45,6 +45,8 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("adai-l2-per-tensor", "adai", dict(lr=0.1, weight_decay=0.1, foreach=False)),
     ("adaiv2", "adaiv2", dict(lr=0.1, dampening=0.5, weight_decay=0.1)),
     ("adai-bf16", "adai", dict(lr=0.1)),
+    # betas given to ZeRO: its groups keep them and sync them into Adai's (beta0, beta2) groups
+    ("adai-betas", "adai", dict(lr=0.1, betas=(0.2, 0.95))),
     # adaptive heavy ball: ||g_k - g_{k-1}|| and ||x_k - x_{k-1}|| over all parameters
     ("ahb_sgd", "ahb_sgd", dict(lr=0.05)),
     ("ahb_sgd-wd-per-tensor", "ahb_sgd", dict(lr=0.05, weight_decay=0.1, foreach=False)),

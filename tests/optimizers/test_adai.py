@@ -8,6 +8,8 @@ is above ``eps``, so the trajectories agree to rounding. The hand-computed test 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from pytorch_optimizer import Adai as OracleAdai
@@ -260,3 +262,136 @@ def test_fsdp2_with_one_chunk_per_tensor_matches_single_process(tmp_path):
     import test_fsdp2
 
     test_fsdp2.check_one_chunk_per_tensor(FSDP2_CASES, str(tmp_path))
+
+
+# -- b0 is the inertia scale, not a momentum: stored as beta0/beta2, never silently scheduled -------
+
+
+def _snapshot(opt: torch.optim.Optimizer) -> list[dict]:
+    return [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+
+
+SCHEDULERS = {
+    "OneCycleLR": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=10),
+    "CyclicLR": lambda opt: torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.01, max_lr=0.5),
+}
+
+
+@pytest.mark.parametrize("cls", [adaptim.Adai, adaptim.AdaiV2])
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_momentum_cycling_schedulers_refuse_before_changing_b0(cls, scheduler):
+    """OneCycleLR/CyclicLR(cycle_momentum=True) overwrite ``betas[0]`` of an optimizer with ``betas``;
+    Adai's b0 is the inertia scale (0.1), not a momentum coefficient, so they must refuse."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    opt = cls(two_groups(model.parameters(), lr=0.05), lr=0.1, betas=(0.1, 0.99))
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="momentum"):
+        SCHEDULERS[scheduler](opt)
+    for group, saved in zip(_snapshot(opt), before, strict=True):
+        # CyclicLR sets lr to base_lr before its momentum check (torch's order, for every optimizer)
+        assert {k: v for k, v in group.items() if k in saved and k != "lr"} == {
+            k: v for k, v in saved.items() if k != "lr"
+        }
+        assert (group["beta0"], group["beta2"]) == (0.1, 0.99) and "betas" not in group
+    assert len(opt.state) == 0
+    # without momentum cycling the schedulers work, and leave b0 alone
+    sched = (
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=10, cycle_momentum=False)
+        if scheduler == "OneCycleLR"
+        else torch.optim.lr_scheduler.CyclicLR(opt, 0.01, 0.5, cycle_momentum=False)
+    )
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    assert all(g["beta0"] == 0.1 for g in opt.param_groups)
+
+
+def _old_format(state_dict: dict) -> dict:
+    """A state dict as Adai saved it before its coefficients were ``beta0`` and ``beta2``."""
+    old = dict(state_dict)
+    old["param_groups"] = []
+    for group in state_dict["param_groups"]:
+        group = dict(group)
+        group["betas"] = (group.pop("beta0"), group.pop("beta2"))
+        old["param_groups"].append(group)
+    return old
+
+
+@pytest.mark.parametrize("cls", [adaptim.Adai, adaptim.AdaiV2])
+def test_old_checkpoint_with_betas_loads_and_continues_bit_identically(cls):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+
+    def run(opt, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+
+    groups = two_groups(model.parameters(), lr=0.05, betas=(0.3, 0.9))
+    opt = cls(groups, lr=0.1)
+    run(opt, 3)
+    old = _old_format(copy.deepcopy(opt.state_dict()))  # the states are updated in place
+    start = [p.detach().clone() for p in model.parameters()]
+    run(opt, 3)
+    expected = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p, s in zip(model.parameters(), start, strict=True):
+            p.copy_(s)
+    resumed = cls(two_groups(model.parameters()), lr=0.1)
+    resumed.load_state_dict(old)
+    assert [(g["beta0"], g["beta2"]) for g in resumed.param_groups] == [(0.1, 0.99), (0.3, 0.9)]
+    assert all("betas" not in g for g in resumed.param_groups)
+    run(resumed, 3)
+    for got, want in zip(model.parameters(), expected, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_old_pickled_optimizer_with_betas_unpickles():
+    """``__setstate__`` (pickle, deepcopy) translates ``betas`` in the defaults and the groups."""
+    w = nn.Parameter(torch.ones(2))
+    opt = adaptim.Adai([{"params": [w], "betas": (0.2, 0.9)}], lr=0.1)
+    state = _old_format({"param_groups": opt.param_groups})
+    defaults = dict(opt.defaults)
+    defaults["betas"] = (defaults.pop("beta0"), defaults.pop("beta2"))
+    restored = adaptim.Adai.__new__(adaptim.Adai)
+    restored.__setstate__(
+        {"defaults": defaults, "state": {}, "param_groups": state["param_groups"]}
+    )
+    assert (restored.defaults["beta0"], restored.defaults["beta2"]) == (0.1, 0.99)
+    assert (restored.param_groups[0]["beta0"], restored.param_groups[0]["beta2"]) == (0.2, 0.9)
+    assert "betas" not in restored.defaults and "betas" not in restored.param_groups[0]
+
+
+def test_param_group_betas_are_translated_and_checked():
+    w, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(1))
+    opt = adaptim.Adai([{"params": [w], "betas": (0.2, 0.9)}], lr=0.1)
+    opt.add_param_group({"params": [b], "betas": [0.3, 0.5]})
+    assert [(g["beta0"], g["beta2"]) for g in opt.param_groups] == [(0.2, 0.9), (0.3, 0.5)]
+    with pytest.raises(ValueError, match="betas"):
+        adaptim.Adai([w], lr=0.1, betas=(0.1, 1.0))
+    with pytest.raises(ValueError, match="disagrees"):
+        opt.add_param_group(
+            {"params": [nn.Parameter(torch.ones(1))], "betas": (0.1, 0.9), "beta0": 0.2}
+        )
+    assert len(opt.param_groups) == 2
+
+
+def test_betas_set_after_construction_is_refused_at_the_next_step():
+    """A ``betas`` that reaches a group later (ZeRO syncs its groups' keys into the local optimizer's;
+    a momentum-cycling scheduler on a ZeRO given ``betas=`` writes there) must not be ignored."""
+    w = nn.Parameter(torch.ones(2))
+    opt = adaptim.Adai([w], lr=0.1)
+    opt.param_groups[0]["betas"] = (0.1, 0.99)  # agrees: fine
+    w.grad = torch.ones(2)
+    opt.step()
+    before = w.detach().clone()
+    state = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in opt.state[w].items()}
+    opt.param_groups[0]["betas"] = (0.95, 0.99)
+    with pytest.raises(ValueError, match="inertia scale"):
+        opt.step()
+    assert torch.equal(w, before)
+    assert opt.state[w]["step"] == state["step"]
+    assert torch.equal(opt.state[w]["exp_avg_sq"], state["exp_avg_sq"])

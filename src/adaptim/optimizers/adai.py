@@ -46,7 +46,7 @@ is below ``eps`` (tests/optimizers/test_adai.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -59,10 +59,19 @@ from adaptim.core.functional import (
     l2_weight_decay,
     scalars,
 )
-from adaptim.core.validation import NONNEGATIVE, UNIT_CLOSED, UNIT_HALF_OPEN, TupleOf
+from adaptim.core.validation import (
+    NONNEGATIVE,
+    UNIT_CLOSED,
+    UNIT_HALF_OPEN,
+    TupleOf,
+    validate_hyperparameters,
+)
 from adaptim.registry import OptimInfo, register
 
 __all__ = ["Adai", "AdaiV2"]
+
+#: the param-group keys of the reference code's ``betas=(b0, b2)`` (the paper's names)
+BETA_KEYS = ("beta0", "beta2")
 
 
 class Adai(AdaptimOptimizer):
@@ -75,13 +84,22 @@ class Adai(AdaptimOptimizer):
         params: parameters or param groups.
         lr: learning rate (required). Adai's momentum is an average, not a sum: use the learning
             rate of plain SGD, about 10x that of ``torch.optim.SGD(momentum=0.9)``.
-        betas: ``(b0, b2)``: the inertia scale and the EMA coefficient of ``g^2``.
+        betas: ``(b0, b2)``: the inertia scale and the EMA coefficient of ``g^2``, as the reference
+            code takes them; stored in the param groups as ``beta0`` and ``beta2`` (see below).
         eps: the inertia bound: ``beta1`` is clamped to ``[0, 1 - eps]``.
         weight_decay: L2 coefficient (added to the gradient) or, if ``decoupled_weight_decay``
             ("AdaiW"), the decoupled decay rate ``p *= 1 - lr * weight_decay``.
         decoupled_weight_decay: the reference code's ``decoupled``.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+
+    Param groups hold ``beta0`` and ``beta2``, not ``betas``: ``b0`` is the inertia scale, not a
+    momentum coefficient, and torch's schedulers that cycle momentum (``OneCycleLR``, ``CyclicLR``
+    with ``cycle_momentum=True``) overwrite ``betas[0]`` of any optimizer that has ``betas``. Under
+    these names they refuse Adai with their own ``ValueError`` instead; use ``cycle_momentum=False``.
+    A param group given with ``betas`` is translated, and so is an older checkpoint's; a ``betas``
+    that appears in a group later (e.g. synced in by a ``ZeroRedundancyOptimizer`` whose scheduler
+    cycled it) and disagrees with ``beta0, beta2`` is refused at the next step, before any change.
     """
 
     supports_dtensor = True  # tests/test_fsdp2.py
@@ -91,6 +109,9 @@ class Adai(AdaptimOptimizer):
     cache_blocking = True
 
     hyperparameter_rules = {
+        "beta0": NONNEGATIVE,
+        "beta2": UNIT_HALF_OPEN,
+        # the constructor's (and a given param group's) ``betas``, checked before it is split
         "betas": TupleOf((NONNEGATIVE, UNIT_HALF_OPEN)),
         "eps": UNIT_CLOSED,
     }
@@ -117,7 +138,65 @@ class Adai(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, self._split_betas(defaults))
+
+    # -- betas=(b0, b2) in, beta0 and beta2 stored ------------------------------------------------
+
+    def _split_betas(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of ``values`` (defaults, a param group) with ``betas=(b0, b2)``, if present, stored
+        as ``beta0`` and ``beta2``; refused if it disagrees with those also given."""
+        out = dict(values)
+        if "betas" not in out:
+            return out
+        betas = out.pop("betas")
+        name = type(self).__name__
+        validate_hyperparameters(name, {"betas": betas}, self._rules())
+        for key, value in zip(BETA_KEYS, betas, strict=True):
+            if key in out and out[key] != value:
+                raise ValueError(
+                    f"{name}: betas={tuple(betas)!r} disagrees with {key}={out[key]!r}; give "
+                    "either betas=(b0, b2) or beta0 and beta2"
+                )
+            out[key] = value
+        return out
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if isinstance(param_group, dict) and "betas" in param_group:
+            param_group = self._split_betas(param_group)
+        super().add_param_group(param_group)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict; one saved before the coefficients were ``beta0`` and ``beta2`` (its
+        groups have ``betas``) is translated first."""
+        groups = state_dict.get("param_groups", [])
+        if any("betas" in g for g in groups):
+            state_dict = {**state_dict, "param_groups": [self._split_betas(g) for g in groups]}
+        super().load_state_dict(state_dict)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # an optimizer pickled before the coefficients were beta0 and beta2
+        state = dict(state)
+        if "betas" in state.get("defaults", {}):
+            state["defaults"] = self._split_betas(state["defaults"])
+        if any("betas" in g for g in state.get("param_groups", [])):
+            state["param_groups"] = [self._split_betas(g) for g in state["param_groups"]]
+        super().__setstate__(state)
+
+    def _check_gradients(self) -> None:
+        # A "betas" that appeared in a group after construction (synced in by ZeRO from its own
+        # groups, or written by a scheduler that cycles momentum) must not be silently ignored.
+        for gi, group in enumerate(self.param_groups):
+            betas = group.get("betas")
+            if betas is not None and tuple(betas) != (group["beta0"], group["beta2"]):
+                raise ValueError(
+                    f"{type(self).__name__}: param group {gi} has betas={tuple(betas)!r}, which "
+                    f"disagrees with its beta0={group['beta0']!r} (the inertia scale, not a "
+                    f"momentum coefficient) and beta2={group['beta2']!r}. Something set 'betas' "
+                    "after construction, e.g. a scheduler with cycle_momentum=True on a "
+                    "ZeroRedundancyOptimizer given betas=...; set 'beta0' / 'beta2' instead (and "
+                    "cycle_momentum=False)"
+                )
+        super()._check_gradients()
 
     def _dampening(self, group: dict[str, Any]) -> float:
         return 1.0
@@ -139,7 +218,7 @@ class Adai(AdaptimOptimizer):
         totals: list[torch.Tensor] = []
         count = 0
         for group, batches in prepared:
-            beta2, foreach = group["betas"][1], self._use_foreach(group)
+            beta2, foreach = group["beta2"], self._use_foreach(group)
             l2 = 0.0 if group["decoupled_weight_decay"] else group["weight_decay"]
             fn = _multi_tensor_adai_second_moment if foreach else _single_tensor_adai_second_moment
             for batch in batches:
@@ -192,7 +271,7 @@ class Adai(AdaptimOptimizer):
         return value
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        beta0, beta2 = group["betas"]
+        beta0, beta2 = group["beta0"], group["beta2"]
         lists = batch.local("exp_avg", "exp_avg_sq", "beta1_prod")
         device = lists[0][0].device
         if foreach:
@@ -219,7 +298,8 @@ class AdaiV2(Adai):
     Args:
         params: parameters or param groups.
         lr: learning rate (required).
-        betas: ``(b0, b2)``: the inertia scale and the EMA coefficient of ``g^2``.
+        betas: ``(b0, b2)``: the inertia scale and the EMA coefficient of ``g^2``; stored in the
+            param groups as ``beta0`` and ``beta2`` (see :class:`Adai`).
         eps: the inertia bound: ``beta1`` is clamped to ``[0, 1 - eps]``.
         weight_decay: decoupled decay rate (default mode) or L2 coefficient.
         dampening: ``d`` in ``[0, 1]``: ``m = beta1 m + (1 - beta1)^d g``, the inertia uses
@@ -254,7 +334,7 @@ class AdaiV2(Adai):
             maximize=maximize,
             foreach=foreach,
         )
-        AdaptimOptimizer.__init__(self, params, defaults)
+        AdaptimOptimizer.__init__(self, params, self._split_betas(defaults))
 
     def _dampening(self, group: dict[str, Any]) -> float:
         return float(group["dampening"])
