@@ -41,7 +41,7 @@ def test_two_coordinates_by_hand():
         (torch.tensor(c, dtype=torch.float64) * p).sum().backward()
         opt.step()
         assert tuple(p.tolist()) == pytest.approx(expected[t], abs=1e-14), t
-    assert opt.state[p]["gain"].tolist() == [1.5, 2.5]
+    assert opt.state[p]["activelr_gain"].tolist() == [1.5, 2.5]
     assert opt.epochs_done == 3
 
 
@@ -124,7 +124,7 @@ def test_gains_actually_move_in_that_comparison():
         )
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    gains = torch.cat([opt.state[p]["gain"].flatten() for p in model.parameters()])
+    gains = torch.cat([opt.state[p]["activelr_gain"].flatten() for p in model.parameters()])
     assert (gains > 1).any() and (gains < 1).any()
 
 
@@ -190,9 +190,10 @@ def test_manual_epochs_and_state_dict_round_trip():
     run(twin, twin_opt, data[10:])
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(p, q)
-        assert torch.equal(opt.state[p]["gain"], twin_opt.state[q]["gain"])
+        assert torch.equal(opt.state[p]["activelr_gain"], twin_opt.state[q]["activelr_gain"])
     assert any(
-        not torch.equal(opt.state[p]["gain"], torch.ones_like(p)) for p in model.parameters()
+        not torch.equal(opt.state[p]["activelr_gain"], torch.ones_like(p))
+        for p in model.parameters()
     )
 
 
@@ -214,7 +215,7 @@ def test_complex_and_bf16_params():
     ow = adaptim.ActiveLR(torch.optim.SGD([w], lr=0.1), steps_per_epoch=1)
     w.grad = torch.ones_like(w)
     ow.step()
-    assert ow.state[w]["gain"].dtype == torch.float32 and w.dtype == torch.bfloat16
+    assert ow.state[w]["activelr_gain"].dtype == torch.float32 and w.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize(

@@ -40,8 +40,10 @@ def test_equals_mean_of_selected_iterates(start, gap):
     assert opt.n_averaged == len(chosen)
     for i, p in enumerate(model.parameters()):
         expected = torch.stack([it[i] for it in chosen]).mean(0)
-        torch.testing.assert_close(opt.state[p]["average"], expected, atol=1e-12, rtol=0)
-    assert not torch.allclose(opt.state[next(model.parameters())]["average"], iterates[-1][0])
+        torch.testing.assert_close(opt.state[p]["averaging_average"], expected, atol=1e-12, rtol=0)
+    assert not torch.allclose(
+        opt.state[next(model.parameters())]["averaging_average"], iterates[-1][0]
+    )
 
 
 def test_nothing_averaged_before_the_switch():
@@ -96,7 +98,7 @@ def test_averaged_recomputes_and_restores_batch_norm_statistics():
         torch.testing.assert_close(bn.running_mean, mean, atol=1e-12, rtol=0)
         torch.testing.assert_close(bn.running_var, var, atol=1e-12, rtol=0)
         for p in model.parameters():
-            assert torch.equal(p.detach(), opt.state[p]["average"])
+            assert torch.equal(p.detach(), opt.state[p]["averaging_average"])
     assert torch.equal(bn.running_mean, saved_mean)
     assert torch.equal(bn.running_var, saved_var)
     with pytest.raises(ValueError, match="both"):
@@ -127,14 +129,18 @@ def test_state_dict_round_trip_and_bf16():
     _train(model, opt, 5, seed=4)
     _train(twin, twin_opt, 5, seed=4)
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
-        assert torch.equal(opt.state[p]["average"], twin_opt.state[q]["average"])
-        assert opt.state[p]["n_averaged"] == twin_opt.state[q]["n_averaged"] == 4
+        assert torch.equal(
+            opt.state[p]["averaging_average"], twin_opt.state[q]["averaging_average"]
+        )
+        assert (
+            opt.state[p]["averaging_n_averaged"] == twin_opt.state[q]["averaging_n_averaged"] == 4
+        )
 
     w = nn.Parameter(torch.randn(3).to(torch.bfloat16))
     avg = adaptim.IterateAveraging(torch.optim.SGD([w], lr=0.1))
     w.grad = torch.ones_like(w)
     avg.step()
-    assert avg.state[w]["average"].dtype == torch.float32
+    assert avg.state[w]["averaging_average"].dtype == torch.float32
 
 
 @pytest.mark.parametrize("kwargs,name", [({"start": -1}, "start"), ({"gap": 0}, "gap")])

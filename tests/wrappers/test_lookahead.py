@@ -99,7 +99,9 @@ def test_pullback_by_hand():
         got.append(p.item())
     assert got == pytest.approx(expected, abs=1e-15)
     buf = opt.optimizer.state[p]["momentum_buffer"]
-    assert opt.state[p]["slow_momentum_buffer"].data_ptr() != buf.data_ptr()  # a copy, no aliasing
+    assert (
+        opt.state[p]["lookahead_slow_momentum_buffer"].data_ptr() != buf.data_ptr()
+    )  # a copy, no aliasing
     assert buf.item() == pytest.approx(m, abs=1e-15)
 
 
@@ -162,8 +164,9 @@ def test_state_dict_round_trip_mid_cycle(mode):
 
 def test_refuses_a_plain_optimizer_state_dict():
     model = bn_net()
-    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
-    opt = adaptim.Lookahead(torch.optim.SGD(model.parameters(), lr=0.1))
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _run(model, sgd, 1)  # a plain optimizer's state dict with state (an empty one is harmless)
+    opt = adaptim.Lookahead(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
     with pytest.raises(ValueError, match=r"Lookahead\.state_dict"):
         opt.load_state_dict(sgd.state_dict())
     with pytest.raises(TypeError, match=r"torch\.optim\.Optimizer"):
@@ -191,7 +194,7 @@ def test_slow_weights_context_swaps_and_restores():
     with opt.slow_weights():
         inside = _params(model)
     for p, f, s in zip(model.parameters(), fast, inside, strict=True):
-        assert torch.equal(s, opt.state[p]["slow_param"])
+        assert torch.equal(s, opt.state[p]["lookahead_slow_param"])
         assert torch.equal(p.detach(), f)
     assert any(not torch.equal(f, s) for f, s in zip(fast, inside, strict=True))
 
@@ -203,7 +206,9 @@ def test_is_an_optimizer_for_schedulers_groups_and_closures():
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     opt.add_param_group({"params": list(model[3].parameters()), "lr": 0.2})
     new = next(iter(model[3].parameters()))
-    assert torch.equal(opt.state[new]["slow_param"], new.detach())
+    assert (
+        new not in opt.state
+    )  # slow weights are created at the first step, as torch.optim's state
     x = torch.randn(8, 6, dtype=torch.float64)
     before = new.detach().clone()
 
@@ -215,10 +220,11 @@ def test_is_an_optimizer_for_schedulers_groups_and_closures():
 
     loss = opt.step(closure)
     assert isinstance(loss, torch.Tensor)
+    assert torch.equal(opt.state[new]["lookahead_slow_param"], before)
     sched.step()
     assert opt.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
     opt.step(closure)  # k = 2: synchronises the new group too
-    assert torch.equal(opt.state[new]["slow_param"], new.detach())
+    assert torch.equal(opt.state[new]["lookahead_slow_param"], new.detach())
     assert not torch.equal(new.detach(), before)
     opt.zero_grad()
     assert all(p.grad is None for group in opt.param_groups for p in group["params"])
@@ -246,8 +252,8 @@ def test_bf16_slow_weights_are_fp32():
     opt.zero_grad()
     p.float().pow(2).sum().backward()
     opt.step()
-    assert opt.state[p]["slow_param"].dtype == torch.float32
-    assert torch.equal(p.detach(), opt.state[p]["slow_param"].to(torch.bfloat16))
+    assert opt.state[p]["lookahead_slow_param"].dtype == torch.float32
+    assert torch.equal(p.detach(), opt.state[p]["lookahead_slow_param"].to(torch.bfloat16))
 
 
 def test_noisy_quadratic_lower_steady_state_loss():

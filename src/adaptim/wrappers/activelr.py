@@ -70,7 +70,8 @@ class ActiveLR(OptimizerWrapper):
     >>> opt = ActiveLR(adaptim.AdamW(model.parameters(), lr=1e-5), steps_per_epoch=len(loader))  # doctest: +SKIP
     """
 
-    _extra_state_keys = ("epoch_step", "epochs_done")
+    state_prefix = "activelr_"
+    _scalar_state = {"epoch_step": "epoch_step", "epochs_done": "epochs_done"}
 
     def __init__(
         self,
@@ -102,18 +103,27 @@ class ActiveLR(OptimizerWrapper):
         self.lr_low = float(lr_low)
         self.epoch_step = 0
         self.epochs_done = 0
-        self._init_all()
 
     def _repr_keys(self) -> tuple[str, ...]:
         return ("steps_per_epoch", "lr_high", "lr_low")
 
     def _init_param(self, p: torch.Tensor) -> None:
-        state = self.state[p]
-        if "gain" not in state:
-            w = _working(p)
-            state["gain"] = torch.ones_like(w, memory_format=torch.preserve_format)
-            state["grad_sum"] = torch.zeros_like(w, memory_format=torch.preserve_format)
-            state["grad_steps"] = 0
+        w = _working(p)
+        self.wrapper_state[p].update(
+            gain=torch.ones_like(w, memory_format=torch.preserve_format),
+            grad_sum=torch.zeros_like(w, memory_format=torch.preserve_format),
+            grad_steps=0,
+            # every key exists from the first step (DCP loads only the keys a fresh optimizer has)
+            prev_grad_sum=torch.zeros_like(w, memory_format=torch.preserve_format),
+            grad_epochs=0,  # epochs that summed a gradient of this parameter
+        )
+
+    def _complete_entry(self, entry: dict[str, Any]) -> None:
+        # saved in v1 (up to commit 7a79caf): ``prev_grad_sum`` appeared after the first epoch with a gradient
+        if "grad_epochs" not in entry:
+            entry["grad_epochs"] = 1 if "prev_grad_sum" in entry else 0
+        if "prev_grad_sum" not in entry and "grad_sum" in entry:
+            entry["prev_grad_sum"] = torch.zeros_like(entry["grad_sum"])
 
     def step(self, closure: Any = None) -> Any:
         """Inner step with the displacement scaled by the gains; accumulate the epoch gradient."""
@@ -121,14 +131,15 @@ class ActiveLR(OptimizerWrapper):
         if any(p.grad is not None and p.grad.layout is not torch.strided for p in params):
             raise TypeError("ActiveLR does not support sparse gradients; use dense gradients")
         with torch.no_grad():
+            self._ensure_state()
             before = [_working(p).clone() for p in params]
-        loss = self.optimizer.step(closure)
+        loss = self._step_inner(closure)
         with torch.no_grad():
             stepped = [i for i, p in enumerate(params) if p.grad is not None]
             if stepped:
                 working = [_working(params[i]) for i in stepped]
                 olds = [before[i] for i in stepped]
-                states = [self.state[params[i]] for i in stepped]
+                states = [self.wrapper_state[params[i]] for i in stepped]
                 # theta = theta_old + gain (theta_new - theta_old), computed in ``olds``
                 torch._foreach_lerp_(olds, working, [s["gain"] for s in states])
                 for i, new in zip(stepped, olds, strict=True):
@@ -147,18 +158,16 @@ class ActiveLR(OptimizerWrapper):
     def end_epoch(self) -> None:
         """Adapt the gains from the sign of this epoch's summed gradient against the last epoch's."""
         for p in self.params():
-            state = self.state[p]
+            state = self.wrapper_state.get(p)
             if not state or state["grad_steps"] == 0:
                 continue
-            current = state["grad_sum"]
-            previous = state.get("prev_grad_sum")
-            if previous is not None:
+            current, previous = state["grad_sum"], state["prev_grad_sum"]
+            if state["grad_epochs"] > 0:
                 gain = state["gain"]
                 flipped = previous * current <= 0
                 state["gain"] = torch.where(flipped, gain * self.lr_low, gain + self.lr_high)
-                previous.copy_(current)
-            else:
-                state["prev_grad_sum"] = current.clone()
+            previous.copy_(current)
+            state["grad_epochs"] += 1
             current.zero_()
             state["grad_steps"] = 0
         self.epoch_step = 0

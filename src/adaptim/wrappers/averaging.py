@@ -55,7 +55,8 @@ class IterateAveraging(OptimizerWrapper):
     ...     evaluate(model)          # averaged weights, batch-norm statistics recomputed for them
     """
 
-    _extra_state_keys = ("step_count",)
+    state_prefix = "averaging_"
+    _scalar_state = {"step": "step_count"}
 
     def __init__(self, optimizer: Optimizer, start: int = 0, gap: int = 1) -> None:
         if isinstance(start, bool) or not isinstance(start, int) or start < 0:
@@ -70,16 +71,12 @@ class IterateAveraging(OptimizerWrapper):
         self.start = start
         self.gap = gap
         self.step_count = 0
-        self._init_all()
 
     def _repr_keys(self) -> tuple[str, ...]:
         return ("start", "gap")
 
     def _init_param(self, p: torch.Tensor) -> None:
-        state = self.state[p]
-        if "average" not in state:
-            state["average"] = _shadow(p)
-            state["n_averaged"] = 0
+        self.wrapper_state[p].update(average=_shadow(p), n_averaged=0)
 
     def _after_step(self) -> None:
         self.step_count += 1
@@ -90,8 +87,9 @@ class IterateAveraging(OptimizerWrapper):
     @torch.no_grad()
     def update_average(self) -> None:
         """Add the current iterate to the running mean (called automatically after the switch)."""
+        self._ensure_state()
         for p in self.params():
-            state = self.state[p]
+            state = self.wrapper_state[p]
             state["n_averaged"] += 1
             avg = state["average"]
             avg.lerp_(p.detach().to(avg.dtype), 1.0 / state["n_averaged"])
@@ -99,7 +97,7 @@ class IterateAveraging(OptimizerWrapper):
     @property
     def n_averaged(self) -> int:
         """How many iterates the average holds (the largest count over the parameters)."""
-        return max((s.get("n_averaged", 0) for s in self.state.values()), default=0)
+        return max((s.get("n_averaged", 0) for s in self.wrapper_state.values()), default=0)
 
     @contextlib.contextmanager
     def averaged(
@@ -122,12 +120,13 @@ class IterateAveraging(OptimizerWrapper):
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     for name, buf in module.named_buffers(prefix=prefix, recurse=False):
                         bn_backup[name] = buf.detach().clone()
-        params = [p for p in self.params() if self.state[p].get("n_averaged", 0) > 0]
+        own = self.wrapper_state
+        params = [p for p in self.params() if own.get(p, {}).get("n_averaged", 0) > 0]
         backup = [p.detach().clone() for p in params]
         try:
             with torch.no_grad():
                 for p in params:
-                    p.copy_(self.state[p]["average"])
+                    p.copy_(own[p]["average"])
             if model is not None:
                 update_bn(bn_loader, model, input_fn=input_fn)
             yield
@@ -144,7 +143,7 @@ class IterateAveraging(OptimizerWrapper):
     def swap_average_in(self) -> None:
         """Copy the average into the parameters for good (e.g. at the end of training)."""
         for p in self.params():
-            state = self.state[p]
+            state = self.wrapper_state.get(p, {})
             if state.get("n_averaged", 0) > 0:
                 p.copy_(state["average"])
 

@@ -6,7 +6,7 @@ Reference code: github.com/michaelrzhang/lookahead, ``lookahead_pytorch.py`` (co
 ``Lookahead(optimizer, la_steps=5, la_alpha=0.8, pullback_momentum="none")``. Oracle in the tests:
 ``pytorch_optimizer.Lookahead`` 4.1.0, which equals the official file for ``none`` and ``reset``.
 
-Rule (slow weights ``phi`` start as a copy of the parameters when the wrapper is built)::
+Rule (slow weights ``phi`` start as a copy of the parameters at the first step)::
 
     every step:          theta <- A(theta, g)                 # the inner optimizer's step (fast weights)
     after k inner steps: phi   <- phi + alpha (theta - phi)   # = alpha theta + (1 - alpha) phi
@@ -34,7 +34,10 @@ Inner-optimizer momentum at each synchronisation (``pullback_momentum``):
 Differences from the official file, all deliberate: slow weights and the step counter are saved by
 ``state_dict()`` and restored by ``load_state_dict()`` (the official ``state_dict`` only returns the inner
 optimizer's); ``reset``/``pullback`` work for any state key listed in ``momentum_keys``; slow weights of
-bf16/fp16 parameters are kept in fp32; parameter groups added later get their slow weights then.
+bf16/fp16 parameters are kept in fp32; slow weights are copied at the first step, not when the wrapper
+is built (as ``torch.optim`` creates its state; the same unless the parameters change in between, e.g.
+a checkpoint loaded into the model after building the optimizer), parameter groups added later get
+theirs at their first step.
 
 The wrapper is an ``Optimizer``: its ``param_groups`` *are* the inner optimizer's (so lr schedulers,
 ``zero_grad``, ``add_param_group`` work through it), ``step(closure)`` returns the closure's loss, and
@@ -70,7 +73,8 @@ class Lookahead(OptimizerWrapper):
     ...     evaluate(model)
     """
 
-    _extra_state_keys = ("lookahead_step",)
+    state_prefix = "lookahead_"
+    _scalar_state = {"step": "lookahead_step"}
     PULLBACK_MODES = ("none", "reset", "pullback")
 
     def __init__(
@@ -98,27 +102,41 @@ class Lookahead(OptimizerWrapper):
         self.pullback_momentum = pullback_momentum
         self.momentum_keys = tuple(momentum_keys)
         self.lookahead_step = 0  # inner steps since the last synchronisation
-        self._init_all()
 
     def _repr_keys(self) -> tuple[str, ...]:
         return ("k", "alpha", "pullback_momentum")
 
     def _init_param(self, p: torch.Tensor) -> None:
-        state = self.state[p]
-        if "slow_param" not in state:
-            state["slow_param"] = _shadow(p)
+        self.wrapper_state[p]["slow_param"] = _shadow(p)
 
     def _after_step(self) -> None:
+        if self.pullback_momentum == "pullback":
+            self._ensure_slow_momentum()
         self.lookahead_step += 1
         if self.lookahead_step >= self.k:
             self.lookahead_step = 0
             self.synchronize()
 
+    def _ensure_slow_momentum(self) -> None:
+        """``m_slow = 0`` for each inner momentum as soon as it exists (not at the first
+        synchronisation: every state key exists after the first step, as DCP's loading expects)."""
+        inner = self.optimizer.state
+        for p in self.params():
+            entry = inner.get(p)
+            if not entry:
+                continue
+            own = self.wrapper_state[p]
+            for key in self.momentum_keys:
+                mom = entry.get(key)
+                if isinstance(mom, torch.Tensor) and f"slow_{key}" not in own:
+                    own[f"slow_{key}"] = torch.zeros_like(mom)
+
     @torch.no_grad()
     def synchronize(self) -> None:
         """The slow step: ``phi += alpha (theta - phi); theta = phi`` (and the momentum handling)."""
+        self._ensure_state()
         params = list(self.params())
-        slow = [self.state[p]["slow_param"] for p in params]
+        slow = [self.wrapper_state[p]["slow_param"] for p in params]
         fast = [p if p.dtype == s.dtype else p.float() for p, s in zip(params, slow, strict=True)]
         if params:
             torch._foreach_lerp_(slow, fast, self.alpha)
@@ -134,7 +152,7 @@ class Lookahead(OptimizerWrapper):
                 if self.pullback_momentum == "reset":
                     mom.zero_()
                 else:  # pullback: interpolate toward the momentum saved at the last synchronisation
-                    state = self.state[p]
+                    state = self.wrapper_state[p]
                     slow_key = f"slow_{key}"
                     if slow_key not in state:
                         state[slow_key] = torch.zeros_like(mom)
