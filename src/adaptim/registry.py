@@ -1,13 +1,15 @@
 """One record per optimizer, wrapper and tool: class, paper, reference code, defaults, capabilities.
 
 Each algorithm module registers itself with :func:`register`; the package imports every module under
-``adaptim.optimizers`` and ``adaptim.wrappers`` at import time, so the registry is complete once
-``import adaptim`` returns.
+``adaptim.optimizers``, ``adaptim.wrappers`` and ``adaptim.tools`` at import time, so the registry is
+complete once ``import adaptim`` returns.
 
 >>> import adaptim
 >>> opt = adaptim.create("adabelief", model.parameters(), lr=1e-3)   # doctest: +SKIP
 >>> adaptim.available("adam*")                                       # doctest: +SKIP
 ['adam', 'adamax', 'adamp', 'adamw']
+>>> adaptim.available(kind="wrapper")                                # doctest: +SKIP
+['activelr', 'iterate_averaging', 'lookahead']
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "KINDS",
     "OptimInfo",
     "available",
     "closest",
@@ -49,7 +52,7 @@ class OptimInfo:
     paper_url: str
     reference: str
     description: str
-    kind: str = "optimizer"  # "optimizer" | "wrapper"
+    kind: str = "optimizer"  # one of KINDS: "optimizer" | "wrapper" | "tool"
     has_foreach: bool = True
     supports_complex: bool = True
     test_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -71,6 +74,10 @@ class OptimInfo:
         }
 
 
+#: the kinds of record: ``create()`` builds optimizers; wrappers (Lookahead, ...) and tools (adaptive
+#: batch sizes, ...) are constructed directly from their classes
+KINDS = ("optimizer", "wrapper", "tool")
+
 _REGISTRY: dict[str, OptimInfo] = {}
 _ALIASES: dict[str, str] = {}
 
@@ -78,6 +85,8 @@ _ALIASES: dict[str, str] = {}
 def register(info: OptimInfo) -> OptimInfo:
     """Add a record; names are lower-case and unique."""
     name = info.name.lower()
+    if info.kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {info.kind!r}")
     if name != info.name:
         raise ValueError(f"registry names are lower-case; got {info.name!r}")
     if name in _REGISTRY or name in _ALIASES:
@@ -88,13 +97,31 @@ def register(info: OptimInfo) -> OptimInfo:
     return info
 
 
+_KIND_CHOICES = (*KINDS, "all")
+
+
+def _check_kind(kind: object) -> None:
+    if kind not in _KIND_CHOICES:
+        accepted = ", ".join(repr(k) for k in _KIND_CHOICES)
+        raise ValueError(f"kind must be one of {accepted}; got {kind!r}")
+
+
 def registered(kind: str | None = None) -> list[OptimInfo]:
-    """All records (of one kind, if given), sorted by name."""
-    return [i for n, i in sorted(_REGISTRY.items()) if kind is None or i.kind == kind]
+    """All records, sorted by name; ``kind`` (``"optimizer"``, ``"wrapper"``, ``"tool"``) keeps one
+    kind, ``None`` or ``"all"`` keeps every record."""
+    if kind is not None:
+        _check_kind(kind)
+    return [i for n, i in sorted(_REGISTRY.items()) if kind in (None, "all") or i.kind == kind]
 
 
-def available(pattern: str = "*", kind: str | None = None) -> list[str]:
-    """Registered names matching a shell-style pattern, e.g. ``available("adam*")``."""
+def available(pattern: str = "*", kind: str = "optimizer") -> list[str]:
+    """Registered names matching a shell-style pattern, sorted, e.g. ``available("adam*")``.
+
+    By default only optimizers, the names :func:`create` accepts; ``kind="wrapper"`` lists the
+    wrappers (Lookahead, ...), ``kind="tool"`` the tools, ``kind="all"`` everything registered. Any
+    other ``kind`` raises ``ValueError`` naming the accepted ones.
+    """
+    _check_kind(kind)
     pattern = pattern.lower()
     return [i.name for i in registered(kind) if fnmatch.fnmatchcase(i.name, pattern)]
 
@@ -128,7 +155,7 @@ def get(name: str) -> OptimInfo:
     close = closest(key, list(_REGISTRY) + list(_ALIASES))
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise ValueError(
-        f"unknown optimizer {name!r}{hint} (adaptim.available() lists all {len(_REGISTRY)})"
+        f"unknown optimizer {name!r}{hint} (adaptim.available(kind='all') lists all {len(_REGISTRY)})"
     )
 
 

@@ -98,7 +98,7 @@ def _find(spec: str) -> registry.OptimInfo | None:
     """The first registered entry among ``"name|pattern|..."``, or ``None``."""
     for alt in spec.split("|"):
         if any(ch in alt for ch in "*?["):
-            matches = registry.available(alt)
+            matches = registry.available(alt, kind="all")
             if matches:
                 return registry.get(matches[0])
         else:
