@@ -66,11 +66,11 @@ class OptimInfo:
     @property
     def defaults(self) -> dict[str, Any]:
         """Default hyperparameters, read from the constructor's signature."""
-        sig = inspect.signature(self.cls.__init__)
+        sig = inspect.signature(self.cls)
         return {
             k: p.default
             for k, p in sig.parameters.items()
-            if k not in ("self", "params", "optimizer") and p.default is not inspect.Parameter.empty
+            if k not in ("params", "optimizer") and p.default is not inspect.Parameter.empty
         }
 
 
@@ -168,7 +168,8 @@ def create(
         raise ValueError(
             f"{info.name!r} is a {info.kind}, not an optimizer; construct {info.cls.__name__} directly"
         )
-    return info.cls(params, **kwargs)
+    opt: torch.optim.Optimizer = info.cls(params, **kwargs)
+    return opt
 
 
 def markdown_table() -> str:

@@ -395,3 +395,41 @@ def test_betas_set_after_construction_is_refused_at_the_next_step():
     assert torch.equal(w, before)
     assert opt.state[w]["step"] == state["step"]
     assert torch.equal(opt.state[w]["exp_avg_sq"], state["exp_avg_sq"])
+
+
+# -- gradients at the edges of the float range ------------------------------------------------------
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize(("cls", "kw"), [(adaptim.Adai, {}), (adaptim.AdaiV2, {"dampening": 0.5})])
+def test_huge_gradients_give_finite_steps(cls, kw, foreach):
+    """``g = 1e30`` (float32): ``g^2`` overflows, so ``v`` and the mean ``v_bar`` are inf and
+    ``v_hat / v_bar`` is inf / inf. Such a coordinate is among the largest: it gets no inertia
+    (beta1 = 0), so it takes the plain step ``lr * b0^(1-d) * g``, and the others stay finite."""
+    big = nn.Parameter(torch.ones(3))
+    small = nn.Parameter(torch.ones(4))
+    opt = cls([big, small], lr=0.1, foreach=foreach, **kw)
+    step = 0.1 * 0.1 ** (1.0 - kw.get("dampening", 1.0)) * 1e30
+    for k in range(1, 5):
+        big.grad = torch.full_like(big, 1e30)
+        small.grad = torch.full_like(small, 1.0)
+        opt.step()
+        assert torch.isfinite(big).all() and torch.isfinite(small).all(), f"step {k}"
+        torch.testing.assert_close(big.detach(), torch.full_like(big, 1.0 - k * step))
+    assert (small < 1).all()
+    for name, value in opt.state[small].items():
+        assert not isinstance(value, torch.Tensor) or torch.isfinite(value).all(), name
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_adaiv2_all_zero_gradients_give_no_nan(foreach):
+    """As for Adai (``v_bar = 0``: ``beta1 = 1 - eps``), with the dampening's powers."""
+    w = nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = adaptim.AdaiV2([w], lr=0.1, dampening=0.5, foreach=foreach)
+    for _ in range(3):
+        w.grad = torch.zeros_like(w)
+        opt.step()
+    assert torch.equal(w.detach(), torch.ones(3, dtype=torch.float64))
+    w.grad = torch.full_like(w, 0.5)
+    opt.step()
+    assert torch.isfinite(w).all() and (w < 1).all()

@@ -35,7 +35,10 @@ per step (``global_statistics``; tests/test_zero.py), so ``v_bar`` is the mean o
 Paper vs reference code: Alg. 2 is what the code does (the paper writes the bias-corrected momentum
 ``m_hat = m / (1 - prod beta1)``); AdaiV2's ``dampening`` exists only in the code. Where the code would
 divide by zero (every gradient seen so far exactly zero, so ``v_bar = 0``) we take ``v_hat / v_bar = 0``,
-i.e. ``beta1 = 1 - eps``, instead of producing NaN.
+i.e. ``beta1 = 1 - eps``, instead of producing NaN. Where ``g^2`` overflows (``|g|`` beyond about
+``1e19`` in float32: ``v`` and ``v_bar`` are inf, and the code computes inf / inf = NaN), such a
+coordinate is taken as the largest, ``beta1 = 0`` (it takes the plain step ``lr b0^(1-d) g``), and the
+others get ``v_hat / v_bar = 0``; ordinary steps are unchanged bit for bit.
 
 Oracle: ``pytorch_optimizer.Adai`` (4.1.0, ``weight_decouple`` <-> ``decoupled_weight_decay``,
 ``dampening`` for AdaiV2) agrees to rounding, except that it clamps ``v_bar`` from below at ``eps``
@@ -427,6 +430,9 @@ def _single_tensor_adai(
             grad = grad.add(param, alpha=weight_decay)  # as in the first phase
         exp_avg_sq_hat = exp_avg_sqs[i] / bias_correction(beta2, steps[i])
         ratio = exp_avg_sq_hat / exp_avg_sq_hat_mean
+        # inf / inf where g^2 overflowed (|g| ~ 1e19 and more in float32; the mean is then inf too):
+        # such a coordinate is among the largest, so it gets no inertia (beta1 = 0), not NaN
+        ratio = ratio.nan_to_num_(nan=math.inf, posinf=math.inf)
         if dampening != 1.0:
             ratio = ratio.pow(1.0 / (3.0 - 2.0 * dampening))
         beta1 = (1.0 - ratio.mul(beta0)).clamp(0.0, 1.0 - eps)
@@ -469,12 +475,20 @@ def _multi_tensor_adai(
     # (cast to the states' dtype, as a Python scalar would be)
     # b0 enters under the power: b0 x^(1/k) = (b0^k x)^(1/k) with k = 3 - 2d (one pass fewer)
     outer, dtype = beta0 ** (3.0 - 2.0 * dampening), exp_avg_sqs[0].dtype
+    # The factor is 0 only when v_bar is inf (g^2 overflowed somewhere); then a v that overflowed
+    # would give inf * 0 = NaN. The smallest positive float instead keeps the limits: an inf v gets
+    # w = 1 (no inertia, as in the per-tensor path), a finite one w = eps. No ordinary factor is
+    # anywhere near it, so ordinary steps are unchanged.
+    info = torch.finfo(dtype)
+    smallest = info.tiny * info.eps
     factors = scalars([outer / bias_correction(beta2, s) for s in steps])
     if isinstance(factors, list):  # parameters at different steps (scalars, not a copied tensor)
         scale = torch._foreach_mul([inv_exp_avg_sq_hat_mean] * len(factors), factors)
-        weights = torch._foreach_mul(exp_avg_sqs, list(torch.stack(scale).to(dtype).unbind()))
+        scale = torch.stack(scale).to(dtype).clamp_min_(smallest)
+        weights = torch._foreach_mul(exp_avg_sqs, list(scale.unbind()))
     else:
-        weights = torch._foreach_mul(exp_avg_sqs, (inv_exp_avg_sq_hat_mean * factors).to(dtype))
+        scale = (inv_exp_avg_sq_hat_mean * factors).to(dtype).clamp_min_(smallest)
+        weights = torch._foreach_mul(exp_avg_sqs, scale)
     if dampening != 1.0:
         torch._foreach_pow_(weights, 1.0 / (3.0 - 2.0 * dampening))
     torch._foreach_clamp_min_(weights, eps)
