@@ -463,3 +463,41 @@ def test_cache_blocked_update_equals_one_pass(monkeypatch, kw):
             for key, value in whole[2].items():
                 assert other[2][key] == pytest.approx(value, abs=1e-12)
     assert whole[2]["gamma"] != 1.0 or "hyper_lr" in kw  # the learned case did learn
+
+
+# -- AVGrad at the edges of the float range -------------------------------------------------------
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_avgrad_huge_gradients_leave_the_coordinate_still_as_adam_does(foreach):
+    """``g = 1e30`` (float32): ``g^2`` overflows, ``v`` is inf and so must be its running mean (not
+    NaN from inf - inf, at the first two steps' lerp or later), so that the coordinate does not move
+    (``m / inf = 0``), as with ``torch.optim.Adam``; the other parameters are unaffected."""
+    big, small = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(4))
+    ref_big, ref_small = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(4))
+    opt = adaptim.AVGrad([big, small], lr=0.1, foreach=foreach)
+    adam = torch.optim.Adam([ref_big], lr=0.1)
+    plain = adaptim.AVGrad([ref_small], lr=0.1, foreach=foreach)
+    for k in range(5):  # t = 1, 2 (lerp's upper branch) and t >= 3
+        big.grad, ref_big.grad = torch.full_like(big, 1e30), torch.full_like(big, 1e30)
+        small.grad = ref_small.grad = torch.full_like(small, 1.0 + k)
+        opt.step()
+        adam.step()
+        plain.step()
+        assert torch.isfinite(big).all(), f"step {k + 1}"
+        assert torch.equal(big, ref_big)  # Adam: m / inf = 0, the coordinate stands still
+        assert torch.equal(small, ref_small)
+    assert torch.isinf(opt.state[big]["exp_avg_sq_mean"]).all()
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_avgrad_all_zero_gradients_stay_finite(foreach):
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = adaptim.AVGrad([w], lr=0.1, foreach=foreach)
+    for _ in range(3):
+        w.grad = torch.zeros_like(w)
+        opt.step()
+    assert torch.equal(w.detach(), torch.ones(3))
+    w.grad = torch.full_like(w, 0.5)
+    opt.step()
+    assert torch.isfinite(w).all() and (w < 1).all()

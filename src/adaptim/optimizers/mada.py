@@ -88,6 +88,10 @@ AVGrad (class :class:`AVGrad`) is the ``rho = 0, b3 = 0, c = 1`` member without 
     m = b1 m + (1 - b1) g ; v = b2 v + (1 - b2) g^2 ; v_avg = v_avg + (v - v_avg) / t
     p *= 1 - lr wd ;  p -= lr (m / (1 - b1^t)) / (sqrt(v_avg / (1 - b2^t)) + eps)
 
+Where ``g^2`` overflows (``|g|`` beyond about ``1e19`` in float32) ``v`` is inf and so is ``v_avg``
+(the running mean guards against inf - inf: ``_running_mean_``), so the coordinate stands still, as
+with ``torch.optim.Adam``. MADA itself is not guarded yet: there, such gradients still give NaN.
+
 Defaults follow ``gdtuo.Meta``: ``lr = 1e-3``, ``betas = (0.9, 0.99)``, ``eps = 1e-6``.
 """
 
@@ -712,6 +716,11 @@ class AVGrad(AdaptimOptimizer):
     """
 
     supports_dtensor = True  # tests/test_fsdp2.py
+    # elementwise: on CPU the update runs over cache-sized chunks, large tensors cut into flat pieces
+    # (core/base.py; bit-identical to one pass), so its ~10 passes, the overflow guard of the running
+    # mean included, read and write a chunk held in cache
+    cache_blocking = True
+    splits_tensors = True
 
     hyperparameter_rules = {"betas": TupleOf((UNIT_HALF_OPEN, UNIT_HALF_OPEN))}
     state_keys = ("exp_avg", "exp_avg_sq", "exp_avg_sq_mean")
@@ -741,11 +750,7 @@ class AVGrad(AdaptimOptimizer):
         fn = _multi_tensor_avgrad if foreach else _single_tensor_avgrad
         beta1, beta2 = group["betas"]
         fn(
-            batch.params,
-            batch.grads,
-            batch.state("exp_avg"),
-            batch.state("exp_avg_sq"),
-            batch.state("exp_avg_sq_mean"),
+            *batch.local("exp_avg", "exp_avg_sq", "exp_avg_sq_mean"),  # FSDP2: the local shards
             batch.steps,
             lr=float(group["lr"]),
             beta1=beta1,
@@ -755,6 +760,28 @@ class AVGrad(AdaptimOptimizer):
         )
 
 
+def _running_mean_(means: list[torch.Tensor], values: list[torch.Tensor], steps: list[int]) -> None:
+    """``mean += (v - mean) / t`` (``torch._foreach_lerp_``), such that an overflowed ``v`` gives
+    an inf mean, not NaN.
+
+    With ``|g|`` beyond about ``1e19`` (float32) ``g^2`` overflows and ``v`` is inf; its mean must be
+    inf too, so that the coordinate stands still (``m / inf = 0``), as in ``torch.optim.Adam``. Two
+    places would give ``inf - inf = NaN``: a mean that is already inf (kept finite before the
+    update: the clamp changes no finite value), and lerp's form for weights ``>= 0.5`` (``t <= 2``),
+    ``end - (end - self) (1 - w)``, for any inf ``end`` (those few tensors: NaN, which only an inf
+    ``v`` produces here, set to inf). Finite values get exactly the lerp they had.
+    """
+    torch._foreach_clamp_max_(means, torch.finfo(means[0].dtype).max)
+    weights = [1.0 / t for t in steps]
+    if all(w == weights[0] for w in weights):
+        torch._foreach_lerp_(means, values, weights[0])
+    else:
+        torch._foreach_lerp_(means, values, weights)
+    for mean, t in zip(means, steps, strict=True):
+        if t <= 2:
+            mean.nan_to_num_(nan=math.inf, posinf=math.inf)
+
+
 def _single_tensor_avgrad(
     params, grads, exp_avgs, exp_avg_sqs, means, steps, *, lr, beta1, beta2, eps, weight_decay
 ):
@@ -762,6 +789,9 @@ def _single_tensor_avgrad(
         grad, t = grads[i], steps[i]
         exp_avgs[i].lerp_(grad, 1 - beta1)
         exp_avg_sqs[i].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        # a v that overflowed (g^2 beyond the dtype's range) is inf and so must be its mean, not
+        # NaN from inf - inf: the mean is kept finite before it moves (see _running_mean_)
+        means[i].clamp_max_(torch.finfo(means[i].dtype).max)
         means[i].add_(exp_avg_sqs[i] - means[i], alpha=1.0 / t)  # mean of v_1 .. v_t
         denom = (means[i] / bias_correction(beta2, t)).sqrt_().add_(eps)
         decoupled_weight_decay_(param, lr * weight_decay)
@@ -774,11 +804,7 @@ def _multi_tensor_avgrad(
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-    weights = [1.0 / t for t in steps]
-    if all(w == weights[0] for w in weights):
-        torch._foreach_lerp_(means, exp_avg_sqs, weights[0])
-    else:
-        torch._foreach_lerp_(means, exp_avg_sqs, weights)
+    _running_mean_(means, exp_avg_sqs, steps)
     bc2_sqrt = [math.sqrt(bias_correction(beta2, t)) for t in steps]
     denom = torch._foreach_sqrt(means)
     torch._foreach_add_(denom, scalars([eps * b for b in bc2_sqrt]))
