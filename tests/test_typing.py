@@ -30,6 +30,8 @@ HELPERS = {
     "available",
     "create",
     "get",
+    "layerwise_lr_groups",
+    "param_groups",
     "register",
     "registered",
 }
@@ -60,11 +62,14 @@ assert_type(opt, AdaBelief)
 as_torch: torch.optim.Optimizer = opt
 sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
 
-made = adaptim.create("adabelief", model.parameters(), lr=1e-3)
+made = adaptim.create("adan", model, lr=1e-3, weight_decay=0.02)
 assert_type(made, torch.optim.Optimizer)
+also = adaptim.create("adabelief", model.parameters(), lr=1e-3)
 
-groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "weight_decay": 0.0}]
-wrapped = adaptim.Lookahead(adaptim.RAdam(groups, lr=1e-3))
+groups = adaptim.param_groups(model, weight_decay=0.05, no_decay=["0.*"])
+assert_type(groups, list[dict[str, Any]])
+layered = adaptim.layerwise_lr_groups(model, lr=1e-3, layer_decay=0.75, weight_decay=0.05)
+wrapped = adaptim.Lookahead(adaptim.RAdam(layered, lr=1e-3))
 assert_type(wrapped, Lookahead)
 
 names: list[str] = adaptim.available("ada*") + adaptim.available(kind="wrapper")
@@ -96,6 +101,7 @@ adaptim.AdaBelief(model.parameters(), lr="fast")  # E: arg-type
 adaptim.create("adabelief", 3)  # E: arg-type
 adaptim.NoSuchOptimizer  # E: attr-defined
 adaptim.available(kinds="all")  # E: call-arg
+adaptim.param_groups(model, weight_decay=0.1, no_decay=[1])  # E: list-item
 """
 )
 

@@ -1,8 +1,9 @@
 """adaptim: adaptive optimizers for PyTorch, checked step for step against their authors' code.
 
-Every optimizer is a drop-in for ``torch.optim.Adam``; ``adaptim.create(name, params, **kw)`` builds
-one by its registry name and ``adaptim.available("adam*")`` lists optimizer names (and
-``available(kind="wrapper" | "tool" | "all")`` the others).
+Every optimizer is a drop-in for ``torch.optim.Adam``; ``adaptim.create(name, params_or_model, **kw)``
+builds one by its registry name, ``adaptim.available("adam*")`` lists optimizer names (and
+``available(kind="wrapper" | "tool" | "all")`` the others), and ``adaptim.param_groups(model, ...)`` /
+``adaptim.layerwise_lr_groups(model, ...)`` build the usual transformer param groups.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from adaptim.optimizers.pnm import PNM, AdaPNM
 from adaptim.optimizers.radam import RAdam
 from adaptim.optimizers.signgrad_friction import SigSignGrad, TanhSignGrad
 from adaptim.optimizers.signsgd import GenSignSGD
+from adaptim.param_groups import layerwise_lr_groups, param_groups
 from adaptim.registry import OptimInfo, available, create, get, register, registered
 from adaptim.tools.adaptive_batch import AdAdaGrad, AdAdaGradNorm
 from adaptim.wrappers.activelr import ActiveLR
@@ -89,6 +91,8 @@ __all__ = [
     "available",
     "create",
     "get",
+    "layerwise_lr_groups",
+    "param_groups",
     "register",
     "registered",
 ]

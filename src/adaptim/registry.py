@@ -6,6 +6,7 @@ complete once ``import adaptim`` returns.
 
 >>> import adaptim
 >>> opt = adaptim.create("adabelief", model.parameters(), lr=1e-3)   # doctest: +SKIP
+>>> opt = adaptim.create("adamw", model, lr=1e-3, weight_decay=0.05) # doctest: +SKIP
 >>> adaptim.available("adam*")                                       # doctest: +SKIP
 ['adam', 'adamax', 'adamp', 'adamw']
 >>> adaptim.available(kind="wrapper")                                # doctest: +SKIP
@@ -23,6 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
+
+from adaptim.param_groups import param_groups
 
 __all__ = [
     "KINDS",
@@ -160,15 +164,47 @@ def get(name: str) -> OptimInfo:
 
 
 def create(
-    name: str, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], **kwargs: Any
+    name: str,
+    params: nn.Module | Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+    **kwargs: Any,
 ) -> torch.optim.Optimizer:
-    """Construct the optimizer registered as ``name`` over ``params``."""
+    """Construct the optimizer registered as ``name`` over ``params``.
+
+    ``params`` is what the optimizer's class takes (an iterable of tensors or of param-group dicts),
+    or a model (``nn.Module``): then the optimizer gets the model's trainable parameters
+    (``requires_grad=False`` ones are left out), split as :func:`adaptim.param_groups` splits them
+    (no weight decay on biases, norms and embeddings) whenever the weight decay in force is not
+    zero: ``weight_decay`` from ``kwargs``, else the class's default (``AdamW``'s is 0.01). To decay
+    every parameter, pass ``model.parameters()``. Anything else raises ``TypeError``.
+
+    >>> opt = adaptim.create("adamw", model, lr=1e-3, weight_decay=0.05)   # doctest: +SKIP
+    """
     info = get(name)
     if info.kind != "optimizer":
         raise ValueError(
             f"{info.name!r} is a {info.kind}, not an optimizer; construct {info.cls.__name__} directly"
         )
-    opt: torch.optim.Optimizer = info.cls(params, **kwargs)
+    args: Any = params
+    if isinstance(params, nn.Module):
+        wd = kwargs.get("weight_decay", info.defaults.get("weight_decay", 0.0))
+        # a bad value (negative, NaN, a bool) is left to the class's validation to refuse
+        if not isinstance(wd, bool) and isinstance(wd, int | float) and wd > 0:
+            args = param_groups(params, wd)
+        else:
+            args = [p for p in params.parameters() if p.requires_grad]
+    elif isinstance(params, torch.Tensor | str | bytes | Mapping) or not isinstance(
+        params, Iterable
+    ):
+        extra = ""
+        if isinstance(params, torch.Tensor):
+            extra = "; for one tensor pass [tensor]"
+        elif isinstance(params, Mapping):
+            extra = "; for one param group pass [group]"
+        raise TypeError(
+            f"create({name!r}, ...): params must be an nn.Module, or an iterable of tensors or of "
+            f"param-group dicts; got {type(params).__name__}{extra}"
+        )
+    opt: torch.optim.Optimizer = info.cls(args, **kwargs)
     return opt
 
 
