@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,3 +85,76 @@ def test_the_claims_suite_finds_wrappers_by_pattern() -> None:
     assert info is not None and info.name == "lookahead"
     info = _find("adadagrad*")
     assert info is not None and info.kind == "tool"
+
+
+# -- what the README says about every optimizer --------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_examples_run() -> None:
+    """The Python blocks of the README's example section (available, param groups, create(model))."""
+    text = README.read_text()
+    section = text[text.index("## Example\n") : text.index("## What every optimizer gives you")]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) >= 2 and "layerwise_lr_groups" in blocks[1]
+    torch.manual_seed(0)
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), {})
+
+
+@pytest.mark.parametrize("info", registry.registered(kind="optimizer"), ids=lambda i: i.name)
+def test_schedulers_cycling_momentum_need_momentum_or_betas(info: registry.OptimInfo) -> None:
+    """README: OneCycleLR and CyclicLR work with every optimizer given ``cycle_momentum=False``;
+    with the default ``True`` exactly those with a ``momentum`` or ``betas`` hyperparameter."""
+    sched = torch.optim.lr_scheduler
+    makers = {
+        "OneCycleLR": lambda opt, cycle: sched.OneCycleLR(
+            opt, max_lr=0.01, total_steps=10, cycle_momentum=cycle
+        ),
+        "CyclicLR": lambda opt, cycle: sched.CyclicLR(opt, 1e-3, 1e-2, cycle_momentum=cycle),
+    }
+    for make in makers.values():
+        for cycle in (False, True):
+            p = torch.nn.Parameter(torch.ones(3))
+            opt = adaptim.create(info.name, [p], **info.test_kwargs)
+            has_momentum = "momentum" in opt.defaults or "betas" in opt.defaults
+            if cycle and not has_momentum:
+                with pytest.raises(ValueError, match="momentum"):
+                    make(opt, cycle)
+                continue
+            s = make(opt, cycle)
+            for _ in range(3):
+                opt.zero_grad()
+                (p**2).sum().backward()
+                opt.step(lambda p=p: (p**2).sum())
+                s.step()
+            assert torch.isfinite(p).all()
+
+
+#: the optimizers the README names as refusing OneCycleLR/CyclicLR's default cycle_momentum=True
+README_NO_MOMENTUM = {
+    "adafactor": "Adafactor",
+    "adai": "Adai",
+    "adaiv2": "AdaiV2",
+    "adarem": "AdaRem",
+    "ahb_adam": "the adaptive heavy-ball pair",
+    "ahb_sgd": "the adaptive heavy-ball pair",
+    "koala_m": "KOALA",
+    "koala_v": "KOALA",
+    "mada": "MADA",
+    "ncg_sgd": "NCG",
+}
+
+
+def test_readme_names_the_optimizers_without_momentum() -> None:
+    without = set()
+    for info in registry.registered(kind="optimizer"):
+        opt = adaptim.create(info.name, [torch.nn.Parameter(torch.ones(1))], **info.test_kwargs)
+        if "momentum" not in opt.defaults and "betas" not in opt.defaults:
+            without.add(info.name)
+    assert without == set(README_NO_MOMENTUM), "update the README's scheduler bullet"
+    text = README.read_text()
+    bullet = text[text.index("`OneCycleLR` and `CyclicLR`") :].split("\n- ")[0]
+    for words in README_NO_MOMENTUM.values():
+        assert words in bullet, words
