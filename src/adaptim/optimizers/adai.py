@@ -170,11 +170,24 @@ class Adai(AdaptimOptimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict; one saved before the coefficients were ``beta0`` and ``beta2`` (its
-        groups have ``betas``) is translated first."""
+        groups have ``betas`` where ours have those two) is translated first. Groups with other
+        unknown keys are left alone: they come from another optimizer (e.g. ``torch.optim.Adam``),
+        which the base class refuses, naming it."""
         groups = state_dict.get("param_groups", [])
-        if any("betas" in g for g in groups):
-            state_dict = {**state_dict, "param_groups": [self._split_betas(g) for g in groups]}
+        if any(self._is_old_group(g) for g in groups):
+            state_dict = {
+                **state_dict,
+                "param_groups": [
+                    self._split_betas(g) if self._is_old_group(g) else g for g in groups
+                ],
+            }
         super().load_state_dict(state_dict)
+
+    def _is_old_group(self, group: Mapping[str, Any]) -> bool:
+        """A saved group of this class from before ``beta0`` and ``beta2``: ``betas`` is its only
+        key that the defaults lack (a ZeRO-synced group may also have the two new keys)."""
+        unknown = set(group) - set(self.defaults) - {"params", "param_names"}
+        return unknown == {"betas"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # an optimizer pickled before the coefficients were beta0 and beta2
