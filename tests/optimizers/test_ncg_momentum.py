@@ -244,3 +244,22 @@ def test_one_host_transfer_per_step(monkeypatch):
             opt.step()
         assert len(calls) == step + 1
     assert opt._sums[1] > 0
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("beta_type", ["fr", "pr"])
+def test_huge_gradients_restart_instead_of_nan(foreach, beta_type):
+    """``g = 1e30`` (float32): ``||g_k||^2`` and ``||g_{k-1}||^2`` overflow, and the coefficient
+    inf / inf is NaN; there is no coefficient to take, so the method restarts (``beta_k = 0``) and
+    takes the plain step ``lr * g``."""
+    from adaptim.optimizers.ncg_momentum import ncg_momentum
+
+    assert ncg_momentum(math.inf, math.inf, None, "fr", 0.99, True) == 0.0
+    assert ncg_momentum(math.inf, math.inf, None, "fr", 0.99, False) == 0.0
+    w = nn.Parameter(torch.ones(3))
+    opt = adaptim.NCGMomentumSGD([w], lr=0.1, beta_type=beta_type, foreach=foreach)
+    for k in range(1, 4):
+        w.grad = torch.full_like(w, 1e30)
+        opt.step()
+        assert torch.isfinite(w).all(), f"step {k}"
+        torch.testing.assert_close(w.detach(), torch.full_like(w, 1.0 - k * 0.1 * 1e30))

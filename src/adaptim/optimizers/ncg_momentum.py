@@ -45,6 +45,7 @@ the tensors): the share's three sums are summed over the partition in one collec
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -75,7 +76,9 @@ def ncg_momentum(
     else:
         assert inner is not None
         beta = max(0.0, grad_sq - inner) / prev_grad_sq
-    if restart and beta > 1.0:
+    # NaN: both squared norms overflowed (inf / inf; |g| ~ 1e19 and more in float32), so there is no
+    # coefficient to take: restart, as for a coefficient above one
+    if math.isnan(beta) or (restart and beta > 1.0):
         return 0.0
     return min(beta, max_momentum)
 
