@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import write_idx
 
 from adaptim.bench import tasks as T
 from adaptim.bench.runner import execute_run, make_plan
+from conftest import write_idx
 
 
 def test_load_idx_reads_raw_and_gzip(tmp_path):
