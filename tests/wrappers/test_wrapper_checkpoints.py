@@ -172,6 +172,7 @@ def test_state_view_reads_and_writes_through(make):
                 entry[key] = value.clone() if isinstance(value, torch.Tensor) else value
     first = next(twin.parameters())
     twin_opt.state[first] = dict(twin_opt.state[first])  # a whole entry replaced
+    twin_opt.state = dict(twin_opt.state)  # the whole state replaced (as torch's __setstate__ does)
     run(m, opt, range(5, 11))
     run(twin, twin_opt, range(5, 11))
     assert_equal(params(m), params(twin))
