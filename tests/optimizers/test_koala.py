@@ -108,6 +108,12 @@ def ours(make, steps, mode="closure"):
     return out
 
 
+def shared_state(opt):
+    """KOALA's shared state (P, R, q_w), as its state dict carries it in a parameter's entry."""
+    (shared,) = [s["koala"] for s in opt.state_dict()["state"].values() if "koala" in s]
+    return shared
+
+
 def assert_same(a, b):
     assert (a[-1][0] - a[0][0]).abs().max() > 1e-3
     for (wa, ba), (wb, bb) in zip(a, b, strict=True):
@@ -157,7 +163,7 @@ def test_closure_return_forms():
                 return losses
 
             opt.step(closure)
-        return w.detach().clone(), opt.state["koala"]["R"]
+        return w.detach().clone(), shared_state(opt)["R"]
 
     w_tuple, r_tuple = run("tuple")
     w_samples, r_samples = run("samples")
@@ -252,7 +258,7 @@ def _blocked_run(cls, kw, chunk_bytes, monkeypatch, parts):
             return losses
 
         opt.step(closure)
-    return start, [p.detach().clone() for p in params], opt.state["koala"]
+    return start, [p.detach().clone() for p in params], shared_state(opt)
 
 
 @pytest.mark.parametrize(
@@ -294,3 +300,112 @@ def test_fsdp2_with_one_chunk_per_tensor_matches_single_process(tmp_path):
     import test_fsdp2
 
     test_fsdp2.check_one_chunk_per_tensor(FSDP2_CASES, str(tmp_path), dtensor_states=False)
+
+
+# -- checkpoints: torch's format (state keyed by parameters), DCP, old checkpoints --------------------
+
+
+def _mlp(first_frozen=False):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    model = model.double()
+    model[0].weight.requires_grad_(not first_frozen)
+    return model
+
+
+def _train(model, opt, steps):
+    for step in steps:
+        gen = torch.Generator().manual_seed(100 + step)
+        x = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+        y = torch.randn(6, 2, generator=gen, dtype=torch.float64)
+
+        def closure(x=x, y=y):
+            opt.zero_grad()
+            losses = ((model(x) - y) ** 2).mean(1)
+            losses.mean().backward()
+            return losses
+
+        opt.step(closure)
+
+
+def _resumed(cls, save, load, first_frozen=False):
+    """Train 3 steps, checkpoint with ``save(model, opt)``, restore a fresh model and optimizer
+    with ``load(model, opt, saved)``; 4 more steps on both; the resumed one must match bit for bit."""
+    import copy
+
+    kw = dict(lr=0.5, weight_decay=0.01)
+    model = _mlp(first_frozen)
+    opt = cls(model.parameters(), **kw)
+    _train(model, opt, range(3))
+    saved = save(model, opt)
+    twin = copy.deepcopy(model)
+    twin_opt = cls(twin.parameters(), **kw)
+    load(twin, twin_opt, saved)
+    _train(model, opt, range(3, 7))
+    _train(twin, twin_opt, range(3, 7))
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
+    return opt
+
+
+@pytest.mark.parametrize("flatten", [False, True], ids=["nested", "flattened"])
+@pytest.mark.parametrize("first_frozen", [False, True])
+@pytest.mark.parametrize("cls", [adaptim.VanillaKOALA, adaptim.MomentumKOALA])
+def test_state_is_keyed_by_parameters_and_round_trips_through_dcp(
+    cls, first_frozen, flatten, tmp_path
+):
+    """torch.distributed.checkpoint's get/set_optimizer_state_dict (the FSDP2 checkpoint path) need
+    ``opt.state`` keyed by parameters; KOALA's shared P, R (and q_w) ride in a parameter's state.
+    Through memory, and through DCP files loaded into a fresh optimizer's state dict (which DCP
+    builds by stepping with zero gradients at lr 0); nested, and flattened (which takes only
+    tensors, ints, floats and dicts, and rebuilds an entry from the keys of the live state). With
+    the first parameter frozen, DCP drops its state: the shared state must ride on a trained one."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(flatten_optimizer_state_dict=flatten)
+
+    def get(model, opt):
+        return get_optimizer_state_dict(model, opt, options=options)
+
+    def load_from_memory(model, opt, saved):
+        set_optimizer_state_dict(model, opt, optim_state_dict=saved, options=options)
+
+    opt = _resumed(cls, get, load_from_memory, first_frozen)
+    assert opt.state and all(isinstance(key, torch.Tensor) for key in opt.state)
+    assert all(isinstance(key, int) for key in opt.state_dict()["state"])
+
+    def save_to_disk(model, opt):
+        dcp.save({"optim": get(model, opt)}, checkpoint_id=str(tmp_path))
+
+    def load_from_disk(model, opt, _):
+        template = {"optim": get(model, opt)}
+        dcp.load(template, checkpoint_id=str(tmp_path))
+        load_from_memory(model, opt, template["optim"])
+
+    _resumed(cls, save_to_disk, load_from_disk, first_frozen)
+
+
+@pytest.mark.parametrize("cls", [adaptim.VanillaKOALA, adaptim.MomentumKOALA])
+def test_checkpoint_with_the_old_koala_key_still_loads(cls):
+    """Checkpoints written before the shared state moved into a parameter's state kept it under
+    ``state["koala"]`` (KOALA-M's P as a float64 tensor)."""
+
+    def old_format(model, opt):
+        saved = opt.state_dict()
+        state = saved["state"]
+        (carrier,) = [i for i, s in state.items() if "koala" in s]
+        shared = dict(state[carrier].pop("koala"))
+        if not state[carrier]:
+            del state[carrier]
+        if "P00" in shared:  # KOALA-M
+            rows = [[shared.pop(f"P{i}{j}") for j in range(2)] for i in range(2)]
+            shared["P"] = torch.tensor(rows, dtype=torch.float64)
+        state["koala"] = shared
+        return saved
+
+    _resumed(cls, old_format, lambda model, opt, saved: opt.load_state_dict(saved))

@@ -41,7 +41,8 @@ Two ways to drive it:
   ``loss_mean = mean``, ``loss_var = mean of squares``; call backward on its mean yourself); or a
   scalar loss (then ``loss_var = loss^2``, the second moment of a one-sample batch -- the online ``R``
   averages it over steps). ``step()`` without a closure raises ``TypeError``: KOALA cannot step
-  without the loss value.
+  without the loss value (except in torch.distributed.checkpoint's state-creating call: no state,
+  zero gradients, lr 0, which creates the state and moves nothing).
 
 Speed: a tensor's gains depend only on its own norms and the shared scalars (``P``, ``R``, the loss),
 so on CPU the multi-tensor ``update`` runs chunk by chunk over about 2 MB of tensors
@@ -55,12 +56,18 @@ FSDP2 (DTensor parameters): the updates run on the local shards; every per-tenso
 squares over the shards (one collective per list of norms), so the Kalman gains, the covariance and
 the drift ``q_w`` are the same on all ranks and equal to a single process's (tests/test_fsdp2.py).
 
+Checkpoints keep torch's format (``state`` keyed by parameter; ``torch.distributed.checkpoint``,
+Trainer and Lightning assume it): the shared ``P``, ``R`` (and ``q_w``; KOALA-M's ``P`` as four floats
+``P00 .. P11``) are a dict of Python floats under ``"koala"`` in the state of the first parameter that
+requires a gradient (DCP drops the others' states), whose own state is created with it. Floats, so
+torch's casting of state tensors to the parameter's dtype leaves them exact. Checkpoints and pickles of
+the previous format (a top-level ``state["koala"]``, KOALA-M's ``P`` a tensor) still load.
+
 Differences from the reference code, none of which changes the update: the hyperparameters are
-validated; state lives in ``self.state`` per parameter (``velocity``, ``param_avg``) and under the key
-``"koala"`` for the shared ``P``, ``R`` and ``q_w`` (so ``state_dict`` round trips); per-parameter
+validated; state lives in ``self.state`` per parameter (``velocity``, ``param_avg``); per-parameter
 state is created lazily, for tensors that have a gradient; ``maximize=True`` minimizes the negated
-objective (the loss value is negated with the gradient); the learning rate lives in the param groups,
-so schedulers drive it (the authors' script sets it by hand each step).
+objective (the loss value is negated with the gradient); the learning rate lives in the param
+groups, so schedulers drive it (the authors' script sets it by hand each step).
 """
 
 from __future__ import annotations
@@ -70,11 +77,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from adaptim.core.base import AdaptimOptimizer, TensorBatch
+from adaptim.core.base import COMPLEX, LOW_PRECISION, AdaptimOptimizer, TensorBatch
 from adaptim.core.distributed import (
     all_reduce_,
     all_reduce_many,
     any_dtensor,
+    local,
     local_list,
     shard_groups,
 )
@@ -85,7 +93,8 @@ from adaptim.registry import OptimInfo, register
 __all__ = ["MomentumKOALA", "VanillaKOALA", "loss_statistics"]
 
 GRAD_EPS = 1e-9  # tensors whose gradient norm is below this are skipped (reference code)
-GLOBAL = "koala"
+#: the key of the shared state (P, R, q_w) in its carrier parameter's entry of ``state_dict()``
+SHARED = "koala"
 
 
 def _norm(tensor: torch.Tensor, like: torch.Tensor | None = None) -> float:
@@ -168,7 +177,7 @@ def loss_statistics(out: Any) -> tuple[float, float]:
 
 
 class _KOALA(AdaptimOptimizer):
-    """Shared parts: the closure-driven ``step``, the loss statistics and the global state."""
+    """Shared parts: the closure-driven ``step``, the loss statistics and the shared state."""
 
     elementwise = False
     supports_dtensor = True  # tests/test_fsdp2.py
@@ -178,33 +187,112 @@ class _KOALA(AdaptimOptimizer):
     cache_blocking = True
     requires_closure: ClassVar[bool] = True
 
-    def _global(self) -> dict[str, Any]:
-        if GLOBAL not in self.state:
-            self.state[GLOBAL] = self._init_global()
-        return self.state[GLOBAL]
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        super().__init__(params, defaults)
+        #: the shared state of an optimizer without parameters (a ZeRO rank with an empty share)
+        self._unsaved: dict[str, Any] | None = None
+
+    # -- the shared state, kept in torch's format ---------------------------------------------------
+    #
+    # ``state`` stays keyed by parameters (torch.distributed.checkpoint, Trainer and Lightning assume
+    # it): P, R (and q_w) are a dict of floats under ``"koala"`` in the entry of the *carrier*, the
+    # first parameter that requires a gradient (DCP drops the others' entries). Floats, so that
+    # torch's casting of state tensors to the parameter's dtype and device leaves them exact. The
+    # carrier's entry always has its own state too ("step", ...), created with the shared state:
+    # the base class creates an entry's state only when the entry is empty.
+
+    def _carrier(self) -> tuple[dict[str, Any], torch.Tensor] | None:
+        """``(group, parameter)`` of the carrier; ``None`` without parameters."""
+        first = None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    return group, p
+                if first is None:
+                    first = (group, p)
+        return first
+
+    def _holder(self) -> torch.Tensor | None:
+        """The parameter whose entry holds the shared state, if any."""
+        return next((p for p, s in self.state.items() if SHARED in s), None)
+
+    def _global(self, create: bool = True) -> dict[str, Any] | None:
+        """The shared state, in the carrier's entry: created there, or moved there when the carrier
+        changed (a frozen first layer) or a load put it elsewhere (ZeRO, another partition)."""
+        carrier = self._carrier()
+        if carrier is None:
+            if self._unsaved is None and create:
+                self._unsaved = self._init_global()
+            return self._unsaved
+        group, param = carrier
+        entry = self.state.get(param)
+        if entry is None or SHARED not in entry:
+            holder = self._holder()
+            if holder is None and not create:
+                return None
+            shared = self.state[holder].pop(SHARED) if holder is not None else self._init_global()
+            entry = self.state[param]
+            entry[SHARED] = shared
+        if "step" not in entry:  # the carrier's own state, as the base class would create it
+            working = torch.view_as_real(param) if param.dtype in COMPLEX else param
+            working = working.detach()
+            entry["step"] = 0
+            self._init_state(
+                group, working.float() if working.dtype in LOW_PRECISION else working, entry
+            )
+        return entry[SHARED]
 
     def _init_global(self) -> dict[str, Any]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def _upgrade(self, shared: Mapping[str, Any]) -> dict[str, Any]:
+        """A shared state of the previous format (Python floats, KOALA-M's P a 2x2 tensor) in
+        today's (floats only)."""
+        return {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in shared.items()}
+
     def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        if GLOBAL in sd["state"]:
-            sd["state"][GLOBAL] = {
-                k: v.clone() if isinstance(v, torch.Tensor) else v
-                for k, v in sd["state"][GLOBAL].items()
-            }
-        return sd
+        """torch's format; the shared state (moved to the carrier, if it is not there) as a copy."""
+        self._global(create=False)
+        saved = super().state_dict()
+        for key, entry in saved["state"].items():
+            if SHARED in entry:
+                saved["state"][key] = {**entry, SHARED: dict(entry[SHARED])}
+        return saved
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        if GLOBAL in self.state:
-            self.state[GLOBAL] = dict(self.state[GLOBAL])
+        """Load a state dict of :meth:`state_dict`'s format, or of the format before the shared
+        state moved into a parameter's entry (a top-level ``state["koala"]``)."""
+        state = dict(state_dict["state"])
+        old = state.pop(SHARED, None)
+        if old is not None:  # the previous format: on the first saved entry (moved on first use)
+            key = state_dict["param_groups"][0]["params"][0]
+            state[key] = {**state.get(key, {}), SHARED: self._upgrade(old)}
+        holders = [k for k, entry in state.items() if SHARED in entry]
+        for key in holders[1:]:  # a consolidated ZeRO checkpoint has one per rank, all equal
+            state[key] = {k: v for k, v in state[key].items() if k != SHARED}
+        super().load_state_dict({**state_dict, "state": state})
+        self._unsaved = None
+        self._global(create=False)  # in the carrier's entry, with the carrier's own state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_unsaved", None)
+        if SHARED in self.state:  # pickled in the previous format (moved on first use)
+            shared = self._upgrade(self.state.pop(SHARED))
+            carrier = self._carrier()
+            if carrier is not None:
+                self.state[carrier[1]][SHARED] = shared
+                self._global(create=False)
+
+    # -- the step ---------------------------------------------------------------------------------
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """``predict()``, the closure (loss and gradients at the predicted point), ``update()``."""
         if closure is None:
             self._check_gradients()
+            if self._creates_state_for_dcp():
+                return None
             raise TypeError(
                 f"{type(self).__name__}.step() needs a closure that computes the loss, calls "
                 "backward() and returns the loss (or (loss, loss_var), or per-sample losses); or call "
@@ -214,8 +302,43 @@ class _KOALA(AdaptimOptimizer):
         with torch.enable_grad():
             out = closure()
         loss, loss_var = loss_statistics(out)
-        self.update(loss, loss_var)
+        self._check_gradients()
+        self._measure(loss, loss_var)
         return out
+
+    @torch.no_grad()
+    def update(self, loss: float | torch.Tensor, loss_var: float | torch.Tensor) -> None:
+        """Measurement update, after ``backward()``, with the mini-batch loss and its second moment."""
+        self._check_gradients()
+        self._measure(float(loss), float(loss_var))
+
+    def _measure(self, loss: float, loss_var: float) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _creates_state_for_dcp(self) -> bool:
+        """torch.distributed.checkpoint creates a fresh optimizer's state by calling ``step()``
+        without a closure on zero gradients at lr 0 (``state_dict._init_optim_state``), so that its
+        state dict has every entry a checkpoint can be loaded into. KOALA cannot step without the
+        loss; in exactly that situation it creates its state (as its first step would) and moves
+        nothing."""
+        if self.state or self._unsaved is not None:
+            return False
+        groups = self.param_groups
+        grads = [local(p.grad) for g in groups for p in g["params"] if p.grad is not None]
+        if not grads or any(float(g["lr"]) != 0.0 for g in groups):
+            return False
+        if any(bool(grad.any()) for grad in grads):
+            return False
+        self._global()
+        for state in self._prepare_groups_states():
+            state["step"] = 0
+        return True
+
+    def _prepare_groups(self) -> list[tuple[dict[str, Any], list[TensorBatch]]]:
+        return [(group, self._prepare_group(group)) for group in self.param_groups]
+
+    def _prepare_groups_states(self) -> list[dict[str, Any]]:
+        return [s for _, batches in self._prepare_groups() for b in batches for s in b.states]
 
     def _observe(self, loss_var: float) -> float:
         """Update and return the observation noise ``R``."""
@@ -225,10 +348,6 @@ class _KOALA(AdaptimOptimizer):
         alpha = self.defaults["alpha_r"]
         glob["R"] = alpha * glob["R"] + (1 - alpha) * float(loss_var)
         return glob["R"]
-
-    def _prepare(self) -> list[tuple[dict[str, Any], list[TensorBatch]]]:
-        self._check_gradients()
-        return [(group, self._prepare_group(group)) for group in self.param_groups]
 
     def _norm_tensors(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-tensor norms of (possibly FSDP2-sharded) tensors, as 0-dim tensors."""
@@ -292,16 +411,15 @@ class VanillaKOALA(_KOALA):
         """Time update, before the forward pass: ``P <- P + q``."""
         self._global()["P"] += float(self.defaults["q"])
 
-    @torch.no_grad()
-    def update(self, loss: float | torch.Tensor, loss_var: float | torch.Tensor) -> None:
-        """Measurement update, after ``backward()``, with the mini-batch loss and its second moment."""
-        prepared = self._prepare()
-        glob = self._global()
-        r = self._observe(float(loss_var))
+    def _measure(self, loss: float, loss_var: float) -> None:
+        """The measurement update (``update()`` after its checks and the loss reduction)."""
+        glob = self._global()  # first: it completes the carrier's entry (see _global)
+        prepared = self._prepare_groups()
+        r = self._observe(loss_var)
         p_cov = glob["P"]
         hh = None
         for group, batches in prepared:
-            value = -float(loss) if group["maximize"] else float(loss)
+            value = -loss if group["maximize"] else loss
             foreach = self._use_foreach(group)
             fn = _multi_tensor_koala_v if foreach else _single_tensor_koala_v
             for batch in batches:
@@ -459,8 +577,15 @@ class MomentumKOALA(_KOALA):
 
     def _init_global(self) -> dict[str, Any]:
         d = self.defaults
-        p = torch.tensor([[d["sw"], d["sc"]], [d["sc"], d["sv"]]], dtype=torch.float64)
-        return {"P": p, "R": 1.0, "qw": float(d["qw"])}
+        sw, sc, sv = float(d["sw"]), float(d["sc"]), float(d["sv"])
+        return {"P00": sw, "P01": sc, "P10": sc, "P11": sv, "R": 1.0, "qw": float(d["qw"])}
+
+    def _upgrade(self, shared: Mapping[str, Any]) -> dict[str, Any]:
+        shared = dict(shared)
+        p = shared.pop("P", None)
+        if p is not None:  # a 2x2 float64 tensor
+            (shared["P00"], shared["P01"]), (shared["P10"], shared["P11"]) = p.tolist()
+        return super()._upgrade(shared)
 
     @torch.no_grad()
     def predict(self) -> None:
@@ -493,18 +618,17 @@ class MomentumKOALA(_KOALA):
         glob["qw"] = 0.9 * glob["qw"] + 0.1 * drift
         f = torch.tensor([[1.0, 1.0], [0.0, a]], dtype=torch.float64)
         q = torch.diag(torch.tensor([glob["qw"], float(self.defaults["qv"])], dtype=torch.float64))
-        glob["P"] = f @ glob["P"] @ f.T + q
+        _set_covariance(glob, f @ _covariance(glob) @ f.T + q)
 
-    @torch.no_grad()
-    def update(self, loss: float | torch.Tensor, loss_var: float | torch.Tensor) -> None:
-        """Measurement update, after ``backward()``, with the mini-batch loss and its second moment."""
-        prepared = self._prepare()
-        glob = self._global()
-        r = self._observe(float(loss_var))
-        p00, p10 = float(glob["P"][0, 0]), float(glob["P"][1, 0])
+    def _measure(self, loss: float, loss_var: float) -> None:
+        """The measurement update (``update()`` after its checks and the loss reduction)."""
+        glob = self._global()  # first: it completes the carrier's entry (see _global)
+        prepared = self._prepare_groups()
+        r = self._observe(loss_var)
+        p00, p10 = glob["P00"], glob["P10"]
         hh = None
         for group, batches in prepared:
-            value = -float(loss) if group["maximize"] else float(loss)
+            value = -loss if group["maximize"] else loss
             foreach = self._use_foreach(group)
             fn = _multi_tensor_koala_m if foreach else _single_tensor_koala_m
             for batch in batches:
@@ -524,9 +648,20 @@ class MomentumKOALA(_KOALA):
                         hh = out if hh is None else max(hh, out)
                 batch.write_back()
         if hh is not None:
-            p = glob["P"]
+            p = _covariance(glob)
             hhs = torch.tensor([[hh, 0.0], [0.0, 0.0]], dtype=torch.float64)
-            glob["P"] = p - p @ hhs @ p.T
+            _set_covariance(glob, p - p @ hhs @ p.T)
+
+
+def _covariance(shared: Mapping[str, Any]) -> torch.Tensor:
+    """KOALA-M's 2x2 covariance (kept as four floats: DCP's flattened state dicts take no lists)."""
+    return torch.tensor(
+        [[shared["P00"], shared["P01"]], [shared["P10"], shared["P11"]]], dtype=torch.float64
+    )
+
+
+def _set_covariance(shared: dict[str, Any], p: torch.Tensor) -> None:
+    (shared["P00"], shared["P01"]), (shared["P10"], shared["P11"]) = p.tolist()
 
 
 def _koala_m_predict(
