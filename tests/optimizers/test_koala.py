@@ -302,6 +302,113 @@ def test_fsdp2_with_one_chunk_per_tensor_matches_single_process(tmp_path):
     test_fsdp2.check_one_chunk_per_tensor(FSDP2_CASES, str(tmp_path), dtensor_states=False)
 
 
+# -- a refused step changes nothing -------------------------------------------------------------------
+
+
+def _snapshot(opt, params):
+    """Deep copies of the parameters and the whole state dict."""
+    import copy
+
+    return [p.detach().clone() for p in params], copy.deepcopy(opt.state_dict())
+
+
+def _assert_same_tree(a, b, path="state_dict"):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for key in a:
+            _assert_same_tree(a[key], b[key], f"{path}[{key!r}]")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same_tree(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def _assert_unchanged(opt, params, snapshot):
+    before, saved = snapshot
+    for p, b in zip(params, before, strict=True):
+        assert torch.equal(p.detach(), b)
+    _assert_same_tree(opt.state_dict(), saved)
+
+
+def _dense_steps(opt, w, steps):
+    for _ in range(steps):
+
+        def closure():
+            opt.zero_grad()
+            loss = ((w - 1.0) ** 2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+
+
+@pytest.mark.parametrize("steps", [0, 3])
+@pytest.mark.parametrize("cls", [adaptim.VanillaKOALA, adaptim.MomentumKOALA])
+def test_step_refusing_a_complex_parameter_changes_nothing(cls, steps):
+    """The complex parameter is refused before predict() (which moves P, and KOALA-M's parameters)."""
+    w = torch.nn.Parameter(torch.tensor([0.3, -0.2], dtype=torch.float64))
+    z = torch.nn.Parameter(torch.tensor([1.0 + 1.0j], dtype=torch.complex128))
+    z.requires_grad_(False)  # frozen: allowed
+    opt = cls([w, z], lr=0.5)
+    _dense_steps(opt, w, steps)
+    z.requires_grad_(True)
+    snapshot = _snapshot(opt, [w, z])
+
+    def closure():
+        opt.zero_grad()
+        loss = ((w - 1.0) ** 2).sum() + (z.abs() ** 2).sum()
+        loss.backward()
+        return loss
+
+    with pytest.raises(TypeError, match="complex"):
+        opt.step(closure)
+    _assert_unchanged(opt, [w, z], snapshot)
+
+
+@pytest.mark.parametrize(
+    ("cls", "steps"),
+    [(cls, steps) for cls in (adaptim.VanillaKOALA, adaptim.MomentumKOALA) for steps in (0, 3)],
+)
+def test_refusing_a_sparse_gradient_changes_nothing(cls, steps):
+    """step(closure): the closure's sparse gradient is found after predict(), whose changes are
+    undone (mid-run, KOALA-M's predict() moved the stepped tensor by its velocity); the authors'
+    update(): checked before R is observed or anything moves."""
+    w = torch.nn.Parameter(torch.tensor([0.3, -0.2], dtype=torch.float64))
+    emb = torch.nn.Embedding(4, 2, sparse=True).double()
+    emb.requires_grad_(False)
+    params = [w, *emb.parameters()]
+    opt = cls(params, lr=0.5)
+    _dense_steps(opt, w, steps)
+    emb.requires_grad_(True)
+
+    def loss_fn():
+        return ((w - 1.0) ** 2).sum() + emb(torch.tensor([1, 2])).sum()
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    snapshot = _snapshot(opt, params)
+    with pytest.raises(TypeError, match="sparse"):
+        opt.step(closure)
+    _assert_unchanged(opt, params, snapshot)
+
+    opt.predict()
+    opt.zero_grad()
+    loss = loss_fn()
+    loss.backward()
+    snapshot = _snapshot(opt, params)
+    with pytest.raises(TypeError, match="sparse"):
+        opt.update(loss, loss**2)
+    _assert_unchanged(opt, params, snapshot)
+
+
 # -- checkpoints: torch's format (state keyed by parameters), DCP, old checkpoints --------------------
 
 

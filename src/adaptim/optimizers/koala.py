@@ -44,6 +44,12 @@ Two ways to drive it:
   without the loss value (except in torch.distributed.checkpoint's state-creating call: no state,
   zero gradients, lr 0, which creates the state and moves nothing).
 
+A gradient KOALA refuses (sparse, or of a complex parameter) only exists after the closure, which
+runs after ``predict()``: ``step`` then puts back what ``predict()`` changed, so a refused step
+changes nothing. KOALA-M's ``p += v`` and ``v *= a`` cannot be inverted in floating point, so they are
+copied beforehand, but only while a trainable tensor has no state yet (the others' gradients passed
+the checks before); a stepped tensor whose gradient turns sparse mid-run is not covered.
+
 Speed: a tensor's gains depend only on its own norms and the shared scalars (``P``, ``R``, the loss),
 so on CPU the multi-tensor ``update`` runs chunk by chunk over about 2 MB of tensors
 (``cache_blocking``): the chunk's norms, then its update while it is still in cache. KOALA-M's
@@ -284,11 +290,38 @@ class _KOALA(AdaptimOptimizer):
                 self.state[carrier[1]][SHARED] = shared
                 self._global(create=False)
 
+    def _snapshot(self) -> list[tuple[torch.Tensor, dict[str, Any] | None]]:
+        """The entries that ``predict()`` may change beyond tensors it moves in place (the carrier's,
+        where the shared state is created or moved to, and its holder's), as they are now."""
+        carrier = self._carrier()
+        param = carrier[1] if carrier is not None else None
+        entry = self.state.get(param) if param is not None else None
+        holder = param if entry is not None and SHARED in entry else self._holder()
+        params = {id(p): p for p in (param, holder) if p is not None}
+        out = []
+        for p in params.values():
+            entry = self.state.get(p)
+            if entry is not None and SHARED in entry:
+                entry = {**entry, SHARED: dict(entry[SHARED])}
+            out.append((p, None if entry is None else dict(entry)))
+        return out
+
+    def _restore(self, snapshot: list[tuple[torch.Tensor, dict[str, Any] | None]]) -> None:
+        for p, entry in snapshot:
+            if entry is None:
+                self.state.pop(p, None)
+            else:
+                self.state[p] = entry
+
     # -- the step ---------------------------------------------------------------------------------
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """``predict()``, the closure (loss and gradients at the predicted point), ``update()``."""
+        """``predict()``, the closure (loss and gradients at the predicted point), ``update()``.
+
+        The gradients only exist after the closure, which runs at the point ``predict()`` moved
+        to; a refused gradient (sparse, or of a complex parameter) or closure result puts back
+        what ``predict()`` changed."""
         if closure is None:
             self._check_gradients()
             if self._creates_state_for_dcp():
@@ -298,11 +331,18 @@ class _KOALA(AdaptimOptimizer):
                 "backward() and returns the loss (or (loss, loss_var), or per-sample losses); or call "
                 "predict() before the forward pass and update(loss, loss_var) after backward()"
             )
+        snapshot = self._snapshot()
+        moved = self._copies_before_predict()
         self.predict()
         with torch.enable_grad():
             out = closure()
-        loss, loss_var = loss_statistics(out)
-        self._check_gradients()
+        try:
+            self._check_gradients()
+            loss, loss_var = loss_statistics(out)
+        except (TypeError, ValueError):
+            self._restore(snapshot)
+            self._put_back(moved)
+            raise
         self._measure(loss, loss_var)
         return out
 
@@ -314,6 +354,14 @@ class _KOALA(AdaptimOptimizer):
 
     def _measure(self, loss: float, loss_var: float) -> None:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def _copies_before_predict(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(tensor, copy)`` of what ``predict()`` changes in place beyond the shared state."""
+        return []
+
+    def _put_back(self, copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        if copies:
+            torch._foreach_copy_([t for t, _ in copies], [c for _, c in copies])
 
     def _creates_state_for_dcp(self) -> bool:
         """torch.distributed.checkpoint creates a fresh optimizer's state by calling ``step()``
@@ -586,6 +634,21 @@ class MomentumKOALA(_KOALA):
         if p is not None:  # a 2x2 float64 tensor
             (shared["P00"], shared["P01"]), (shared["P10"], shared["P11"]) = p.tolist()
         return super()._upgrade(shared)
+
+    def _copies_before_predict(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of the parameters that have a velocity, and of their velocities, while a trainable
+        parameter has no state yet: ``predict()`` moves them (``p += v``, ``v *= a``, which cannot
+        be inverted exactly in floating point) before the closure's gradients can be checked, and a
+        gradient that would be refused (sparse, complex) can only come from a tensor never stepped
+        before: the others' passed the checks already. (A stepped tensor whose gradient turns sparse, e.g.
+        ``nn.Embedding.sparse`` switched on mid-run, is not covered.) In steady training every
+        trainable tensor has state and nothing is copied."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        if all(self.state.get(p) or not p.requires_grad for p in params):
+            return []
+        moved = [p for p in params if self.state.get(p)]
+        tensors = local_list([t for p in moved for t in (p, self.state[p]["velocity"])])
+        return [(t, t.clone()) for t in tensors]
 
     @torch.no_grad()
     def predict(self) -> None:
