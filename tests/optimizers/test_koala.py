@@ -302,6 +302,52 @@ def test_fsdp2_with_one_chunk_per_tensor_matches_single_process(tmp_path):
     test_fsdp2.check_one_chunk_per_tensor(FSDP2_CASES, str(tmp_path), dtensor_states=False)
 
 
+# -- maximize ---------------------------------------------------------------------------------------
+
+
+def _drive_to_zero(cls, sign):
+    """KOALA on ``sign * f`` for the concave ``f = -(x - 1)^2`` (maximum 0 at x = 1): x, and f at
+    each step."""
+    x = torch.nn.Parameter(torch.tensor([2.0], dtype=torch.float64))
+    opt = cls([x], lr=0.5)
+    values = []
+    for _ in range(20):
+
+        def closure():
+            opt.zero_grad()
+            f = -((x - 1.0) ** 2).sum()
+            (sign * f).backward()
+            return sign * f
+
+        values.append(float(opt.step(closure)) * sign)
+    return x.detach().clone(), values
+
+
+@pytest.mark.parametrize("cls", [adaptim.VanillaKOALA, adaptim.MomentumKOALA])
+def test_maximize_is_refused_clearly(cls):
+    """KOALA drives the observed loss to its target 0 from either side: its step is the same for
+    (L, grad L) and (-L, -grad L), so "maximize f = minimize -f" would be KOALA on f, and a flag
+    cannot change its direction. The flag is refused (at construction, in a new param group, in a
+    loaded state dict, before anything changes); a non-negative loss says what to do."""
+    x_f, values = _drive_to_zero(cls, 1.0)
+    x_neg, _ = _drive_to_zero(cls, -1.0)
+    torch.testing.assert_close(x_f, x_neg, atol=1e-15, rtol=0)
+    assert values[0] == -1.0 and -0.05 < values[-1] < 0  # f <= 0 rises towards its maximum 0
+
+    w = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="maximize"):
+        cls([w], maximize=True)
+    opt = cls([w])
+    with pytest.raises(ValueError, match="maximize"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(1))], "maximize": True})
+    assert len(opt.param_groups) == 1
+    saved = opt.state_dict()
+    saved["param_groups"][0]["maximize"] = True
+    with pytest.raises(ValueError, match="maximize"):
+        opt.load_state_dict(saved)
+    assert opt.param_groups[0]["maximize"] is False
+
+
 # -- a refused step changes nothing -------------------------------------------------------------------
 
 

@@ -50,6 +50,13 @@ changes nothing. KOALA-M's ``p += v`` and ``v *= a`` cannot be inverted in float
 copied beforehand, but only while a trainable tensor has no state yet (the others' gradients passed
 the checks before); a stepped tensor whose gradient turns sparse mid-run is not covered.
 
+``maximize`` is refused (``ValueError``). KOALA is not a descent method on the loss but a filter that
+drives the observed value to its target 0: ``p -= lr L P / (P ||g||^2 + R) g`` is the same step for
+``(L, g)`` and ``(-L, -g)``. It minimizes because losses are non-negative; "maximize f = minimize -f"
+would be KOALA on f, which ascends an f <= 0 and descends an f > 0, whatever the flag says. To
+maximize f, let the closure return a non-negative loss that is 0 at the optimum (``-f`` for an
+``f <= 0``, such as a log-likelihood; ``f_max - f``).
+
 Speed: a tensor's gains depend only on its own norms and the shared scalars (``P``, ``R``, the loss),
 so on CPU the multi-tensor ``update`` runs chunk by chunk over about 2 MB of tensors
 (``cache_blocking``): the chunk's norms, then its update while it is still in cache. KOALA-M's
@@ -71,8 +78,7 @@ the previous format (a top-level ``state["koala"]``, KOALA-M's ``P`` a tensor) s
 
 Differences from the reference code, none of which changes the update: the hyperparameters are
 validated; state lives in ``self.state`` per parameter (``velocity``, ``param_avg``); per-parameter
-state is created lazily, for tensors that have a gradient; ``maximize=True`` minimizes the negated
-objective (the loss value is negated with the gradient); the learning rate lives in the param
+state is created lazily, for tensors that have a gradient; the learning rate lives in the param
 groups, so schedulers drive it (the authors' script sets it by hand each step).
 """
 
@@ -182,6 +188,15 @@ def loss_statistics(out: Any) -> tuple[float, float]:
     return float(out.mean()), float(out.double().pow(2).mean())
 
 
+def _maximize_error(name: str) -> ValueError:
+    return ValueError(
+        f"{name}: invalid maximize=True; KOALA drives the loss it observes to its target 0 and takes "
+        "the same step for (loss, gradient) and (-loss, -gradient), so no flag can make it ascend. "
+        "To maximize f, let the closure return a non-negative loss that is 0 at the optimum (-f "
+        "for an f <= 0 such as a log-likelihood, or f_max - f)"
+    )
+
+
 class _KOALA(AdaptimOptimizer):
     """Shared parts: the closure-driven ``step``, the loss statistics and the shared state."""
 
@@ -197,6 +212,10 @@ class _KOALA(AdaptimOptimizer):
         super().__init__(params, defaults)
         #: the shared state of an optimizer without parameters (a ZeRO rank with an empty share)
         self._unsaved: dict[str, Any] | None = None
+
+    def _validate_relations(self, values: Mapping[str, Any]) -> None:
+        if values.get("maximize"):
+            raise _maximize_error(type(self).__name__)
 
     # -- the shared state, kept in torch's format ---------------------------------------------------
     #
@@ -268,6 +287,14 @@ class _KOALA(AdaptimOptimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict of :meth:`state_dict`'s format, or of the format before the shared
         state moved into a parameter's entry (a top-level ``state["koala"]``)."""
+        for group in state_dict.get("param_groups", []):
+            if group.get("maximize"):
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: the state dict has maximize=True, "
+                    "which KOALA no longer accepts (it took it as minimizing the negated loss, "
+                    "the same step as minimizing the loss); let the closure return the negated "
+                    "objective and set 'maximize' to False in the state dict's param_groups"
+                )
         state = dict(state_dict["state"])
         old = state.pop(SHARED, None)
         if old is not None:  # the previous format: on the first saved entry (moved on first use)
@@ -415,7 +442,8 @@ class VanillaKOALA(_KOALA):
         r: fixed observation noise ``R``; ``None`` estimates it online.
         alpha_r: EMA coefficient of the online ``R``.
         weight_decay: enters the gain and the loss (``wd/2 ||p||^2``), see the module docstring.
-        maximize: maximize the objective (KOALA then drives its negation to 0).
+        maximize: only ``False``: KOALA drives the loss to its target 0 whatever its sign, so
+            ``True`` is refused (see the module docstring); return a non-negative loss instead.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
     """
 
@@ -467,7 +495,6 @@ class VanillaKOALA(_KOALA):
         p_cov = glob["P"]
         hh = None
         for group, batches in prepared:
-            value = -loss if group["maximize"] else loss
             foreach = self._use_foreach(group)
             fn = _multi_tensor_koala_v if foreach else _single_tensor_koala_v
             for batch in batches:
@@ -477,7 +504,7 @@ class VanillaKOALA(_KOALA):
                         params,
                         grads,
                         likes=likes,
-                        loss=value,
+                        loss=loss,
                         p_cov=p_cov,
                         r=r,
                         lr=float(group["lr"]),
@@ -564,7 +591,8 @@ class MomentumKOALA(_KOALA):
         r: fixed observation noise ``R``; ``None`` estimates it online.
         alpha_r: EMA coefficient of the online ``R``.
         weight_decay: enters the gains, the step and the loss, see the module docstring.
-        maximize: maximize the objective (KOALA then drives its negation to 0).
+        maximize: only ``False``: KOALA drives the loss to its target 0 whatever its sign, so
+            ``True`` is refused (see the module docstring); return a non-negative loss instead.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
     """
 
@@ -616,6 +644,7 @@ class MomentumKOALA(_KOALA):
         super().__init__(params, defaults)
 
     def _validate_relations(self, values: Mapping[str, Any]) -> None:
+        super()._validate_relations(values)
         sw, sc, sv = values.get("sw", 1.0), values.get("sc", 0.0), values.get("sv", 1.0)
         if sc * sc > sw * sv:
             raise ValueError(
@@ -691,7 +720,6 @@ class MomentumKOALA(_KOALA):
         p00, p10 = glob["P00"], glob["P10"]
         hh = None
         for group, batches in prepared:
-            value = -loss if group["maximize"] else loss
             foreach = self._use_foreach(group)
             fn = _multi_tensor_koala_m if foreach else _single_tensor_koala_m
             for batch in batches:
@@ -700,7 +728,7 @@ class MomentumKOALA(_KOALA):
                     out = fn(
                         *lists,
                         likes=likes,
-                        loss=value,
+                        loss=loss,
                         p00=p00,
                         p10=p10,
                         r=r,
