@@ -65,9 +65,19 @@ the drift) are combined afterwards in a fixed order, so the result is bit-identi
 tensors. The norms are read on the host (one synchronization per chunk on CPU, per batch elsewhere):
 which tensors move (``||g|| >= 1e-9``) and ``P`` are decided there, as in the reference code.
 
-FSDP2 (DTensor parameters): the updates run on the local shards; every per-tensor norm sums its
-squares over the shards (one collective per list of norms), so the Kalman gains, the covariance and
-the drift ``q_w`` are the same on all ranks and equal to a single process's (tests/test_fsdp2.py).
+Several processes (tests/test_koala_distributed.py). The loss is part of the step (it scales every
+gain, and its second moment is the noise ``R``), but a closure returns its own rank's loss. With
+``torch.distributed`` initialized and more than one rank, KOALA combines the loss statistics over the
+*loss group* (``loss_group``; by default the world group, the data-parallel ranks of DDP and FSDP2) in one all-reduce per step, so every replica takes the step of one process that sees
+all ranks' batches: per-sample losses as sums and counts; a scalar loss, a ``(loss, loss_var)`` pair
+or ``update(loss, loss_var)`` as means over the ranks (equal batch sizes); a scalar loss's
+``loss_var`` is the square of the combined loss, as that one process computes it. Ranks that see the
+same data (tensor parallelism) average equal values. Gradients are not touched: DDP
+and FSDP2 average them already. Pass a subgroup to train independent replicas in one job.
+
+* FSDP2 (DTensor parameters): the updates run on the local shards; every per-tensor norm sums its
+  squares over the shards (one collective per list of norms), so the Kalman gains, the covariance and
+  the drift ``q_w`` are the same on all ranks and equal to a single process's (tests/test_fsdp2.py).
 
 Checkpoints keep torch's format (``state`` keyed by parameter; ``torch.distributed.checkpoint``,
 Trainer and Lightning assume it): the shared ``P``, ``R`` (and ``q_w``; KOALA-M's ``P`` as four floats
@@ -85,7 +95,7 @@ groups, so schedulers drive it (the authors' script sets it by hand each step).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
@@ -169,14 +179,24 @@ def _local(
     return (batch.params if any_dtensor(batch.params) else None), batch.local(*keys)
 
 
-def loss_statistics(out: Any) -> tuple[float, float]:
-    """``(loss_mean, loss_var)`` from what a closure returned; see the module docstring."""
+class _Observation(NamedTuple):
+    """What one step observed: the loss, its second moment ``loss_var``, and how to combine it
+    with other ranks' observations (:meth:`_KOALA._reduce`)."""
+
+    mean: float
+    second: float
+    weight: float  # the number of per-sample losses; 1 for a scalar loss or a (loss, loss_var) pair
+    scalar: bool  # a scalar loss: loss_var is the square of the (combined) loss
+
+
+def _observation(out: Any) -> _Observation:
+    """The observation in what a closure returned; see the module docstring."""
     if isinstance(out, tuple | list):
         if len(out) != 2:
             raise ValueError(
                 f"a KOALA closure returns (loss_mean, loss_var); got {len(out)} values"
             )
-        return float(out[0]), float(out[1])
+        return _Observation(float(out[0]), float(out[1]), 1.0, False)
     if not isinstance(out, torch.Tensor):
         raise TypeError(
             f"a KOALA closure must return a loss tensor or (loss, loss_var); got {type(out)}"
@@ -184,8 +204,17 @@ def loss_statistics(out: Any) -> tuple[float, float]:
     out = out.detach()
     if out.numel() == 1:
         value = float(out)
-        return value, value * value
-    return float(out.mean()), float(out.double().pow(2).mean())
+        return _Observation(value, value * value, 1.0, True)
+    return _Observation(
+        float(out.mean()), float(out.double().pow(2).mean()), float(out.numel()), False
+    )
+
+
+def loss_statistics(out: Any) -> tuple[float, float]:
+    """``(loss_mean, loss_var)`` from what a closure returned (this process's batch only); see the
+    module docstring."""
+    observed = _observation(out)
+    return observed.mean, observed.second
 
 
 def _maximize_error(name: str) -> ValueError:
@@ -208,8 +237,11 @@ class _KOALA(AdaptimOptimizer):
     cache_blocking = True
     requires_closure: ClassVar[bool] = True
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+    def __init__(
+        self, params: Iterable[Any], defaults: dict[str, Any], loss_group: Any = None
+    ) -> None:
         super().__init__(params, defaults)
+        self._loss_group = loss_group
         #: the shared state of an optimizer without parameters (a ZeRO rank with an empty share)
         self._unsaved: dict[str, Any] | None = None
 
@@ -309,6 +341,7 @@ class _KOALA(AdaptimOptimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_loss_group", None)  # not pickled: a copy uses the default
         self.__dict__.setdefault("_unsaved", None)
         if SHARED in self.state:  # pickled in the previous format (moved on first use)
             shared = self._upgrade(self.state.pop(SHARED))
@@ -365,19 +398,22 @@ class _KOALA(AdaptimOptimizer):
             out = closure()
         try:
             self._check_gradients()
-            loss, loss_var = loss_statistics(out)
+            observed = _observation(out)
         except (TypeError, ValueError):
             self._restore(snapshot)
             self._put_back(moved)
             raise
-        self._measure(loss, loss_var)
+        self._measure(*self._reduce(observed))
         return out
 
     @torch.no_grad()
     def update(self, loss: float | torch.Tensor, loss_var: float | torch.Tensor) -> None:
-        """Measurement update, after ``backward()``, with the mini-batch loss and its second moment."""
+        """Measurement update, after ``backward()``, with the mini-batch loss and its second moment.
+
+        Under ``torch.distributed`` both are averaged over the loss group (see the module
+        docstring), so every rank's batch must have the same size."""
         self._check_gradients()
-        self._measure(float(loss), float(loss_var))
+        self._measure(*self._reduce(_Observation(float(loss), float(loss_var), 1.0, False)))
 
     def _measure(self, loss: float, loss_var: float) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -415,6 +451,51 @@ class _KOALA(AdaptimOptimizer):
     def _prepare_groups_states(self) -> list[dict[str, Any]]:
         return [s for _, batches in self._prepare_groups() for b in batches for s in b.states]
 
+    # -- the loss statistics under torch.distributed ------------------------------------------------
+
+    def _reduce(self, observed: _Observation) -> tuple[float, float]:
+        """``(loss, loss_var)``: this process's, or, with more than one process, the combination of
+        all ranks' in the loss group, so that every replica takes the same step (that of a single
+        process seeing all ranks' batches). Per-sample losses are combined as sums and counts; a
+        scalar loss and a ``(loss, loss_var)`` pair are averaged (equal batches); a scalar loss's
+        ``loss_var`` is the square of the averaged loss, as one process would compute it."""
+        mean, second = observed.mean, observed.second
+        group = self._loss_process_group()
+        if group is not None:
+            import torch.distributed as dist
+
+            w = observed.weight
+            sums = torch.tensor(
+                [w * mean, w * second, w], dtype=torch.float64, device=self._device_for(group)
+            )
+            dist.all_reduce(sums, group=group)
+            total_mean, total_second, total = sums.tolist()
+            mean, second = total_mean / total, total_second / total
+        if observed.scalar:
+            second = mean * mean
+        return mean, second
+
+    def _loss_process_group(self) -> Any | None:
+        """The group whose ranks' losses are combined: ``loss_group``, else the default (world)
+        group; ``None`` (no reduction) in a single process."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        group = self._loss_group if self._loss_group is not None else dist.group.WORLD
+        return group if dist.get_world_size(group) > 1 else None
+
+    def _device_for(self, group: Any) -> torch.device:
+        """Where the collective's tensor lives: the parameters' device (CUDA under NCCL)."""
+        for g in self.param_groups:
+            for p in g["params"]:
+                return local(p).device
+        import torch.distributed as dist
+
+        if dist.get_backend(group) == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
     def _observe(self, loss_var: float) -> float:
         """Update and return the observation noise ``R``."""
         glob = self._global()
@@ -445,6 +526,9 @@ class VanillaKOALA(_KOALA):
         maximize: only ``False``: KOALA drives the loss to its target 0 whatever its sign, so
             ``True`` is refused (see the module docstring); return a non-negative loss instead.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        loss_group: the ``torch.distributed`` process group whose ranks' losses are combined
+            (``None``: the default, world group), see the module docstring. Not saved in the state
+            dict, nor pickled.
     """
 
     hyperparameter_rules = {
@@ -466,6 +550,7 @@ class VanillaKOALA(_KOALA):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        loss_group: Any = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -477,7 +562,7 @@ class VanillaKOALA(_KOALA):
             maximize=maximize,
             foreach=foreach,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, loss_group)
 
     def _init_global(self) -> dict[str, Any]:
         return {"P": float(self.defaults["sigma"]), "R": 1.0}
@@ -594,6 +679,9 @@ class MomentumKOALA(_KOALA):
         maximize: only ``False``: KOALA drives the loss to its target 0 whatever its sign, so
             ``True`` is refused (see the module docstring); return a non-negative loss instead.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        loss_group: the ``torch.distributed`` process group whose ranks' losses are combined
+            (``None``: the default, world group), see the module docstring. Not saved in the state
+            dict, nor pickled.
     """
 
     hyperparameter_rules = {
@@ -626,6 +714,7 @@ class MomentumKOALA(_KOALA):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        loss_group: Any = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -641,7 +730,7 @@ class MomentumKOALA(_KOALA):
             maximize=maximize,
             foreach=foreach,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, loss_group)
 
     def _validate_relations(self, values: Mapping[str, Any]) -> None:
         super()._validate_relations(values)
