@@ -68,16 +68,24 @@ which tensors move (``||g|| >= 1e-9``) and ``P`` are decided there, as in the re
 Several processes (tests/test_koala_distributed.py). The loss is part of the step (it scales every
 gain, and its second moment is the noise ``R``), but a closure returns its own rank's loss. With
 ``torch.distributed`` initialized and more than one rank, KOALA combines the loss statistics over the
-*loss group* (``loss_group``; by default the world group, the data-parallel ranks of DDP and FSDP2) in one all-reduce per step, so every replica takes the step of one process that sees
+*loss group* (``loss_group``; by default the world group, the data-parallel ranks of DDP, FSDP2 and
+ZeRO over DDP) in one all-reduce per step, so every replica takes the step of one process that sees
 all ranks' batches: per-sample losses as sums and counts; a scalar loss, a ``(loss, loss_var)`` pair
 or ``update(loss, loss_var)`` as means over the ranks (equal batch sizes); a scalar loss's
 ``loss_var`` is the square of the combined loss, as that one process computes it. Ranks that see the
-same data (tensor parallelism) average equal values. Gradients are not touched: DDP
+same data (tensor parallelism, ZeRO without DDP) average equal values. Gradients are not touched: DDP
 and FSDP2 average them already. Pass a subgroup to train independent replicas in one job.
 
 * FSDP2 (DTensor parameters): the updates run on the local shards; every per-tensor norm sums its
   squares over the shards (one collective per list of norms), so the Kalman gains, the covariance and
   the drift ``q_w`` are the same on all ranks and equal to a single process's (tests/test_fsdp2.py).
+* ZeRO (``ZeroRedundancyOptimizer(params, optimizer_class=VanillaKOALA, ...)`` builds KOALA on each
+  rank's share of the tensors): per-tensor norms need nothing (tensors are whole), ``max |h|^2/S`` is
+  maximized and KOALA-M's drift and parameter count are summed over the partition, and KOALA-M's
+  ``predict()`` broadcasts every share through ZeRO before the closure runs (ZeRO itself syncs only
+  after the step): one all-reduce (KOALA-V) or three and a parameter broadcast (KOALA-M) more per
+  step. Step through ``zero.step(closure)``; a consolidated ZeRO checkpoint loads into ZeRO or a
+  plain KOALA.
 
 Checkpoints keep torch's format (``state`` keyed by parameter; ``torch.distributed.checkpoint``,
 Trainer and Lightning assume it): the shared ``P``, ``R`` (and ``q_w``; KOALA-M's ``P`` as four floats
@@ -94,6 +102,9 @@ groups, so schedulers drive it (the authors' script sets it by hand each step).
 
 from __future__ import annotations
 
+import math
+import sys
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
@@ -106,6 +117,7 @@ from adaptim.core.distributed import (
     any_dtensor,
     local,
     local_list,
+    partition_sum,
     shard_groups,
 )
 from adaptim.core.functional import l2_weight_decay
@@ -236,12 +248,16 @@ class _KOALA(AdaptimOptimizer):
     #: chunk while it is in cache; the shared statistics (max |h|^2/S, the drift) are combined after
     cache_blocking = True
     requires_closure: ClassVar[bool] = True
+    #: max |h|^2/S (and KOALA-M's drift) span all tensors: combined over a ZeRO partition
+    global_statistics = True
 
     def __init__(
         self, params: Iterable[Any], defaults: dict[str, Any], loss_group: Any = None
     ) -> None:
         super().__init__(params, defaults)
         self._loss_group = loss_group
+        #: the ZeroRedundancyOptimizer building this one on its rank's share, if any (weakly)
+        self._zero = _constructing_zero()
         #: the shared state of an optimizer without parameters (a ZeRO rank with an empty share)
         self._unsaved: dict[str, Any] | None = None
 
@@ -342,6 +358,7 @@ class _KOALA(AdaptimOptimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_loss_group", None)  # not pickled: a copy uses the default
+        self.__dict__.setdefault("_zero", None)
         self.__dict__.setdefault("_unsaved", None)
         if SHARED in self.state:  # pickled in the previous format (moved on first use)
             shared = self._upgrade(self.state.pop(SHARED))
@@ -425,6 +442,43 @@ class _KOALA(AdaptimOptimizer):
     def _put_back(self, copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         if copies:
             torch._foreach_copy_([t for t, _ in copies], [c for _, c in copies])
+
+    def _check_gradients(self) -> None:
+        super()._check_gradients()
+        zero = self._zero_owner()
+        if zero is None:
+            return
+        # ZeRO: this optimizer checks its rank's share only, but every rank must refuse together
+        # (the others would wait in the next collective forever); the whole model ran backward
+        # here, so all gradients are on this rank
+        for i, p in enumerate(p for group in zero.param_groups for p in group["params"]):
+            grad = p.grad
+            if grad is not None and (grad.layout is not torch.strided or p.dtype in COMPLEX):
+                kind = "complex parameters" if p.dtype in COMPLEX else "sparse gradients"
+                raise TypeError(
+                    f"{type(self).__name__} does not support {kind} (parameter {i} of the "
+                    "ZeroRedundancyOptimizer)"
+                )
+
+    def _zero_owner(self) -> Any | None:
+        """The ZeroRedundancyOptimizer of a partition of two or more ranks, else ``None``."""
+        return self._zero() if self._zero is not None and self.partition is not None else None
+
+    def _partition_max(self, value: float | None) -> float | None:
+        """``value`` (``None``: no tensor moved here) maximized over a ZeRO partition: every rank
+        joins, also one whose share moved no tensor."""
+        if self.partition is None:
+            return value
+        import torch.distributed as dist
+
+        top = torch.tensor(
+            [-math.inf if value is None else value],
+            dtype=torch.float64,
+            device=self.partition.device,
+        )
+        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=self.partition.group)
+        result = top.item()
+        return None if result == -math.inf else result
 
     def _creates_state_for_dcp(self) -> bool:
         """torch.distributed.checkpoint creates a fresh optimizer's state by calling ``step()``
@@ -510,6 +564,32 @@ class _KOALA(AdaptimOptimizer):
         if any_dtensor(tensors):
             return _norm_tensors(local_list(tensors), tensors)
         return _norm_tensors(tensors)
+
+
+_ZERO_MODULE = "torch.distributed.optim.zero_redundancy_optimizer"
+
+
+def _constructing_zero() -> weakref.ref | None:
+    """A weak reference to the ``ZeroRedundancyOptimizer`` whose constructor builds the caller.
+
+    ``core.distributed.zero_partition`` (which the base class calls for ``self.partition``) returns
+    the partition's process group only; KOALA-M also needs ZeRO itself, whose broadcast of every
+    rank's share makes the parameters its ``predict()`` moved visible to the closure on all ranks,
+    and KOALA needs ZeRO's parameters to refuse a gradient on every rank. The same walk over the
+    callers' frames (``ZeroRedundancyOptimizer._init_local_optimizer`` -> the class's ``__init__``
+    -> ``_KOALA.__init__`` -> here)."""
+    module = sys.modules.get(_ZERO_MODULE)
+    if module is None:
+        return None
+    frame = sys._getframe(1)
+    for _ in range(12):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, module.ZeroRedundancyOptimizer):
+            return weakref.ref(owner)
+        frame = frame.f_back
+    return None
 
 
 class VanillaKOALA(_KOALA):
@@ -598,6 +678,7 @@ class VanillaKOALA(_KOALA):
                     if out is not None:
                         hh = out if hh is None else max(hh, out)
                 batch.write_back()
+        hh = self._partition_max(hh)
         if hh is not None:
             glob["P"] = p_cov - p_cov**2 * hh
 
@@ -762,11 +843,27 @@ class MomentumKOALA(_KOALA):
         ``nn.Embedding.sparse`` switched on mid-run, is not covered.) In steady training every
         trainable tensor has state and nothing is copied."""
         params = [p for group in self.param_groups for p in group["params"]]
-        if all(self.state.get(p) or not p.requires_grad for p in params):
+        unstepped = any(p.requires_grad and not self.state.get(p) for p in params)
+        if self.partition is not None:  # ZeRO: if any rank's share has one, every rank copies
+            flag = torch.tensor([float(unstepped)], dtype=torch.float64)
+            unstepped = partition_sum(flag, self.partition).item() > 0
+        if not unstepped:
             return []
         moved = [p for p in params if self.state.get(p)]
         tensors = local_list([t for p in moved for t in (p, self.state[p]["velocity"])])
         return [(t, t.clone()) for t in tensors]
+
+    def _put_back(self, copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        super()._put_back(copies)
+        self._share_moved()
+
+    def _share_moved(self) -> None:
+        """Under ZeRO, this rank moved its share of the parameters only: broadcast every share
+        from its owner (ZeRO's own synchronization, which it otherwise runs after the step), so
+        that the closure sees the predicted point on every rank."""
+        zero = self._zero_owner()
+        if zero is not None:
+            zero._sync_params()
 
     @torch.no_grad()
     def predict(self) -> None:
@@ -795,6 +892,10 @@ class MomentumKOALA(_KOALA):
             if len(devices) > 1:
                 norms = [n.cpu() for n in norms]
             drift_sq = sum(n * n for n in torch.stack(norms).double().tolist())
+        if self.partition is not None:  # ZeRO: this rank's share of the tensors; sum over all
+            parts = torch.tensor([drift_sq, float(total)], dtype=torch.float64)
+            drift_sq, total = partition_sum(parts, self.partition).tolist()
+        self._share_moved()
         drift = drift_sq**0.5 / max(total, 1)
         glob["qw"] = 0.9 * glob["qw"] + 0.1 * drift
         f = torch.tensor([[1.0, 1.0], [0.0, a]], dtype=torch.float64)
@@ -827,6 +928,7 @@ class MomentumKOALA(_KOALA):
                     if out is not None:
                         hh = out if hh is None else max(hh, out)
                 batch.write_back()
+        hh = self._partition_max(hh)
         if hh is not None:
             p = _covariance(glob)
             hhs = torch.tensor([[hh, 0.0], [0.0, 0.0]], dtype=torch.float64)
