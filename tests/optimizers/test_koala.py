@@ -8,6 +8,8 @@ whose official code rounds P0, F, Q and the correction through float32 torch.Ten
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -562,3 +564,35 @@ def test_checkpoint_with_the_old_koala_key_still_loads(cls):
         return saved
 
     _resumed(cls, old_format, lambda model, opt, saved: opt.load_state_dict(saved))
+
+
+# -- overflow -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("cls", [adaptim.VanillaKOALA, adaptim.MomentumKOALA])
+def test_norms_that_overflow_fp32_are_recomputed_in_float64(cls, foreach):
+    """Gradients of 2^100 in fp32: the sum of squares overflows (the reference code then gets
+    inf / inf and a NaN covariance). The shared state equals that of the same run in float64, where
+    nothing overflows (powers of two: the norms are exact in both; KOALA-M's drift sees fp32
+    parameters)."""
+
+    def run(dtype):
+        params = [
+            torch.nn.Parameter(torch.ones(4, 3, dtype=dtype)),
+            torch.nn.Parameter(torch.ones(5, dtype=dtype)),
+        ]
+        opt = cls(params, foreach=foreach)
+        for _ in range(3):
+
+            def closure():
+                for p in params:
+                    p.grad = torch.full_like(p, 2.0**100)
+                return torch.tensor(1.0)
+
+            opt.step(closure)
+        return shared_state(opt)
+
+    in_fp32, in_fp64 = run(torch.float32), run(torch.float64)
+    assert all(math.isfinite(v) for v in in_fp32.values())
+    assert in_fp32 == pytest.approx(in_fp64, rel=1e-6, abs=1e-12)

@@ -97,7 +97,10 @@ the previous format (a top-level ``state["koala"]``, KOALA-M's ``P`` a tensor) s
 Differences from the reference code, none of which changes the update: the hyperparameters are
 validated; state lives in ``self.state`` per parameter (``velocity``, ``param_avg``); per-parameter
 state is created lazily, for tensors that have a gradient; the learning rate lives in the param
-groups, so schedulers drive it (the authors' script sets it by hand each step).
+groups, so schedulers drive it (the authors' script sets it by hand each step). One deliberate
+difference where the reference breaks: a norm whose sum of squares overflows the tensor's dtype (fp32
+gradients of ~1e19 and more) is recomputed in float64, where the reference gets ``inf / inf`` and a
+NaN covariance.
 """
 
 from __future__ import annotations
@@ -132,23 +135,31 @@ SHARED = "koala"
 
 
 def _norm(tensor: torch.Tensor, like: torch.Tensor | None = None) -> float:
-    """The L2 norm of ``tensor`` (a local shard of ``like`` under FSDP2: squares summed over shards)."""
-    norm = torch.linalg.vector_norm(tensor)
-    if like is not None:
-        groups = shard_groups(like)
+    """The L2 norm of ``tensor`` (a local shard of ``like`` under FSDP2: squares summed over shards);
+    recomputed in float64 if the squares overflowed the tensor's dtype (see :func:`_norms_of_many`)."""
+    groups = shard_groups(like) if like is not None else ()
+    value = math.inf
+    for dtype in (None, torch.float64):
+        norm = torch.linalg.vector_norm(tensor, dtype=dtype)
         if groups:
             norm = all_reduce_(norm.square(), groups).sqrt()
-    return norm.item()
+        value = norm.item()
+        if not math.isinf(value):  # the same on every rank: reduced
+            break
+    return value
 
 
 def _norm_tensors(
-    tensors: list[torch.Tensor], likes: list[torch.Tensor] | None = None
+    tensors: list[torch.Tensor],
+    likes: list[torch.Tensor] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> list[torch.Tensor]:
-    """Per-tensor L2 norms as 0-dim tensors; with ``likes`` (DTensors whose local shards ``tensors``
-    are), the squares are summed over the shards in one collective."""
+    """Per-tensor L2 norms as 0-dim tensors (accumulated in ``dtype``, default the tensors'); with
+    ``likes`` (DTensors whose local shards ``tensors`` are), the squares are summed over the shards in
+    one collective."""
     if not tensors:
         return []
-    norms = list(torch._foreach_norm(tensors))
+    norms = list(torch._foreach_norm(tensors, dtype=dtype))
     if likes is not None and any_dtensor(likes):
         norms = all_reduce_many(torch._foreach_mul(norms, norms), likes)
         torch._foreach_sqrt_(norms)
@@ -159,13 +170,28 @@ def _norms_of_many(
     lists: list[list[torch.Tensor]], likes: list[torch.Tensor] | None = None
 ) -> list[list[float]]:
     """:func:`_norm_tensors` of several non-empty lists of tensors, as floats, in one host
-    synchronization."""
+    synchronization.
+
+    A sum of squares that overflows the tensors' dtype (fp32 entries beyond ~1e19, e.g. gradients of
+    1e30) gives an infinite norm, then ``inf / inf`` in ``max |h|^2 / S`` and a NaN covariance (as in
+    the reference code). Those norms alone are recomputed in float64 (always accumulating in float64
+    would make every norm ~5x slower on CPU); the result is the norm, and the step stays finite."""
     norms = [_norm_tensors(tensors, likes) for tensors in lists]
     flat = torch.stack([n for ns in norms for n in ns]).double().tolist()
     out, start = [], 0
-    for ns in norms:
-        out.append(flat[start : start + len(ns)])
+    for tensors, ns in zip(lists, norms, strict=True):
+        values = flat[start : start + len(ns)]
         start += len(ns)
+        over = [i for i, v in enumerate(values) if math.isinf(v)]  # the same on every rank: reduced
+        if over:
+            redo = _norm_tensors(
+                [tensors[i] for i in over],
+                None if likes is None else [likes[i] for i in over],
+                torch.float64,
+            )
+            for i, v in zip(over, torch.stack(redo).tolist(), strict=True):
+                values[i] = v
+        out.append(values)
     return out
 
 
