@@ -34,12 +34,7 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 INFOS = registered(kind="optimizer")
-KNOWN_FAILURES = {
-    # KOALA keeps its shared P, R, q_w under the string key "koala" in opt.state (not a parameter):
-    # DCP maps every state key to a parameter name (KeyError 'koala'); being fixed in koala.py.
-    "koala_v": "KOALA's shared state under opt.state['koala'] (not a parameter); fix under way",
-    "koala_m": "KOALA's shared state under opt.state['koala'] (not a parameter); fix under way",
-}
+KNOWN_FAILURES: dict[str, str] = {}  # registry name -> reason, for an xfail
 
 
 def _cases() -> list[Any]:

@@ -218,6 +218,9 @@ class AdaptimOptimizer(Optimizer):
     #: checked on FSDP2-sharded (DTensor) parameters against a single-process run (tests/test_fsdp2.py);
     #: the others refuse DTensor parameters rather than risk a reduction over one shard only
     supports_dtensor: ClassVar[bool] = False
+    #: ``maximize=True`` means ascending the objective; a rule for which that has no meaning (KOALA
+    #: drives the loss to a target, whatever its sign) sets this to False and refuses the flag
+    supports_maximize: ClassVar[bool] = True
     #: the update uses a statistic over all parameters (a global mean, norm or dot product): built by
     #: a ``ZeroRedundancyOptimizer`` on one rank's share of the parameters, the optimizer finds the
     #: partition (``core.distributed.zero_partition``) and must sum the statistic over it

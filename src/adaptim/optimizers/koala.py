@@ -269,6 +269,7 @@ class _KOALA(AdaptimOptimizer):
 
     elementwise = False
     supports_dtensor = True  # tests/test_fsdp2.py
+    supports_maximize = False  # see the module docstring: the step is invariant to the loss's sign
     #: each tensor's gain depends on its own norms and the shared scalars only, so on CPU the
     #: multi-tensor update (and KOALA-M's predict) runs chunk by chunk: norms, then the update of the
     #: chunk while it is in cache; the shared statistics (max |h|^2/S, the drift) are combined after
