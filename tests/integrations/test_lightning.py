@@ -76,7 +76,9 @@ def params(module: nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in module.parameters()]
 
 
-@pytest.mark.filterwarnings("ignore:.*isinstance\\(treespec, LeafSpec\\)")  # Lightning on torch 2.13
+@pytest.mark.filterwarnings(
+    "ignore:.*isinstance\\(treespec, LeafSpec\\)"
+)  # Lightning on torch 2.13
 @pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`, callbacks")
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_fit_resumed_from_a_checkpoint_ends_where_an_uninterrupted_fit_does(name, tmp_path):
