@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import required
 
 import adaptim
 from adaptim.core import base
@@ -163,6 +164,26 @@ def test_param_groups_with_different_lr(info):
     after = params_of(model)
     assert all(not torch.equal(a, b) for a, b in zip(before[:2], after[:2], strict=True))
     assert_params_equal(before[2:], after[2:])
+
+
+@parametrize_infos
+def test_every_group_may_carry_its_own_lr_with_none_given_to_the_constructor(info):
+    # torch's convention: SGD([{"params": a, "lr": 0.1}, {"params": b, "lr": 0.01}]) needs no lr=.
+    lr = info.test_kwargs.get("lr", info.defaults.get("lr", 1e-3))
+    kwargs = {k: v for k, v in info.test_kwargs.items() if k != "lr"}
+    model_a, model_b = small_model(torch.float64), small_model(torch.float64)
+    groups_a = [{"params": model_a[0].parameters(), "lr": lr}, {"params": model_a[2].parameters()}]
+    groups_b = [{"params": model_b[0].parameters()}, {"params": model_b[2].parameters()}]
+    groups_a[1]["lr"] = lr / 2
+    opt_a = info.cls(groups_a, **kwargs)
+    opt_b = info.cls(groups_b, **{**kwargs, "lr": lr})
+    opt_b.param_groups[1]["lr"] = lr / 2
+    train(model_a, opt_a, range(3))
+    train(model_b, opt_b, range(3))
+    assert_params_equal(params_of(model_a), params_of(model_b))
+    if info.defaults.get("lr", required) is required:
+        with pytest.raises(ValueError, match="lr"):  # no default and a group without one
+            info.cls([{"params": small_model().parameters()}], **kwargs)
 
 
 @parametrize_infos
