@@ -12,10 +12,6 @@ keep the file fast.
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
-import tempfile
 import traceback
 from typing import Any
 
@@ -25,6 +21,7 @@ from torch import nn
 
 import adaptim
 from adaptim.optimizers import adamp as adamp_module
+from multiprocess import run_on_ranks
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -267,92 +264,68 @@ def _refusal_case(mesh) -> dict[str, Any]:
     return dict(message=message, unchanged=unchanged, state_size=len(opt.state))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, port: int, out_path: str) -> None:
-    import torch.distributed as dist
+def _run_cases(rank: int) -> dict[str, Any]:
+    """Every case on this rank (inside :func:`multiprocess.run_on_ranks`)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import Shard
 
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        mesh = init_device_mesh("cpu", (2,))
-        results: dict[str, Any] = {}
-        for case_id, name, kwargs in CASES:
-            try:
-                model = make_model(dtype=dtype_of(case_id), heads=name in FACTORED)
-                dim1 = model.get_parameter(SHARD_DIM1)
-                fully_shard(
-                    model,
-                    mesh=mesh,
-                    shard_placement_fn=lambda p, dim1=dim1: Shard(1) if p is dim1 else Shard(0),
-                )
-                placements = {
-                    n: (p.placements, tuple(p.to_local().shape))
-                    for n, p in model.named_parameters()
-                }
-                opt = train(
-                    model,
-                    lambda params, name=name, kwargs=kwargs: adaptim.create(name, params, **kwargs),
-                    resume_at=STEPS // 2 if case_id in RESUMED else None,
-                    zero_input=case_id in ZERO_INPUT,
-                )
-                state_kinds = {  # per-parameter states (not KOALA's global scalars)
-                    type(v).__name__
-                    for p, s in opt.state.items()
-                    if isinstance(p, torch.Tensor)
-                    for v in s.values()
-                    if isinstance(v, torch.Tensor)
-                }
-                full = [p.full_tensor().detach().clone() for p in model.parameters()]
-                results[case_id] = dict(params=full, placements=placements, state_kinds=state_kinds)
-            except Exception:  # report per case; the other cases still run
-                results[case_id] = dict(error=traceback.format_exc())
+    mesh = init_device_mesh("cpu", (2,))
+    results: dict[str, Any] = {}
+    for case_id, name, kwargs in CASES:
         try:
-            results[REFUSAL] = _refusal_case(mesh)
-        except Exception:
-            results[REFUSAL] = dict(error=traceback.format_exc())
-        if rank == 0:
-            torch.save(results, out_path)
-    finally:
-        dist.destroy_process_group()
+            model = make_model(dtype=dtype_of(case_id), heads=name in FACTORED)
+            dim1 = model.get_parameter(SHARD_DIM1)
+            fully_shard(
+                model,
+                mesh=mesh,
+                shard_placement_fn=lambda p, dim1=dim1: Shard(1) if p is dim1 else Shard(0),
+            )
+            placements = {
+                n: (p.placements, tuple(p.to_local().shape)) for n, p in model.named_parameters()
+            }
+            opt = train(
+                model,
+                lambda params, name=name, kwargs=kwargs: adaptim.create(name, params, **kwargs),
+                resume_at=STEPS // 2 if case_id in RESUMED else None,
+                zero_input=case_id in ZERO_INPUT,
+            )
+            state_kinds = {  # per-parameter states (not KOALA's global scalars)
+                type(v).__name__
+                for p, s in opt.state.items()
+                if isinstance(p, torch.Tensor)
+                for v in s.values()
+                if isinstance(v, torch.Tensor)
+            }
+            full = [p.full_tensor().detach().clone() for p in model.parameters()]
+            results[case_id] = dict(params=full, placements=placements, state_kinds=state_kinds)
+        except Exception:  # report per case; the other cases still run
+            results[case_id] = dict(error=traceback.format_exc())
+    try:
+        results[REFUSAL] = _refusal_case(mesh)
+    except Exception:
+        results[REFUSAL] = dict(error=traceback.format_exc())
+    return results
 
 
-def _one_chunk_per_tensor_worker(
-    rank: int, port: int, out_path: str, cases: list[tuple[str, str, dict[str, Any]]]
-) -> None:
-    """:func:`_worker` for ``cases`` only, with every tensor its own CPU chunk (cache blocking)."""
+def _run_cases_one_chunk_per_tensor(
+    rank: int, cases: list[tuple[str, str, dict[str, Any]]]
+) -> dict[str, Any]:
+    """:func:`_run_cases` for ``cases`` only, with every tensor its own CPU chunk (cache blocking)."""
     from adaptim.core import base
 
     base.CPU_CHUNK_BYTES = 1
     CASES[:] = cases
-    _worker(rank, port, out_path)
+    return _run_cases(rank)
 
 
 def check_one_chunk_per_tensor(
-    cases: list[tuple[str, str, dict[str, Any]]], tmp_dir: str, dtensor_states: bool = True
+    cases: list[tuple[str, str, dict[str, Any]]], dtensor_states: bool = True
 ) -> None:
     """Cache-blocked optimizers whose per-chunk statistics are reduced over shards: run ``cases``
     sharded with one CPU chunk per tensor (uneven, empty and dim-1 shards) and compare each with a
     single-process run (which moves the weights, so the comparison means something)."""
-    import torch.multiprocessing as mp
-
-    out_path = os.path.join(tmp_dir, "results.pt")
-    mp.start_processes(
-        _one_chunk_per_tensor_worker,
-        args=(_free_port(), out_path, cases),
-        nprocs=2,
-        start_method="spawn",
-    )
-    results = torch.load(out_path, weights_only=False)
+    results = run_on_ranks(_run_cases_one_chunk_per_tensor, cases)[0]
     for case_id, name, kwargs in cases:
         result = results[case_id]
         assert "error" not in result, result.get("error")
@@ -380,14 +353,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def sharded_results() -> dict[str, Any]:
-    import torch.multiprocessing as mp
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out_path = os.path.join(tmp, "results.pt")
-        # The spawned children import this file by path; make the tests directory importable.
-        sys.path.insert(0, os.path.dirname(__file__))
-        mp.start_processes(_worker, args=(_free_port(), out_path), nprocs=2, start_method="spawn")
-        return torch.load(out_path, weights_only=False)
+    return run_on_ranks(_run_cases)[0]
 
 
 def test_sharding_is_uneven_and_split_along_rows(sharded_results):

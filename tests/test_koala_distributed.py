@@ -20,10 +20,6 @@ Everything runs in one spawn.
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
-import tempfile
 import traceback
 from typing import Any
 
@@ -32,6 +28,7 @@ import torch
 from torch import nn
 
 import adaptim
+from multiprocess import run_on_ranks
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -111,12 +108,6 @@ def train(model: nn.Module, opt: Any, form: str, rows: slice, steps: range = ran
         opt.step(closure)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _zero(params, cls, kwargs, wrapper):
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
@@ -174,43 +165,29 @@ def _run_case(case, rank: int, groups: dict[str, Any], mesh) -> dict[str, Any]:
     return dict(params=params, local=local)
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
+def _run_cases(rank: int) -> dict[str, Any]:
+    """Every case on this rank (inside :func:`multiprocess.run_on_ranks`)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        mesh = init_device_mesh("cpu", (2,))
-        own = [dist.new_group([r]) for r in range(2)]  # every rank creates every group
-        groups = {"both": dist.new_group([0, 1]), "own": own[rank]}
-        results: dict[str, Any] = {}
-        for case in [*CASES, OWN_GROUP]:
-            try:
-                results[case[0]] = _run_case(case, rank, groups, mesh)
-            except Exception:  # report per case; the other cases still run
-                results[case[0]] = dict(error=traceback.format_exc())
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    mesh = init_device_mesh("cpu", (2,))
+    own = [dist.new_group([r]) for r in range(2)]  # every rank creates every group
+    groups = {"both": dist.new_group([0, 1]), "own": own[rank]}
+    results: dict[str, Any] = {}
+    for case in [*CASES, OWN_GROUP]:
+        try:
+            results[case[0]] = _run_case(case, rank, groups, mesh)
+        except Exception:  # report per case; the other cases still run
+            results[case[0]] = dict(error=traceback.format_exc())
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks() -> list[dict[str, Any]]:
-    import torch.multiprocessing as mp
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            # The spawned children import this file by path; make the tests directory importable.
-            sys.path.insert(0, os.path.dirname(__file__))
-            mp.start_processes(_worker, args=(_free_port(), tmp), nprocs=2, start_method="spawn")
-            return [
-                torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in (0, 1)
-            ]
+        return run_on_ranks(_run_cases)
     finally:
         torch.set_num_threads(threads)
 

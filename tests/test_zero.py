@@ -14,10 +14,6 @@ fast.
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
-import tempfile
 import traceback
 from typing import Any
 
@@ -26,6 +22,7 @@ import torch
 from torch import nn
 
 import adaptim
+from multiprocess import run_on_ranks
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -118,60 +115,37 @@ def train(model: nn.Module, opt: torch.optim.Optimizer) -> None:
         opt.step()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, port: int, out_path: str) -> None:
-    import torch.distributed as dist
+def _run_cases(rank: int) -> dict[str, Any]:
+    """Every case on this rank (inside :func:`multiprocess.run_on_ranks`)."""
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        results: dict[str, Any] = {}
-        for case_id, name, kwargs in CASES:
-            try:
-                model = make_model(dtype_of(case_id))
-                kwargs = dict(kwargs)
-                lr = kwargs.pop("lr")
-                zero = ZeroRedundancyOptimizer(
-                    param_groups(model, lr),
-                    optimizer_class=adaptim.get(name).cls,
-                    lr=lr,
-                    **kwargs,
-                )
-                train(model, zero)
-                names = {id(p): n for n, p in model.named_parameters()}
-                results[case_id] = dict(
-                    params=[p.detach().clone() for p in model.parameters()],
-                    local=[names[id(p)] for g in zero.optim.param_groups for p in g["params"]],
-                )
-            except Exception:  # report per case; the other cases still run
-                results[case_id] = dict(error=traceback.format_exc())
-        gathered: list[Any] = [None, None]
-        dist.all_gather_object(gathered, results)
-        if rank == 0:
-            torch.save(gathered, out_path)
-    finally:
-        dist.destroy_process_group()
+    results: dict[str, Any] = {}
+    for case_id, name, kwargs in CASES:
+        try:
+            model = make_model(dtype_of(case_id))
+            kwargs = dict(kwargs)
+            lr = kwargs.pop("lr")
+            zero = ZeroRedundancyOptimizer(
+                param_groups(model, lr),
+                optimizer_class=adaptim.get(name).cls,
+                lr=lr,
+                **kwargs,
+            )
+            train(model, zero)
+            names = {id(p): n for n, p in model.named_parameters()}
+            results[case_id] = dict(
+                params=[p.detach().clone() for p in model.parameters()],
+                local=[names[id(p)] for g in zero.optim.param_groups for p in g["params"]],
+            )
+        except Exception:  # report per case; the other cases still run
+            results[case_id] = dict(error=traceback.format_exc())
+    return results
 
 
 @pytest.fixture(scope="module")
 def zero_results() -> list[dict[str, Any]]:
     """The results of both ranks, one dict per rank."""
-    import torch.multiprocessing as mp
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out_path = os.path.join(tmp, "results.pt")
-        # The spawned children import this file by path; make the tests directory importable.
-        sys.path.insert(0, os.path.dirname(__file__))
-        mp.start_processes(_worker, args=(_free_port(), out_path), nprocs=2, start_method="spawn")
-        return torch.load(out_path, weights_only=False)
+    return run_on_ranks(_run_cases)
 
 
 def test_partition_is_uneven(zero_results):

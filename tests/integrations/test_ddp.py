@@ -5,12 +5,8 @@ spawn runs every case; each rank writes its parameters to a file."""
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +14,7 @@ import torch
 from torch import nn
 
 import adaptim
+from multiprocess import run_on_ranks
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -61,42 +58,24 @@ def train(module: nn.Module, opt: torch.optim.Optimizer, rank: int | None = None
         opt.step()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
+def _run_cases(rank: int) -> dict[str, Any]:
+    """Every case on this rank (inside :func:`multiprocess.run_on_ranks`)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     results: dict[str, Any] = {}
-    try:
-        for name, make in CASES.items():
-            try:
-                ddp = DDP(model())
-                train(ddp, make(ddp.parameters()), rank=rank)
-                results[name] = [p.detach().clone() for p in ddp.module.parameters()]
-            except Exception:  # report per case; the other cases still run
-                results[name] = traceback.format_exc()
-    finally:
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-        dist.destroy_process_group()
+    for name, make in CASES.items():
+        try:
+            ddp = DDP(model())
+            train(ddp, make(ddp.parameters()), rank=rank)
+            results[name] = [p.detach().clone() for p in ddp.module.parameters()]
+        except Exception:  # report per case; the other cases still run
+            results[name] = traceback.format_exc()
+    return results
 
 
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory) -> list[dict[str, Any]]:
-    import torch.multiprocessing as mp
-
-    out = tmp_path_factory.mktemp("ddp")
-    sys.path.insert(0, os.path.dirname(__file__))  # the spawned children import this file by path
-    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, start_method="spawn")
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+def replicas() -> list[dict[str, Any]]:
+    return run_on_ranks(_run_cases, world_size=WORLD)
 
 
 @pytest.mark.parametrize("name", CASES)

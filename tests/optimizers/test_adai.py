@@ -261,7 +261,7 @@ def test_fsdp2_with_one_chunk_per_tensor_matches_single_process(tmp_path):
     """Per-chunk sums reduced over shards (uneven, empty and dim-1 shards) give the same steps."""
     import test_fsdp2
 
-    test_fsdp2.check_one_chunk_per_tensor(FSDP2_CASES, str(tmp_path))
+    test_fsdp2.check_one_chunk_per_tensor(FSDP2_CASES)
 
 
 # -- b0 is the inertia scale, not a momentum: stored as beta0/beta2, never silently scheduled -------

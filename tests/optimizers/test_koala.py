@@ -301,7 +301,7 @@ def test_fsdp2_with_one_chunk_per_tensor_matches_single_process(tmp_path):
     """Per-chunk norms summed over shards (uneven, empty and dim-1 shards) give the same steps."""
     import test_fsdp2
 
-    test_fsdp2.check_one_chunk_per_tensor(FSDP2_CASES, str(tmp_path), dtensor_states=False)
+    test_fsdp2.check_one_chunk_per_tensor(FSDP2_CASES, dtensor_states=False)
 
 
 # -- maximize ---------------------------------------------------------------------------------------
