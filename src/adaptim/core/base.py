@@ -184,7 +184,7 @@ def _guess_origin(group: Mapping[str, Any]) -> str:
     dummy = [torch.nn.Parameter(torch.zeros(1))]
     for label, cls in candidates:
         try:
-            defaults = cls(dummy, lr=1e-3).defaults  # type: ignore[call-arg]
+            defaults = cls(dummy, lr=1e-3).defaults
         except Exception:  # a wrapper, a tool, or a class needing other arguments
             continue
         if set(defaults) - ignored == keys:
@@ -431,10 +431,12 @@ class AdaptimOptimizer(Optimizer):
                 f"group {gi}, parameter {pi}); the optimizers that are have "
                 "supports_dtensor = True"
             )
-        if p.grad.layout is not torch.strided:
+        grad = p.grad
+        assert grad is not None  # _check_gradients refuses only parameters with a gradient
+        if grad.layout is not torch.strided:
             raise TypeError(
                 f"{name} does not support sparse gradients (param group {gi}, parameter "
-                f"{pi}, layout {p.grad.layout}); use dense gradients, e.g. "
+                f"{pi}, layout {grad.layout}); use dense gradients, e.g. "
                 "nn.Embedding(sparse=False), or torch.optim.SparseAdam"
             )
         raise TypeError(

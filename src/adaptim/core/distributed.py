@@ -39,9 +39,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 import torch
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from torch.distributed.tensor import DTensor
 
 __all__ = [
     "Partition",
@@ -70,7 +75,7 @@ Along = Literal["any", "first", "rest"]
 _NO_GROUPS: tuple[Any, ...] = ()
 
 
-def is_dtensor(tensor: Any) -> bool:
+def is_dtensor(tensor: Any) -> TypeGuard[DTensor]:
     """True for a ``torch.distributed.tensor.DTensor``; cheap when no DTensor was ever imported."""
     module = sys.modules.get("torch.distributed.tensor")
     return module is not None and isinstance(tensor, module.DTensor)
@@ -259,7 +264,7 @@ def local_states(states: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def drop_empty(
     likes: Sequence[torch.Tensor], *lists: Sequence[Any] | None
-) -> list[list[Any] | None]:
+) -> list[Any]:  # each a list, or None where that list was None
     """Each of ``lists`` (aligned with ``likes``; ``None`` passes through) without the entries whose
     tensor in ``likes`` is empty. ``likes`` are the DTensors under FSDP2 (global sizes: a rank whose
     own shard is empty keeps the entry, so it still joins the tensor's collectives), otherwise the
@@ -369,7 +374,7 @@ def zero_partition() -> Partition | None:
     module = sys.modules.get(_ZERO_MODULE)
     if module is None:
         return None
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     for _ in range(_ZERO_SEARCH_DEPTH):
         if frame is None:
             return None

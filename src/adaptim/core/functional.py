@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TypeAlias, overload
+from typing import TypeAlias, cast, overload
 
 import torch
 
@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-def scalars(values: Sequence[float]) -> Scalars:
+def scalars(values: Sequence[float]) -> float | list[float]:
     """One scalar when all are equal (the common case; cheaper for foreach ops), else the list."""
     first = values[0]
     return first if all(v == first for v in values) else list(values)
@@ -44,13 +44,29 @@ def bias_correction(beta: float, step: int) -> float:
 # -- weight decay ---------------------------------------------------------------------------------
 
 
+@overload
+def l2_weight_decay(
+    grads: torch.Tensor, params: torch.Tensor, weight_decay: float
+) -> torch.Tensor: ...
+@overload
+def l2_weight_decay(
+    grads: list[torch.Tensor], params: list[torch.Tensor], weight_decay: float
+) -> list[torch.Tensor]: ...
+
+
 def l2_weight_decay(grads: Tensors, params: Tensors, weight_decay: float) -> Tensors:
     """L2 regularization folded into the gradient: returns a new ``g + wd * p``."""
     if weight_decay == 0:
         return grads
     if isinstance(grads, list | tuple):
         return list(torch._foreach_add(grads, params, alpha=weight_decay))
-    return grads.add(params, alpha=weight_decay)
+    return grads.add(cast(torch.Tensor, params), alpha=weight_decay)
+
+
+@overload
+def decoupled_weight_decay_(params: torch.Tensor, factor: float) -> None: ...
+@overload
+def decoupled_weight_decay_(params: list[torch.Tensor], factor: Scalars) -> None: ...
 
 
 def decoupled_weight_decay_(params: Tensors, factor: Scalars) -> None:
@@ -61,7 +77,13 @@ def decoupled_weight_decay_(params: Tensors, factor: Scalars) -> None:
         elif factor != 0:
             torch._foreach_mul_(params, 1.0 - factor)
     elif factor != 0:
-        params.mul_(1.0 - factor)
+        params.mul_(1.0 - cast(float, factor))
+
+
+@overload
+def proximal_weight_decay_(params: torch.Tensor, factor: float) -> None: ...
+@overload
+def proximal_weight_decay_(params: list[torch.Tensor], factor: Scalars) -> None: ...
 
 
 def proximal_weight_decay_(params: Tensors, factor: Scalars) -> None:
@@ -72,10 +94,24 @@ def proximal_weight_decay_(params: Tensors, factor: Scalars) -> None:
         elif factor != 0:
             torch._foreach_div_(params, 1.0 + factor)
     elif factor != 0:
-        params.div_(1.0 + factor)
+        params.div_(1.0 + cast(float, factor))
 
 
 # -- denominators ---------------------------------------------------------------------------------
+
+
+@overload
+def adam_denominator(
+    exp_avg_sq: torch.Tensor, eps: float, bias_correction2: float = 1.0, *, eps_inside: float = 0.0
+) -> torch.Tensor: ...
+@overload
+def adam_denominator(
+    exp_avg_sq: list[torch.Tensor],
+    eps: float,
+    bias_correction2: Scalars = 1.0,
+    *,
+    eps_inside: float = 0.0,
+) -> list[torch.Tensor]: ...
 
 
 def adam_denominator(
@@ -90,20 +126,20 @@ def adam_denominator(
     """
     if isinstance(exp_avg_sq, list | tuple):
         if eps_inside:
-            denom = list(torch._foreach_add(exp_avg_sq, eps_inside))
-            torch._foreach_sqrt_(denom)
+            denoms = list(torch._foreach_add(exp_avg_sq, eps_inside))
+            torch._foreach_sqrt_(denoms)
         else:
-            denom = list(torch._foreach_sqrt(exp_avg_sq))
+            denoms = list(torch._foreach_sqrt(exp_avg_sq))
         if isinstance(bias_correction2, Sequence):
-            torch._foreach_div_(denom, [math.sqrt(b) for b in bias_correction2])
+            torch._foreach_div_(denoms, [math.sqrt(b) for b in bias_correction2])
         elif bias_correction2 != 1.0:
-            torch._foreach_div_(denom, math.sqrt(bias_correction2))
+            torch._foreach_div_(denoms, math.sqrt(bias_correction2))
         if eps:
-            torch._foreach_add_(denom, eps)
-        return denom
+            torch._foreach_add_(denoms, eps)
+        return denoms
     denom = exp_avg_sq.add(eps_inside).sqrt_() if eps_inside else exp_avg_sq.sqrt()
     if bias_correction2 != 1.0:
-        denom.div_(math.sqrt(bias_correction2))  # type: ignore[arg-type]
+        denom.div_(math.sqrt(cast(float, bias_correction2)))
     if eps:
         denom.add_(eps)
     return denom
