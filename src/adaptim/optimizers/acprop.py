@@ -284,7 +284,7 @@ def _multi_tensor_acprop(
     denom: list[torch.Tensor] = []
     if adaptive_idx:
         src = max_exp_avg_vars if (max_exp_avg_vars is not None and not rectify) else exp_avg_vars
-        denom = torch._foreach_sqrt([src[i] for i in adaptive_idx])
+        denom = list(torch._foreach_sqrt([src[i] for i in adaptive_idx]))
         torch._foreach_add_(denom, scalars(adaptive_eps))
         numerators = exp_avgs if momentum_update else grads
         torch._foreach_addcdiv_(
@@ -300,7 +300,7 @@ def _multi_tensor_acprop(
         foreach_copy_(residual, grads)
         torch._foreach_sub_(residual, exp_avgs)
     else:
-        residual = torch._foreach_sub(grads, exp_avgs)
+        residual = list(torch._foreach_sub(grads, exp_avgs))
     torch._foreach_mul_(exp_avg_vars, beta2)
     torch._foreach_addcmul_(exp_avg_vars, residual, residual, 1 - beta2)
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -252,7 +252,7 @@ def _multi_tensor_adabelief(
     if rectified:
         step_size = [
             -lr
-            * rects[i]
+            * cast(float, rects[i])
             * math.sqrt(bias_correction(beta2, steps[i]))
             / bias_correction(beta1, steps[i])
             for i in rectified
@@ -262,12 +262,12 @@ def _multi_tensor_adabelief(
             pick(params, rectified), pick(exp_avgs, rectified), denom, scalars(step_size)
         )
     if early:
-        step_size = scalars([-lr / bias_correction(beta1, steps[i]) for i in early])
+        early_size = scalars([-lr / bias_correction(beta1, steps[i]) for i in early])
         early_params, early_avgs = pick(params, early), pick(exp_avgs, early)
-        if isinstance(step_size, float):
-            torch._foreach_add_(early_params, early_avgs, alpha=step_size)
+        if isinstance(early_size, float):
+            torch._foreach_add_(early_params, early_avgs, alpha=early_size)
         else:
-            torch._foreach_add_(early_params, torch._foreach_mul(early_avgs, step_size))
+            torch._foreach_add_(early_params, torch._foreach_mul(early_avgs, early_size))
 
 
 register(

@@ -66,7 +66,7 @@ per-tensor path.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -183,7 +183,7 @@ class Adafactor(AdaptimOptimizer):
             )
 
     def _init_state(
-        self, group: dict[str, Any], param: torch.Tensor, state: dict[str, Any]
+        self, group: Mapping[str, Any], param: torch.Tensor, state: dict[str, Any]
     ) -> None:
         if param.dim() >= 2:
             # Row statistics keep the last dim as 1, column statistics the second-to-last (as torch);
@@ -402,9 +402,9 @@ def _multi_tensor_adafactor(
             torch._foreach_add_(row_means, eps1)
             torch._foreach_add_(col_means, eps1)
         clamp_finite_(row_means + col_means)  # a lerp towards inf is NaN
-        omb2 = scalars([one_minus_beta2[i] for i in mat])
-        torch._foreach_lerp_(rows, row_means, omb2)
-        torch._foreach_lerp_(cols, col_means, omb2)
+        mat_omb2 = scalars([one_minus_beta2[i] for i in mat])
+        torch._foreach_lerp_(rows, row_means, mat_omb2)
+        torch._foreach_lerp_(cols, col_means, mat_omb2)
         del row_means, col_means
         # mean(R) summed in float64: R may be near the largest float32 (clamped above)
         if likes is None:

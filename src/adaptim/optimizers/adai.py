@@ -49,7 +49,7 @@ is below ``eps`` (tests/optimizers/test_adai.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -218,7 +218,7 @@ class Adai(AdaptimOptimizer):
         return 1.0
 
     def _init_state(
-        self, group: dict[str, Any], param: torch.Tensor, state: dict[str, Any]
+        self, group: Mapping[str, Any], param: torch.Tensor, state: dict[str, Any]
     ) -> None:
         super()._init_state(group, param, state)
         # cumulative product of the per-coordinate beta1, for the bias correction of m
@@ -259,7 +259,7 @@ class Adai(AdaptimOptimizer):
             # ZeRO: this rank holds a share of the tensors; the mean is over all of them, so the
             # sum and the count are summed over the partition (one collective, on every rank)
             device = totals[0].device if totals else self.partition.device
-            f64 = dict(dtype=torch.float64, device=device)
+            f64: dict[str, Any] = dict(dtype=torch.float64, device=device)
             total = torch.stack([t.to(device) for t in totals]).sum() if totals else None
             parts = torch.stack(
                 [torch.zeros((), **f64) if total is None else total, torch.full((), count, **f64)]
@@ -289,13 +289,19 @@ class Adai(AdaptimOptimizer):
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
         beta0, beta2 = group["beta0"], group["beta2"]
         lists = batch.local("exp_avg", "exp_avg_sq", "beta1_prod")
+        params, grads, exp_avgs, exp_avg_sqs, beta1_prods = lists
         device = lists[0][0].device
+        fn: Callable[..., None]  # the two paths name the statistic differently (v_bar, 1 / v_bar)
         if foreach:
             fn, stat = _multi_tensor_adai, self._on(self._inv_v_bar, device)
         else:
             fn, stat = _single_tensor_adai, self._on(self._v_bar, device)
         fn(
-            *lists,
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            beta1_prods,
             batch.steps,
             stat,
             lr=float(group["lr"]),
@@ -496,8 +502,8 @@ def _multi_tensor_adai(
     smallest = info.tiny * info.eps
     factors = scalars([outer / bias_correction(beta2, s) for s in steps])
     if isinstance(factors, list):  # parameters at different steps (scalars, not a copied tensor)
-        scale = torch._foreach_mul([inv_exp_avg_sq_hat_mean] * len(factors), factors)
-        scale = torch.stack(scale).to(dtype).clamp_min_(smallest)
+        scales = torch._foreach_mul([inv_exp_avg_sq_hat_mean] * len(factors), factors)
+        scale = torch.stack(scales).to(dtype).clamp_min_(smallest)
         weights = torch._foreach_mul(exp_avg_sqs, list(scale.unbind()))
     else:
         scale = (inv_exp_avg_sq_hat_mean * factors).to(dtype).clamp_min_(smallest)

@@ -155,7 +155,7 @@ def _multi_tensor_adamax(
         torch._foreach_abs_(grads)
         abs_grads = grads
     else:
-        abs_grads = torch._foreach_abs(grads)
+        abs_grads = list(torch._foreach_abs(grads))
     if eps:
         torch._foreach_add_(abs_grads, eps)
     torch._foreach_mul_(exp_infs, beta2)

@@ -45,7 +45,7 @@ Differences from the reference code:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -120,7 +120,7 @@ class Adan(AdaptimOptimizer):
         self._clip = 1.0
         super().__init__(params, defaults)
 
-    def _validate_relations(self, values: dict[str, Any]) -> None:
+    def _validate_relations(self, values: Mapping[str, Any]) -> None:
         defaults = getattr(self, "defaults", None)
         if defaults is not None and values.get("max_grad_norm") != defaults["max_grad_norm"]:
             raise ValueError(
@@ -160,10 +160,16 @@ class Adan(AdaptimOptimizer):
         lists = [batch.params, batch.grads, *(batch.state(k) for k in self.state_keys)]
         if any_dtensor(batch.params):
             lists = [local_list(ts) for ts in lists]
+        params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads = lists
         fn = _multi_tensor_adan if foreach else _single_tensor_adan
         beta1, beta2, beta3 = group["betas"]
         fn(
-            *lists,
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            exp_avg_diffs,
+            neg_pre_grads,
             batch.steps,
             lr=float(group["lr"]),
             beta1=beta1,
@@ -233,7 +239,7 @@ def _multi_tensor_adan(
     clip: float,
 ) -> None:
     if clip != 1.0:
-        grads = torch._foreach_mul(grads, clip)  # a scaled copy: p.grad is never written
+        grads = list(torch._foreach_mul(grads, clip))  # a scaled copy: p.grad is never written
     first = [i for i, s in enumerate(steps) if s == 1]
     if first:  # g_prev = g_1, so diff_1 = 0
         foreach_copy_([neg_pre_grads[i] for i in first], [grads[i] for i in first])

@@ -78,8 +78,8 @@ is a single process's; each rank records the step lengths of its own tensors.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, overload
 
 import torch
 
@@ -105,6 +105,12 @@ REFERENCE = (
 Beta = float | torch.Tensor
 
 
+@overload
+def adaptive_momentum(lr: float, curvature: torch.Tensor, delta: float) -> torch.Tensor: ...
+@overload
+def adaptive_momentum(lr: float, curvature: float | None, delta: float) -> float: ...
+
+
 def adaptive_momentum(lr: float, curvature: Beta | None, delta: float) -> Beta:
     """``clip((1 - sqrt(lr * L))^2, 0, 1 - delta)``; ``0`` when there is no curvature estimate yet.
 
@@ -120,7 +126,7 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
     """Shared parts: the global curvature estimate, computed before any parameter moves, and the
     recording of each tensor's step length once the step is taken."""
 
-    state_keys = ("momentum_buffer", "prev_grad")
+    state_keys: ClassVar[tuple[str, ...]] = ("momentum_buffer", "prev_grad")
     supports_dtensor = True  # tests/test_fsdp2.py
     #: the norms are over all parameters: summed over a ZeRO partition (tests/test_zero.py)
     global_statistics = True
@@ -128,7 +134,7 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
     cache_blocking = True
 
     def _init_state(
-        self, group: dict[str, Any], param: torch.Tensor, state: dict[str, Any]
+        self, group: Mapping[str, Any], param: torch.Tensor, state: dict[str, Any]
     ) -> None:
         super()._init_state(group, param, state)
         state["step_sq"] = 0.0  # ||x_k - x_{k-1}||^2 of this tensor's last step
@@ -176,7 +182,7 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
             # ZeRO: this rank holds a share of the tensors; both squared norms are over all of them,
             # and so is the question whether any tensor has a history (one collective per step)
             device = totals[0].device if totals else self.partition.device
-            f64 = dict(dtype=torch.float64, device=device)
+            f64: dict[str, Any] = dict(dtype=torch.float64, device=device)
             partial = [t.to(device) for t in totals] + [torch.zeros((), **f64)]
             parts = torch.stack(
                 [

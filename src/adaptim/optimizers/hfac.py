@@ -57,8 +57,8 @@ sums squares over all shards; a rank whose shard is empty takes part in every co
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 import torch
 
@@ -133,7 +133,7 @@ class HFac(AdaptimOptimizer):
         super().__init__(params, defaults)
 
     def _init_state(
-        self, group: dict[str, Any], param: torch.Tensor, state: dict[str, Any]
+        self, group: Mapping[str, Any], param: torch.Tensor, state: dict[str, Any]
     ) -> None:
         if param.dim() >= 2:
             # Under FSDP2 row (column) statistics are sharded like the parameter's rows (columns).
@@ -283,8 +283,8 @@ def _multi_tensor_hfac(
         torch._foreach_addcmul_(vs, gs, gs, scalars(omb2))
         if eps:
             torch._foreach_add_(vs, scalars([w * eps for w in omb2]))
-        inv_sqrt_v = torch._foreach_rsqrt(vs)
-        vec_momenta = torch._foreach_sub(ms, gs)
+        inv_sqrt_v = list(torch._foreach_rsqrt(vs))
+        vec_momenta = list(torch._foreach_sub(ms, gs))
         torch._foreach_mul_(vec_momenta, inv_sqrt_v)
         torch._foreach_mul_(vec_momenta, scalars([b1[i] for i in vec]))
         torch._foreach_mul_(inv_sqrt_v, gs)
@@ -330,18 +330,18 @@ def _multi_tensor_hfac(
             torch._foreach_add_(sq_cols, eps)
         clamp_finite_(sq_rows + sq_cols)
         omb1 = scalars([1 - b1[i] for i in mat])
-        omb2 = scalars([1 - b2[i] for i in mat])
+        mat_omb2 = scalars([1 - b2[i] for i in mat])
         torch._foreach_lerp_(us, g_rows, omb1)
         torch._foreach_lerp_(vs, g_cols, omb1)
-        torch._foreach_lerp_(rs, sq_rows, omb2)
-        torch._foreach_lerp_(ss, sq_cols, omb2)
+        torch._foreach_lerp_(rs, sq_rows, mat_omb2)
+        torch._foreach_lerp_(ss, sq_cols, mat_omb2)
         inv_sqrt_r = torch._foreach_rsqrt(rs)
         inv_sqrt_s = torch._foreach_rsqrt(ss)
         half_b1 = scalars([0.5 * b1[i] for i in mat])
-        phi = torch._foreach_sub(us, g_rows)
+        phi = list(torch._foreach_sub(us, g_rows))
         torch._foreach_mul_(phi, inv_sqrt_r)
         torch._foreach_mul_(phi, half_b1)
-        psi = torch._foreach_sub(vs, g_cols)
+        psi = list(torch._foreach_sub(vs, g_cols))
         torch._foreach_mul_(psi, inv_sqrt_s)
         torch._foreach_mul_(psi, half_b1)
         # G / sqrt(V) = row_factor * W, W = G * rsqrt(s) (broadcast), row_factor = rsqrt(r) sqrt(mean r):
@@ -358,9 +358,10 @@ def _multi_tensor_hfac(
             u_norm[i] = (row_sq * row_factors[k].square()).sum().sqrt()
     for i, nrm in zip(vec, torch._foreach_norm(vec_updates) if vec else [], strict=True):
         u_norm[i] = nrm
+    u_norms = cast(list[torch.Tensor], u_norm)  # every entry set above
     if likes is not None:  # squares summed over the shards
-        u_norm = sharded_norms(u_norm, likes)  # type: ignore[arg-type]
-    norms = torch.stack(u_norm).tolist()  # type: ignore[arg-type]  # one host sync for the batch
+        u_norms = sharded_norms(u_norms, likes)
+    norms = torch.stack(u_norms).tolist()  # one host sync for the batch
     clip = [max(1.0, norms[i] / math.sqrt(math.prod(shapes[i])) / d) for i in range(n)]
     decoupled_weight_decay_(params, lr * weight_decay)
     if vec:

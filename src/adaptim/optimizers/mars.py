@@ -59,7 +59,7 @@ Oracle: ``pytorch_optimizer.MARS`` (4.1.0) agrees except for eps placement, whic
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -159,11 +159,11 @@ class MARS(AdaptimOptimizer):
     # -- state ------------------------------------------------------------------------------------
 
     @staticmethod
-    def _on_mars_path(group: dict[str, Any], param: torch.Tensor) -> bool:
+    def _on_mars_path(group: Mapping[str, Any], param: torch.Tensor) -> bool:
         return bool(group["optimize_1d"]) or param.ndim >= 2
 
     def _init_state(
-        self, group: dict[str, Any], param: torch.Tensor, state: dict[str, Any]
+        self, group: Mapping[str, Any], param: torch.Tensor, state: dict[str, Any]
     ) -> None:
         super()._init_state(group, param, state)
         if self._on_mars_path(group, param):
@@ -274,8 +274,8 @@ class MARS(AdaptimOptimizer):
             )
         if adam_idx:
             beta1, beta2 = group["betas_1d"]
-            fn = _multi_tensor_adam if foreach else _single_tensor_adam
-            fn(
+            adam_fn = _multi_tensor_adam if foreach else _single_tensor_adam
+            adam_fn(
                 view(pick(batch.params, adam_idx)),
                 view(pick(batch.grads, adam_idx)),
                 state("exp_avg", adam_idx),
@@ -354,7 +354,7 @@ def _multi_tensor_mars(
     decoupled_weight_decay_(params, lr * weight_decay)
     # c = g + k (g - g_last) == lerp(g, g_last, -k), in one pass
     c = torch._foreach_lerp(grads, last_grads, -gamma * beta1 / (1.0 - beta1))
-    norms = torch._foreach_norm(c)
+    norms = list(torch._foreach_norm(c))
     if likes is not None:  # FSDP2: squares summed over the shards, one collective for all tensors
         norms = all_reduce_many(torch._foreach_mul(norms, norms), likes)
         torch._foreach_sqrt_(norms)

@@ -46,7 +46,7 @@ the tensors): the share's three sums are summed over the partition in one collec
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -144,7 +144,7 @@ class NCGMomentumSGD(AdaptimOptimizer):
             )
 
     def _init_state(
-        self, group: dict[str, Any], param: torch.Tensor, state: dict[str, Any]
+        self, group: Mapping[str, Any], param: torch.Tensor, state: dict[str, Any]
     ) -> None:
         super()._init_state(group, param, state)
         state["grad_sq"] = 0.0  # ||g_{k-1}||^2 of this tensor
@@ -160,6 +160,7 @@ class NCGMomentumSGD(AdaptimOptimizer):
         part_states: list[list[dict[str, Any]]] = []
         for group, batches in prepared:
             foreach, weight_decay = self._use_foreach(group), group["weight_decay"]
+            fn: Callable[..., tuple[list[torch.Tensor], list[torch.Tensor]]]  # PR takes prev_grad
             if pr:
                 fn = _multi_tensor_pr_stats_ if foreach else _single_tensor_pr_stats_
             else:
@@ -178,10 +179,10 @@ class NCGMomentumSGD(AdaptimOptimizer):
         start = 0
         for states in part_states:
             k = len(states)
-            squares = values[start : start + k]
-            dots = values[start + k : start + 2 * k] if pr else [0.0] * k
+            part_squares = values[start : start + k]
+            part_dots = values[start + k : start + 2 * k] if pr else [0.0] * k
             start += 2 * k if pr else k
-            for state, sq, dot in zip(states, squares, dots, strict=True):
+            for state, sq, dot in zip(states, part_squares, part_dots, strict=True):
                 if state["step"] > 1:  # only tensors with history enter the ratio
                     grad_sq += sq
                     prev_sq += state["grad_sq"]

@@ -59,7 +59,9 @@ def _noise_norm(beta0: float) -> float:
     return math.sqrt((1.0 + beta0) ** 2 + beta0**2)
 
 
-def _pos_neg(states: list[dict[str, Any]], first: str, second: str):
+def _pos_neg(
+    states: list[dict[str, Any]], first: str, second: str
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per parameter, (positive, negative) buffers: odd steps update ``first``, even ones ``second``."""
     pos = [s[first] if s["step"] % 2 == 1 else s[second] for s in states]
     neg = [s[second] if s["step"] % 2 == 1 else s[first] for s in states]

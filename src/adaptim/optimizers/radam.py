@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -205,7 +205,10 @@ def _multi_tensor_radam(
         decoupled_weight_decay_(pick(params, sorted(rectified + early)), lr * weight_decay)
     if rectified:
         size_by_step = {
-            s: -lr * by_step[s] * math.sqrt(bias_correction(beta2, s)) / bias_correction(beta1, s)
+            s: -lr
+            * cast(float, by_step[s])
+            * math.sqrt(bias_correction(beta2, s))
+            / bias_correction(beta1, s)
             for s in {steps[i] for i in rectified}
         }
         step_size = [size_by_step[steps[i]] for i in rectified]
@@ -214,12 +217,12 @@ def _multi_tensor_radam(
             pick(params, rectified), pick(exp_avgs, rectified), denom, scalars(step_size)
         )
     if early:
-        step_size = scalars([-lr / bias_correction(beta1, steps[i]) for i in early])
+        early_size = scalars([-lr / bias_correction(beta1, steps[i]) for i in early])
         early_params, early_avgs = pick(params, early), pick(exp_avgs, early)
-        if isinstance(step_size, float):
-            torch._foreach_add_(early_params, early_avgs, alpha=step_size)
+        if isinstance(early_size, float):
+            torch._foreach_add_(early_params, early_avgs, alpha=early_size)
         else:
-            torch._foreach_add_(early_params, torch._foreach_mul(early_avgs, step_size))
+            torch._foreach_add_(early_params, torch._foreach_mul(early_avgs, early_size))
 
 
 register(
