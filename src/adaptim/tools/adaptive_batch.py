@@ -555,7 +555,7 @@ class AdAdaGrad(_AdaptiveBatchOptimizer):
         )
 
     def _init_state(
-        self, group: dict[str, Any], param: torch.Tensor, state: dict[str, Any]
+        self, group: Mapping[str, Any], param: torch.Tensor, state: dict[str, Any]
     ) -> None:
         state["sum"] = torch.full_like(
             param, group["initial_accumulator_value"], memory_format=torch.preserve_format
@@ -574,7 +574,13 @@ class AdAdaGrad(_AdaptiveBatchOptimizer):
 
 
 def _single_tensor_adagrad(
-    params, grads, sums, *, lr: float, eps: float, weight_decay: float
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    sums: list[torch.Tensor],
+    *,
+    lr: float,
+    eps: float,
+    weight_decay: float,
 ) -> None:
     for param, grad, s in zip(params, grads, sums, strict=True):
         grad = l2_weight_decay(grad, param, weight_decay)
@@ -583,7 +589,13 @@ def _single_tensor_adagrad(
 
 
 def _multi_tensor_adagrad(
-    params, grads, sums, *, lr: float, eps: float, weight_decay: float
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    sums: list[torch.Tensor],
+    *,
+    lr: float,
+    eps: float,
+    weight_decay: float,
 ) -> None:
     grads = l2_weight_decay(grads, params, weight_decay)
     torch._foreach_addcmul_(sums, grads, grads)
@@ -647,7 +659,7 @@ class AdAdaGradNorm(_AdaptiveBatchOptimizer):
             )
 
     def _init_state(
-        self, group: dict[str, Any], param: torch.Tensor, state: dict[str, Any]
+        self, group: Mapping[str, Any], param: torch.Tensor, state: dict[str, Any]
     ) -> None:
         state["sum_sq"] = torch.zeros((), dtype=param.dtype, device=param.device)
 
@@ -692,7 +704,7 @@ class AdAdaGradNorm(_AdaptiveBatchOptimizer):
 # distances found: 0.29 for AdAdaGrad and 0.18 for AdAdaGradNorm at lr 1.5, tolerance 0.05). They are
 # registered as tools so the automatic suite does not fail on that; tests/tools/test_adaptive_batch.py
 # runs the rest of the suite on them.
-_COMMON = dict(
+_COMMON: dict[str, Any] = dict(
     paper="Lau, Liu & Kolar, AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods, "
     "arXiv 2024",
     paper_url="https://arxiv.org/abs/2402.11215",

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -94,17 +94,18 @@ def gradinit_objective(
     loss = torch.func.functional_call(
         wrapper, {f"model.{n}": t for n, t in theta.items()}, (batch,)
     )
-    grads = torch.autograd.grad(
+    raw_grads = torch.autograd.grad(
         loss, [theta[n] for n in names], create_graph=True, allow_unused=True
     )
     grads = [
-        torch.zeros_like(theta[n]) if g is None else g for n, g in zip(names, grads, strict=True)
+        torch.zeros_like(theta[n]) if g is None else g
+        for n, g in zip(names, raw_grads, strict=True)
     ]
     if target == "adam":
-        gnorm = sum(g.abs().sum() for g in grads)
+        gnorm = cast(torch.Tensor, sum(g.abs().sum() for g in grads))  # 0 if no grads
         steps = [g.sign() for g in grads]
     else:
-        gnorm = torch.sqrt(sum(g.square().sum() for g in grads))
+        gnorm = torch.sqrt(cast(torch.Tensor, sum(g.square().sum() for g in grads)))
         steps = [g / gnorm for g in grads] if normalize_grad else grads
     if float(gnorm.detach()) > gamma:
         return gnorm, True, gnorm.detach()
@@ -250,8 +251,8 @@ def gradinit(
     finally:
         for m, flag in tracking.items():
             m.track_running_stats = flag
-        for m, mode in modes.items():
-            m.training = mode
+        for mod, mode in modes.items():
+            mod.training = mode
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(alpha[n] * initial[n])

@@ -19,7 +19,7 @@ import contextlib
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from itertools import chain
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.optim import Optimizer
@@ -132,7 +132,7 @@ class _WrapperState(MutableMapping):
 
     def __contains__(self, param: object) -> bool:
         return param in self._wrapper.optimizer.state or bool(
-            self._wrapper.wrapper_state.get(param)
+            self._wrapper.wrapper_state.get(cast(torch.Tensor, param))
         )
 
     def get(self, param: Any, default: Any = None) -> Any:
@@ -207,15 +207,15 @@ class OptimizerWrapper(Optimizer):
     # -- Optimizer interface, delegated --------------------------------------------------------
 
     @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+    def param_groups(self) -> list[dict[str, Any]]:
         return self.optimizer.param_groups
 
     @param_groups.setter
     def param_groups(self, value: list[dict[str, Any]]) -> None:
         self.optimizer.param_groups = value
 
-    @property
-    def state(self) -> _WrapperState:  # type: ignore[override]
+    @property  # type: ignore[override]
+    def state(self) -> _WrapperState:
         """The inner optimizer's state with the wrapper's own added (keys ``prefix + name``)."""
         return _WrapperState(self)
 
@@ -258,6 +258,7 @@ class OptimizerWrapper(Optimizer):
             inner._opt_called = True  # type: ignore[attr-defined]  # what the scheduler's patch records
         elif patched is not None or raw is None or not getattr(hooked, "hooked", False):
             return inner.step(closure)  # stepped some other way: leave it to that
+        assert raw is not None  # the branch above returned otherwise
         args: tuple[Any, ...] = (inner, closure)
         kwargs: dict[str, Any] = {}
         with torch.autograd.profiler.record_function(f"Optimizer.step#{type(inner).__name__}.step"):

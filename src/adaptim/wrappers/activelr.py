@@ -38,7 +38,7 @@ views (each real and imaginary part has its own gain); bf16/fp16 parameters keep
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.optim import Optimizer
@@ -145,7 +145,7 @@ class ActiveLR(OptimizerWrapper):
                 for i, new in zip(stepped, olds, strict=True):
                     p = params[i]
                     (torch.view_as_real(p) if p.is_complex() else p).copy_(new)
-                grads = [_working(params[i].grad) for i in stepped]
+                grads = [_working(cast(torch.Tensor, params[i].grad)) for i in stepped]
                 torch._foreach_add_([s["grad_sum"] for s in states], grads)
                 for s in states:
                     s["grad_steps"] += 1

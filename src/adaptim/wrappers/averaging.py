@@ -128,6 +128,7 @@ class IterateAveraging(OptimizerWrapper):
                 for p in params:
                     p.copy_(own[p]["average"])
             if model is not None:
+                assert bn_loader is not None  # both or neither, checked above
                 update_bn(bn_loader, model, input_fn=input_fn)
             yield
         finally:
@@ -183,8 +184,8 @@ def update_bn(
     finally:
         for m, momentum in momenta.items():
             m.momentum = momentum
-        for m, mode in modes.items():
-            m.training = mode
+        for mod, mode in modes.items():
+            mod.training = mode
 
 
 register(
