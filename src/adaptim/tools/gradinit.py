@@ -102,7 +102,7 @@ def gradinit_objective(
         for n, g in zip(names, raw_grads, strict=True)
     ]
     if target == "adam":
-        gnorm = cast(torch.Tensor, sum(g.abs().sum() for g in grads))  # 0 if no grads
+        gnorm = cast(torch.Tensor, sum(g.abs().sum() for g in grads))  # grads: never empty
         steps = [g.sign() for g in grads]
     else:
         gnorm = torch.sqrt(cast(torch.Tensor, sum(g.square().sum() for g in grads)))
