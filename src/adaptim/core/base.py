@@ -29,6 +29,7 @@ receives a batch and dispatches to a per-tensor reference function or a multi-te
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -192,6 +193,65 @@ def _guess_origin(group: Mapping[str, Any]) -> str:
     return "unrecognized"
 
 
+#: bits of slack below a float's last mantissa bit in :func:`_float_code`'s exponent
+_CODE_SLACK = 7
+
+
+def _float_code(value: Any, exponent: int | None) -> tuple[int, int] | None:
+    """A Python float as ``(m, e)`` with ``value == m * 2.0**e`` exactly and ``|m| < 2**62`` (an
+    int64), or ``None`` for anything else (a tensor ``lr`` is left as it is). ``exponent``, the
+    ``e`` of the last code, is kept while it still gives an exact int64 ``m`` (``e`` is chosen
+    ``_CODE_SLACK`` bits below the float's last bit, so a decaying ``lr`` keeps it for a while):
+    a value that changes while the other stays constant is one recompile fewer."""
+    if isinstance(value, bool) or not isinstance(value, float | int) or not math.isfinite(value):
+        return None
+    value = float(value)
+    if exponent is not None and abs(value) < 2.0 ** (exponent + 62):
+        mantissa = math.ldexp(value, -exponent)
+        if mantissa == int(mantissa):
+            return int(mantissa), exponent
+    if value == 0.0:
+        return 0, -60
+    exponent = math.frexp(value)[1] - 53 - _CODE_SLACK
+    if not -1000 < exponent < 900:  # 2.0**exponent must be a normal float
+        return None
+    return int(math.ldexp(value, -exponent)), exponent
+
+
+@torch.compiler.disable
+def run_eagerly(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, run eagerly also where ``torch.compile`` traces the caller (a graph break):
+    the step of an optimizer whose update is not ``traceable_update``."""
+    return fn(*args)
+
+
+@torch.compiler.disable
+def _eager_prologue(
+    opt: AdaptimOptimizer,
+) -> tuple[list[tuple[dict[str, Any], list[TensorBatch]]], list[tuple[int, int] | None]]:
+    """Check the gradients, create states, advance the step counters and batch the parameters,
+    eagerly, for a step that ``torch.compile`` traces; also return each group's ``lr`` as two ints.
+
+    Run inside the traced frame, this bookkeeping would make dynamo guard on Python values that
+    change every step: whether a state exists, the int step counters, and the float ``lr`` a
+    scheduler sets. Dynamo turns a changing int into a symbolic int after one recompile, but it
+    makes a float symbolic only while every use of it can be rewritten as a tensor operation (the
+    "tensorify" pass); a float that reaches ``math.sqrt``, a ``value=``/``alpha=`` argument or a
+    ``torch._foreach_*`` scalar is specialized instead, so each new ``lr`` recompiles. Handed over
+    from this graph break as the two ints of ``lr == m * 2**e``, it is symbolic after one recompile
+    and rebuilt exactly in the traced update, whatever the update does with it.
+    """
+    opt._check_gradients()
+    prepared = [(group, opt._prepare_group(group)) for group in opt.param_groups]
+    last: dict[int, tuple[int, int] | None] = opt.__dict__.setdefault("_lr_codes", {})
+    codes = []
+    for i, (group, _) in enumerate(prepared):
+        previous = last.get(i)
+        last[i] = code = _float_code(group["lr"], None if previous is None else previous[1])
+        codes.append(code)
+    return prepared, codes
+
+
 class AdaptimOptimizer(Optimizer):
     """Base class: see the module docstring for what it provides."""
 
@@ -227,6 +287,11 @@ class AdaptimOptimizer(Optimizer):
     global_statistics: ClassVar[bool] = False
     #: with ``global_statistics``: the ZeRO partition this optimizer was built on, else ``None``
     partition: Partition | None = None
+    #: ``torch.compile(opt.step)`` traces the update without recompiling at every step. False for an
+    #: update that reads values back from the device every step (norms, maxima, decisions) and goes
+    #: on computing with them in Python: after that graph break each new value would be a constant
+    #: of the next graph, recompiled at every step. Such a step runs eagerly under torch.compile.
+    traceable_update: ClassVar[bool] = True
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         defaults.setdefault("maximize", False)
@@ -357,12 +422,25 @@ class AdaptimOptimizer(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        if torch.compiler.is_compiling() and not self.traceable_update:
+            return run_eagerly(self.step, closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._check_gradients()
-        prepared = [(group, self._prepare_group(group)) for group in self.param_groups]
+        if torch.compiler.is_compiling():
+            # The graph break must be in this frame: a float built from the ints and handed to a
+            # frame of its own (after a graph break in a called function) would be guarded again.
+            prepared, codes = _eager_prologue(self)
+            originals = [group for group, _ in prepared]
+            prepared = [
+                (group if code is None else {**group, "lr": code[0] * 2.0 ** code[1]}, batches)
+                for (group, batches), code in zip(prepared, codes, strict=True)
+            ]
+        else:
+            self._check_gradients()
+            prepared = [(group, self._prepare_group(group)) for group in self.param_groups]
+            originals = []
         self._before_update(prepared)
         for group, batches in prepared:
             foreach = self._use_foreach(group)
@@ -370,6 +448,13 @@ class AdaptimOptimizer(Optimizer):
                 for part in self._chunks(batch) if foreach and self.cache_blocking else (batch,):
                     self._update(group, part, foreach=foreach)
                 batch.write_back()
+        # under torch.compile the update saw copies of the groups with the rebuilt lr: keep
+        # anything else it set in them (MADA learns hyperparameters)
+        for original, (group, _) in zip(originals, prepared, strict=False):
+            if group is not original:
+                original.update(
+                    (k, v) for k, v in group.items() if k != "lr" and original[k] is not v
+                )
         return loss
 
     def _chunks(self, batch: TensorBatch) -> list[TensorBatch]:
