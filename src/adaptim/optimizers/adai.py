@@ -514,7 +514,11 @@ def _multi_tensor_adai(
     torch._foreach_clamp_max_(weights, 1.0)
     # beta1_prod *= 1 - w
     torch._foreach_addcmul_(beta1_prods, beta1_prods, weights, -1.0)
-    if dampening == 1.0:
+    if dampening == 1.0 and torch.compiler.is_compiling():
+        # m += w (g - m): dynamo's polyfill of _foreach_lerp_ takes the weights for one scalar
+        # (torch 2.13: "'>=' not supported between 'tuple' and 'int'")
+        torch._foreach_addcmul_(exp_avgs, weights, torch._foreach_sub(grads, exp_avgs))
+    elif dampening == 1.0:
         torch._foreach_lerp_(exp_avgs, grads, weights)  # m = (1 - w) m + w g
     else:
         torch._foreach_addcmul_(exp_avgs, exp_avgs, weights, -1.0)
