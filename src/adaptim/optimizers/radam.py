@@ -193,8 +193,14 @@ def _multi_tensor_radam(
 
     # Parameters of one group may be at different steps (frozen, then unfrozen): split the batch into
     # the rectified tensors and the early ones. Usually one of the two is the whole batch.
-    by_step = {s: radam_rectification(beta2, s, RHO_THRESHOLD) for s in set(steps)}
-    rects = [by_step[s] for s in steps]
+    # (traced by torch.compile, steps are symbolic ints, which cannot key a dict: no sharing)
+    compiling = torch.compiler.is_compiling()
+    by_step = (
+        {} if compiling else {s: radam_rectification(beta2, s, RHO_THRESHOLD) for s in set(steps)}
+    )
+    rects = [
+        radam_rectification(beta2, s, RHO_THRESHOLD) if compiling else by_step[s] for s in steps
+    ]
     rectified = [i for i, r in enumerate(rects) if r is not None]
     early = [i for i, r in enumerate(rects) if r is None] if degenerated_to_sgd else []
 
@@ -204,14 +210,17 @@ def _multi_tensor_radam(
     if decoupled_weight_decay and weight_decay != 0 and (rectified or early):
         decoupled_weight_decay_(pick(params, sorted(rectified + early)), lr * weight_decay)
     if rectified:
-        size_by_step = {
-            s: -lr
-            * cast(float, by_step[s])
-            * math.sqrt(bias_correction(beta2, s))
-            / bias_correction(beta1, s)
-            for s in {steps[i] for i in rectified}
-        }
-        step_size = [size_by_step[steps[i]] for i in rectified]
+
+        def size(s: int, rect: float) -> float:
+            return -lr * rect * math.sqrt(bias_correction(beta2, s)) / bias_correction(beta1, s)
+
+        if compiling:
+            step_size = [size(steps[i], cast(float, rects[i])) for i in rectified]
+        else:
+            size_by_step = {
+                s: size(s, cast(float, by_step[s])) for s in {steps[i] for i in rectified}
+            }
+            step_size = [size_by_step[steps[i]] for i in rectified]
         denom = adam_denominator(pick(exp_avg_sqs, rectified), eps)
         torch._foreach_addcdiv_(
             pick(params, rectified), pick(exp_avgs, rectified), denom, scalars(step_size)
