@@ -124,6 +124,8 @@ class Adafactor(AdaptimOptimizer):
     """
 
     elementwise = False
+    #: the update reads each tensor's RMS (and with ``relative_step`` more) back to the host
+    traceable_update = False
     supports_dtensor = True  # tests/test_fsdp2.py
     #: with ``beta1`` the first moment holds already lr-scaled updates (tensor2tensor, transformers),
     #: so the weights keep moving while it decays after the lr drops to 0

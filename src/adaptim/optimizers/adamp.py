@@ -87,6 +87,8 @@ class _ProjectionMixin:
     """What AdamP and SGDP share: batch preparation (local shards of DTensors) and the rules."""
 
     cache_blocking = True  # the multi-tensor update is per tensor
+    #: the update reads its projection decisions back to the host
+    traceable_update = False
 
     supports_dtensor = True  # tests/test_fsdp2.py
 

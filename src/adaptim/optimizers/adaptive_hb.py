@@ -83,7 +83,7 @@ from typing import Any, ClassVar, overload
 
 import torch
 
-from adaptim.core.base import AdaptimOptimizer, TensorBatch, required
+from adaptim.core.base import AdaptimOptimizer, TensorBatch, required, run_eagerly
 from adaptim.core.distributed import any_dtensor, partition_sum, sharded_norms
 from adaptim.core.functional import adam_denominator, bias_correction, l2_weight_decay, scalars
 from adaptim.core.validation import POSITIVE, UNIT_HALF_OPEN, Interval
@@ -130,6 +130,8 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
     supports_dtensor = True  # tests/test_fsdp2.py
     #: the norms are over all parameters: summed over a ZeRO partition (tests/test_zero.py)
     global_statistics = True
+    #: step lengths are read back to the host and kept as Python floats in the state
+    traceable_update = False
     #: elementwise given ``beta_k``, which a first pass (``_before_update``) computes
     cache_blocking = True
 
@@ -142,6 +144,8 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        if torch.compiler.is_compiling():  # see traceable_update
+            return run_eagerly(self.step, closure)
         self._steps_taken: list[
             tuple[list[torch.Tensor], list[torch.Tensor], list[Any], float]
         ] = []

@@ -67,6 +67,8 @@ class AdaRem(AdaptimOptimizer):
     hyperparameter_rules = {"beta": UNIT_HALF_OPEN, "lr_scaling": UNIT_CLOSED, "eps": POSITIVE}
     state_keys = ("exp_avg",)
     elementwise = False
+    #: the update reads each tensor's max |m| back to the host
+    traceable_update = False
     supports_dtensor = True  # tests/test_fsdp2.py
 
     def __init__(

@@ -103,6 +103,8 @@ class HFac(AdaptimOptimizer):
     # over cache-sized chunks of whole tensors; chunks are cut by global sizes, so FSDP2 ranks issue
     # the same collectives.
     cache_blocking = True
+    #: the update reads each tensor's update norm back to the host
+    traceable_update = False
     hyperparameter_rules = {
         "betas": TupleOf((UNIT_HALF_OPEN, UNIT_HALF_OPEN)),
         "eps": NONNEGATIVE,

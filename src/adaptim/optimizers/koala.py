@@ -113,7 +113,13 @@ from typing import Any, ClassVar, NamedTuple
 
 import torch
 
-from adaptim.core.base import COMPLEX, LOW_PRECISION, AdaptimOptimizer, TensorBatch
+from adaptim.core.base import (
+    COMPLEX,
+    LOW_PRECISION,
+    AdaptimOptimizer,
+    TensorBatch,
+    run_eagerly,
+)
 from adaptim.core.distributed import (
     all_reduce_,
     all_reduce_many,
@@ -275,6 +281,8 @@ class _KOALA(AdaptimOptimizer):
     #: chunk while it is in cache; the shared statistics (max |h|^2/S, the drift) are combined after
     cache_blocking = True
     requires_closure: ClassVar[bool] = True
+    #: the Kalman filter runs on Python floats read back from the device every step
+    traceable_update = False
     #: max |h|^2/S (and KOALA-M's drift) span all tensors: combined over a ZeRO partition
     global_statistics = True
 
@@ -426,6 +434,8 @@ class _KOALA(AdaptimOptimizer):
         The gradients only exist after the closure, which runs at the point ``predict()`` moved
         to; a refused gradient (sparse, or of a complex parameter) or closure result puts back
         what ``predict()`` changed."""
+        if torch.compiler.is_compiling():  # see traceable_update
+            return run_eagerly(self.step, closure)
         if closure is None:
             self._check_gradients()
             if self._creates_state_for_dcp():

@@ -109,6 +109,8 @@ class NCGMomentumSGD(AdaptimOptimizer):
     supports_dtensor = True  # tests/test_fsdp2.py
     #: the norms are over all parameters: summed over a ZeRO partition (tests/test_zero.py)
     global_statistics = True
+    #: the update reads the global squared norms and inner product back to the host
+    traceable_update = False
     #: elementwise given ``beta_k``, which a first pass (``_before_update``) computes
     cache_blocking = True
 
