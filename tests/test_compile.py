@@ -65,12 +65,14 @@ def run(
     compile_step: Callable[[Callable[..., Any]], Callable[..., Any]] | None,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
-    """``STEPS`` steps with an ``lr`` that changes at every step; the step compiled by
+    """``STEPS`` steps with a scheduled ``lr``; the step compiled by
     ``compile_step`` if given. A closure is passed only to optimizers that require one (KOALA):
     the others' forward and backward run outside the compiled function."""
     model = small_model(dtype)
     opt = info.cls(model.parameters(), **info.test_kwargs)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.9**s)
+    # lr constant over the first steps (as with StepLR), where the step counters already make the
+    # update recompile once, then new at every step
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < 3 else 0.9**s)
     needs_closure = getattr(info.cls, "requires_closure", False)
 
     def step(closure: Callable[[], torch.Tensor]) -> Any:

@@ -193,26 +193,16 @@ def _guess_origin(group: Mapping[str, Any]) -> str:
     return "unrecognized"
 
 
-#: bits of slack below a float's last mantissa bit in :func:`_float_code`'s exponent
-_CODE_SLACK = 7
-
-
-def _float_code(value: Any, exponent: int | None) -> tuple[int, int] | None:
+def _float_code(value: Any, odd: bool) -> tuple[int, int] | None:
     """A Python float as ``(m, e)`` with ``value == m * 2.0**e`` exactly and ``|m| < 2**62`` (an
-    int64), or ``None`` for anything else (a tensor ``lr`` is left as it is). ``exponent``, the
-    ``e`` of the last code, is kept while it still gives an exact int64 ``m`` (``e`` is chosen
-    ``_CODE_SLACK`` bits below the float's last bit, so a decaying ``lr`` keeps it for a while):
-    a value that changes while the other stays constant is one recompile fewer."""
+    int64), or ``None`` for anything else (a tensor ``lr`` is left as it is). ``odd`` picks the
+    other of two codes of each value (``e`` one less, ``m`` doubled): alternated from call to call,
+    both ints change at the second step whether ``lr`` does or not, so dynamo makes them symbolic in
+    the recompile that the step counters cause anyway, and a later new ``lr`` costs none."""
     if isinstance(value, bool) or not isinstance(value, float | int) or not math.isfinite(value):
         return None
     value = float(value)
-    if exponent is not None and abs(value) < 2.0 ** (exponent + 62):
-        mantissa = math.ldexp(value, -exponent)
-        if mantissa == int(mantissa):
-            return int(mantissa), exponent
-    if value == 0.0:
-        return 0, -60
-    exponent = math.frexp(value)[1] - 53 - _CODE_SLACK
+    exponent = (math.frexp(value)[1] if value else 0) - 60 - odd  # m has at most 60 + 1 bits
     if not -1000 < exponent < 900:  # 2.0**exponent must be a normal float
         return None
     return int(math.ldexp(value, -exponent)), exponent
@@ -243,13 +233,8 @@ def _eager_prologue(
     """
     opt._check_gradients()
     prepared = [(group, opt._prepare_group(group)) for group in opt.param_groups]
-    last: dict[int, tuple[int, int] | None] = opt.__dict__.setdefault("_lr_codes", {})
-    codes = []
-    for i, (group, _) in enumerate(prepared):
-        previous = last.get(i)
-        last[i] = code = _float_code(group["lr"], None if previous is None else previous[1])
-        codes.append(code)
-    return prepared, codes
+    odd = opt.__dict__["_odd_lr_code"] = not opt.__dict__.get("_odd_lr_code", True)
+    return prepared, [_float_code(group["lr"], odd) for group, _ in prepared]
 
 
 class AdaptimOptimizer(Optimizer):
