@@ -501,3 +501,81 @@ def test_avgrad_all_zero_gradients_stay_finite(foreach):
     w.grad = torch.full_like(w, 0.5)
     opt.step()
     assert torch.isfinite(w).all() and (w < 1).all()
+
+
+# -- MADA at the edges of the float range -----------------------------------------------------------
+
+HUGE_PATTERNS = {
+    "constant": lambda k, shape: torch.full(shape, 1e30),
+    "alternating": lambda k, shape: torch.full(shape, 1e30 * (-1) ** k),
+    # huge and ordinary elements in one tensor, signs and sizes changing every step
+    "mixed": lambda k, shape: (
+        torch.randn(shape, generator=torch.Generator().manual_seed(k))
+        * torch.tensor([1e30, 1.0]).repeat(shape.numel())[: shape.numel()].reshape(shape)
+    ),
+    "spike": lambda k, shape: torch.full(shape, 1e30 if k == 2 else 0.5 + k),  # then ordinary again
+}
+
+
+@pytest.mark.parametrize("pattern", list(HUGE_PATTERNS))
+@pytest.mark.parametrize("lion", [False, True])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_huge_gradients_keep_everything_finite(foreach, lion, pattern):
+    """float32 gradients of 1e30 (their squares, and the Adan product ``d g_hat`` of the ``beta3``
+    derivative, overflow) with the default learned coefficients, and with Lion: after every step the
+    parameters, every state (the derivative states too) and the coefficients are finite."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(5))]
+    opt = adaptim.MADA(params, lion=lion, foreach=foreach)
+    for k in range(6):
+        for p in params:
+            p.grad = HUGE_PATTERNS[pattern](k, p.shape)
+        opt.step()
+        for i, p in enumerate(params):
+            assert torch.isfinite(p).all(), f"step {k + 1}: parameter {i}"
+            for key, value in opt.state[p].items():
+                if torch.is_tensor(value) and value.is_floating_point():
+                    assert torch.isfinite(value).all(), f"step {k + 1}: state {key!r} of {i}"
+        group = opt.param_groups[0]
+        for h in (*mada.COEFFICIENTS, "gamma"):
+            lo, hi = mada.RANGES[h]
+            assert lo <= group[h] <= hi, f"step {k + 1}: {h} = {group[h]}"
+    assert {f"d_{h}" for h in mada.COEFFICIENTS} <= opt.state[params[0]].keys()
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_a_huge_gradient_is_clipped_and_steps_as_adam_would(foreach):
+    """A gradient element beyond ``_clip_bound`` (2**57 in float32) is clipped to it, so a constant
+    1e30 moves its coordinate by about ``lr`` a step, as Adam does with any constant gradient in exact
+    arithmetic (``torch.optim.Adam`` stands still: ``m / sqrt(inf) = 0``); ordinary elements of the
+    same tensor step exactly as without the huge ones (frozen coefficients: the update is elementwise)."""
+    assert mada._clip_bound(torch.float32) == 2.0**57
+    assert mada._clip_bound(torch.float64) == 2.0**505
+    frozen = dict(lr=0.1, hyper_lr=(0.0,) * 5, foreach=foreach)
+    x, ref = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
+    opt, opt_ref = adaptim.MADA([x], **frozen), adaptim.MADA([ref], **frozen)
+    for k in range(5):
+        x.grad = torch.tensor([1e30, -1e30, 0.3 * k, -2.0])
+        ref.grad = torch.tensor([1.0, -1.0, 0.3 * k, -2.0])
+        opt.step()
+        opt_ref.step()
+        assert torch.equal(x[2:], ref[2:])
+        torch.testing.assert_close(x[:2], ref[:2], rtol=1e-5, atol=0)
+        torch.testing.assert_close(x[:2], torch.tensor([-0.1, 0.1]) * (k + 1), rtol=1e-5, atol=0)
+    assert opt.state[x]["prev_grad"][0] == 2.0**57  # the clipped gradient, never inf
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_a_nan_hypergradient_skips_that_hyper_step(foreach):
+    """Gradients near the float32 maximum make the dot product <g, lr du/dgamma> overflow to
+    inf - inf = NaN at the third step: ``gamma`` keeps its value for that step instead of turning NaN."""
+    x = torch.nn.Parameter(torch.zeros(4))
+    opt = adaptim.MADA([x], lr=2.0, lion=True, gamma=0.5, hyper_lr=(0.0,) * 5, foreach=foreach)
+    grads = [[3e38, -3e38, 3e38, -3e38], [-3e38, 3e38, 3e38, -3e38], [3e38, 3e38, -3e38, -3e38]]
+    for k, g in enumerate(grads):
+        x.grad = torch.tensor(g)
+        if k == 2:  # the premise: the hyper-gradient of this step is NaN
+            assert torch.vdot(x.grad, opt.state[x]["d_gamma"]).isnan()
+        opt.step()
+        assert opt.param_groups[0]["gamma"] == 0.5  # the first two dot products are 0
+        assert torch.isfinite(x).all()

@@ -90,7 +90,20 @@ AVGrad (class :class:`AVGrad`) is the ``rho = 0, b3 = 0, c = 1`` member without 
 
 Where ``g^2`` overflows (``|g|`` beyond about ``1e19`` in float32) ``v`` is inf and so is ``v_avg``
 (the running mean guards against inf - inf: ``_running_mean_``), so the coordinate stands still, as
-with ``torch.optim.Adam``. MADA itself is not guarded yet: there, such gradients still give NaN.
+with ``torch.optim.Adam``.
+
+MADA cannot keep an inf ``v`` that way: its ``v`` and Yogi term are interpolations (inf - inf) and its
+derivatives multiply them by 0 where ``sqrt(V)`` is inf, and the Adan product ``d g_hat`` of the
+``beta3`` derivative overflows as well. So each gradient element is clipped to ``+-2**(e/2 - 7)``
+first, ``e`` the dtype's largest exponent (``2**57``, 1.4e17, in float32; ``2**505`` in float64;
+``_clip_bound``): below it nothing changes (bit-identical), beyond it every square and product of the
+update stays finite with a margin, and a coordinate with a constant huge gradient moves by about
+``lr`` a step, as Adam does in exact arithmetic (``torch.optim.Adam`` stands still there; so does
+AVGrad; an inf gradient is clipped too). The clip is one pass per tensor, in the cache-blocked chunks
+on CPU. The hyper-gradient dot products use the gradient as it is: a product that overflows to
+inf - inf gives a NaN hyper-gradient, and that coefficient then takes no hyper-step at that step
+(+-inf is clipped to ``hypergrad_clip`` as any large value). With ``beta3 > 0`` the reference's start
+``n_0 = g_1^2`` still makes the first step grow with a huge first gradient (finite).
 
 Defaults follow ``gdtuo.Meta``: ``lr = 1e-3``, ``betas = (0.9, 0.99)``, ``eps = 1e-6``.
 """
@@ -132,6 +145,8 @@ RANGES = {
 CPU_BLOCK_NUMEL = 2**17
 #: tensors up to this size are concatenated for the hyper-gradient dot products (one dot for all)
 SMALL_DOT_NUMEL = 2**14
+#: gradients of at least this many elements are clipped one tensor at a time (``_clipped``)
+CLIP_LARGE_NUMEL = 2**20
 
 PAPER = (
     "Ozkara, Karakus, Raman, Hong, Sabach, Kveton, Cevher, MADA: Meta-Adaptive Optimizers through "
@@ -330,7 +345,9 @@ class MADA(AdaptimOptimizer):
             clip = group["hypergrad_clip"]
             for h, k in self._hyper_lrs(group).items():
                 value = group[h]
-                if k > 0:
+                if k > 0 and not math.isnan(hypergrad[h]):
+                    # NaN (a dot product of huge gradients that overflowed to inf - inf): no
+                    # hyper-step for this coefficient; +-inf is clipped as any large value
                     value = value - k * min(max(hypergrad[h], -clip), clip)
                 lo, hi = RANGES[h]
                 group[h] = min(max(value, lo), hi)
@@ -397,6 +414,44 @@ def _host_values(xs: list[torch.Tensor]) -> list[float]:
     return values
 
 
+def _clip_bound(dtype: torch.dtype) -> float:
+    """The clip of the gradients, ``2**(e/2 - 7)`` for a dtype whose largest value is about ``2**e``:
+    ``2**57`` (1.4e17) in float32, ``2**505`` (1.0e152) in float64 (the working dtypes: float32 for
+    bf16/fp16 parameters).
+
+    With ``|g| <= bound`` (and so the stored ``|g_prev| <= bound``) every square and product of the
+    update stays finite with a margin: ``|d| <= 2 bound``, ``|g_hat| < 3 bound``, ``g_hat^2``, the Yogi
+    term, ``v``, ``v_avg`` and their mix at most ``18 bound^2`` (``bound^2`` is about ``max / 2**14``),
+    ``v / (1 - b2^t)`` at most 100 times that (0.11 of the largest value), the Adan product
+    ``d g_hat`` of the ``beta3`` derivative at most ``6 bound^2``.
+    """
+    return math.ldexp(1.0, math.frexp(torch.finfo(dtype).max)[1] // 2 - 7)
+
+
+def _clipped(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """New tensors ``clamp(g, -bound, bound)`` (see :func:`_clip_bound`): identical to ``g`` below
+    the bound, so ordinary steps are bit-identical; the gradients themselves are not written.
+
+    One pass per tensor (``torch.clamp``) for a batch of one tensor (a piece of a cache-blocked CPU
+    update) and for large tensors; the small ones of a longer batch in two foreach ops (torch has no
+    two-sided foreach clamp), which costs less than a call per tensor.
+    """
+    bound = _clip_bound(grads[0].dtype)
+    out = list(grads)
+    rest: list[int] = []
+    for i, g in enumerate(grads):
+        if len(grads) == 1 or g.numel() >= CLIP_LARGE_NUMEL:
+            out[i] = g.clamp(-bound, bound)
+        else:
+            rest.append(i)
+    if rest:
+        part = torch._foreach_clamp_min([grads[i] for i in rest], -bound)
+        torch._foreach_clamp_max_(part, bound)
+        for i, clipped in zip(rest, part, strict=True):
+            out[i] = clipped
+    return out
+
+
 def _single_tensor_mada(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -426,7 +481,8 @@ def _single_tensor_mada(
     ``lion_exp_avgs`` is ``None`` without the Lion interpolation (then ``gamma`` is 1).
     """
     for i, param in enumerate(params):
-        g, t = grads[i], steps[i]
+        bound, t = _clip_bound(grads[i].dtype), steps[i]
+        g = grads[i].clamp(-bound, bound)  # huge gradients: see _clip_bound
         m, v, v_avg, n, g_prev = (
             exp_avgs[i],
             exp_avg_sqs[i],
@@ -527,7 +583,7 @@ def _multi_tensor_mada(
     if not params:
         return
     g, m, v, v_avg, n, g_prev = (
-        grads,
+        _clipped(grads),  # huge gradients: see _clip_bound
         exp_avgs,
         exp_avg_sqs,
         exp_avg_sq_means,
