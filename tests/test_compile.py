@@ -33,12 +33,7 @@ INFOS = registered(kind="optimizer")
 STEPS = 12
 MAX_GRAPHS = 3
 
-XFAIL = {
-    # mada.py is being reworked (not edited here). TORCH_LOGS=recompiles: its update reads the
-    # hyper-gradients back to the host and graph-breaks, and the frame after the break gets the
-    # group's lr as a float, guarded at every step (prepared[0][0]['lr'] == 0.0009 ...): 12 graphs.
-    "mada": "MADA recompiles at every step: host reads in its update (traceable_update = False fits)",
-}
+XFAIL: dict[str, str] = {}  # registry name -> why it still recompiles
 
 
 def _params(infos: list[OptimInfo]) -> list[Any]:

@@ -185,6 +185,9 @@ class MADA(AdaptimOptimizer):
     """
 
     supports_dtensor = True  # tests/test_fsdp2.py
+    #: the hyper-gradients are read back to the host every step: under torch.compile the step runs
+    #: eagerly instead of recompiling at every step (core/base.py)
+    traceable_update = False
     #: the hyper-gradients are sums over a group's parameters: summed over a ZeRO partition
     #: (tests/test_zero.py)
     global_statistics = True
