@@ -130,3 +130,21 @@ def converge(make_opt: OptFactory, problem: str, lr: float, steps: int | None = 
         opt.step(closure)
         sched.step()
     return (x.detach() - minimizer.to(x.dtype)).norm().item()
+
+
+def assert_same_tree(a: Any, b: Any, path: str = "") -> None:
+    """``a`` and ``b`` (state dicts, nested dicts, lists, tensors) are equal: same keys, same tensor
+    dtypes and values, bit for bit (NaN equal to NaN in plain numbers)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, path
+        assert torch.equal(a, b), f"{path} changed"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{path} keys changed"
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{path}[{k!r}]")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tree(x, y, f"{path}[{i}]")
+    else:
+        assert a == b or (a != a and b != b), f"{path}: {a!r} != {b!r}"

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import assert_same_tree
 from test_conformance import IDS, INFOS, accepts, make, small_model, train
 
 parametrize_infos = pytest.mark.parametrize("info", INFOS, ids=IDS)
@@ -23,22 +24,6 @@ parametrize_infos = pytest.mark.parametrize("info", INFOS, ids=IDS)
 
 def _snapshot(model: nn.Module, opt: torch.optim.Optimizer) -> tuple[list, dict]:
     return [p.detach().clone() for p in model.parameters()], copy.deepcopy(opt.state_dict())
-
-
-def _assert_same(a, b, path: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, path
-        assert torch.equal(a, b), f"{path} changed"
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), f"{path} keys changed"
-        for k in a:
-            _assert_same(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b or (a != a and b != b), f"{path}: {a!r} != {b!r}"
 
 
 @parametrize_infos
@@ -76,7 +61,7 @@ def test_a_refused_step_changes_nothing(info, foreach, bad):
     for i, (p, q) in enumerate(zip(before[0], after[0], strict=True)):
         assert torch.equal(p, q), f"parameter {i} changed"
     assert torch.equal(odd, odd_before)
-    _assert_same(before[1], after[1], "state_dict")
+    assert_same_tree(before[1], after[1], "state_dict")
 
 
 def _run_with_gradients(info, value: float, foreach: bool) -> list[torch.Tensor]:

@@ -15,6 +15,7 @@ import torch
 
 import adaptim
 from adaptim.core import base
+from helpers import assert_same_tree
 
 X = torch.tensor([[1.0, 2.0], [0.5, -1.0], [-1.5, 0.3], [2.0, 1.0]], dtype=torch.float64)
 Y = torch.tensor([1.0, -0.5, 0.2, 2.5], dtype=torch.float64)
@@ -360,26 +361,11 @@ def _snapshot(opt, params):
     return [p.detach().clone() for p in params], copy.deepcopy(opt.state_dict())
 
 
-def _assert_same_tree(a, b, path="state_dict"):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), path
-        for key in a:
-            _assert_same_tree(a[key], b[key], f"{path}[{key!r}]")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same_tree(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
-
-
 def _assert_unchanged(opt, params, snapshot):
     before, saved = snapshot
     for p, b in zip(params, before, strict=True):
         assert torch.equal(p.detach(), b)
-    _assert_same_tree(opt.state_dict(), saved)
+    assert_same_tree(opt.state_dict(), saved, "state_dict")
 
 
 def _dense_steps(opt, w, steps):

@@ -255,29 +255,28 @@ class Adai(AdaptimOptimizer):
                 count += sum(p.numel() for p in batch.params)
         self._v_bar: dict[torch.device, torch.Tensor] = {}
         self._inv_v_bar: dict[torch.device, torch.Tensor] = {}
+        if totals:
+            device = totals[0].device
+            total = torch.stack([t.to(device) for t in totals]).sum()
+        elif self.partition is not None:  # a ZeRO rank with no gradient still joins the collective
+            device = self.partition.device
+            total = torch.zeros((), dtype=torch.float64, device=device)
+        else:
+            return
+        count_value: float | torch.Tensor = max(count, 1)
         if self.partition is not None:
             # ZeRO: this rank holds a share of the tensors; the mean is over all of them, so the
             # sum and the count are summed over the partition (one collective, on every rank)
-            device = totals[0].device if totals else self.partition.device
-            f64: dict[str, Any] = dict(dtype=torch.float64, device=device)
-            total = torch.stack([t.to(device) for t in totals]).sum() if totals else None
             parts = torch.stack(
-                [torch.zeros((), **f64) if total is None else total, torch.full((), count, **f64)]
+                [total.double(), torch.full((), count, dtype=torch.float64, device=device)]
             )  # torch.full: no host-to-device copy
-            total, count_t = partition_sum(parts, self.partition).unbind()
-            count_t = count_t.clamp_min(1.0)
-            positive = total > 0
-            self._v_bar[device] = torch.where(positive, total / count_t, math.inf)
-            self._inv_v_bar[device] = torch.where(positive, count_t / total, 0.0)
-        elif totals:
-            device = totals[0].device
-            total = torch.stack([t.to(device) for t in totals]).sum()
-            # all v_hat are zero iff the total is zero (or there are no coordinates): then
-            # v_hat / v_bar is taken as 0 (see the module notes)
-            count = max(count, 1)
-            positive = total > 0
-            self._v_bar[device] = torch.where(positive, total / count, math.inf)
-            self._inv_v_bar[device] = torch.where(positive, count / total, 0.0)
+            total, count_value = partition_sum(parts, self.partition).unbind()
+            count_value = count_value.clamp_min(1.0)
+        # all v_hat are zero iff the total is zero (or there are no coordinates): then
+        # v_hat / v_bar is taken as 0 (see the module notes)
+        positive = total > 0
+        self._v_bar[device] = torch.where(positive, total / count_value, math.inf)
+        self._inv_v_bar[device] = torch.where(positive, count_value / total, 0.0)
 
     def _on(self, cache: dict[torch.device, torch.Tensor], device: torch.device) -> torch.Tensor:
         """The global statistic in ``cache``, as a 0-dim tensor on ``device`` (moved once per step)."""
