@@ -92,7 +92,7 @@ def test_all_zero_gradients_keep_everything_finite(info, foreach):
 
 @parametrize_infos
 @pytest.mark.parametrize("foreach", [True, False])
-def test_huge_gradients_give_no_nan(info, foreach):
+def test_huge_gradients_keep_parameters_finite(info, foreach):
     # 1e30 squared overflows float32; torch.optim.Adam's parameters stay finite (m / inf = 0).
     params = [nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(5))]
     adam = torch.optim.Adam(params, lr=1e-3)
@@ -102,7 +102,7 @@ def test_huge_gradients_give_no_nan(info, foreach):
         adam.step()
     assert all(torch.isfinite(p).all() for p in params), "the premise: torch's Adam stays finite"
     for p in _run_with_gradients(info, 1e30, foreach):
-        assert not torch.isnan(p).any()
+        assert torch.isfinite(p).all()
 
 
 @parametrize_infos

@@ -831,11 +831,7 @@ def _running_mean_(means: list[torch.Tensor], values: list[torch.Tensor], steps:
     ``v`` produces here, set to inf). Finite values get exactly the lerp they had.
     """
     torch._foreach_clamp_max_(means, torch.finfo(means[0].dtype).max)
-    weights = [1.0 / t for t in steps]
-    if all(w == weights[0] for w in weights):
-        torch._foreach_lerp_(means, values, weights[0])
-    else:
-        torch._foreach_lerp_(means, values, weights)
+    torch._foreach_lerp_(means, values, scalars([1.0 / t for t in steps]))
     for mean, t in zip(means, steps, strict=True):
         if t <= 2:
             mean.nan_to_num_(nan=math.inf, posinf=math.inf)
