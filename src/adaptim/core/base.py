@@ -47,6 +47,7 @@ from adaptim.core.distributed import (
     local_list,
     zero_partition,
 )
+from adaptim.core.fused import fused_unavailable_reason, run_elementwise
 from adaptim.core.validation import (
     BOOL,
     NONNEGATIVE,
@@ -72,6 +73,7 @@ COMMON_RULES: Mapping[str, Rule] = {
     "weight_decay": NONNEGATIVE,
     "maximize": BOOL,
     "foreach": Optional(BOOL),
+    "fused": Optional(BOOL),
     "decoupled_weight_decay": BOOL,
     "amsgrad": BOOL,
     "nesterov": BOOL,
@@ -281,6 +283,7 @@ class AdaptimOptimizer(Optimizer):
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         defaults.setdefault("maximize", False)
         defaults.setdefault("foreach", None)
+        defaults.setdefault("fused", None)
         self._validate(defaults, allow_required=True)
         if self.global_statistics:  # only these pay for the look at the callers' frames
             self.partition = zero_partition()
@@ -304,8 +307,26 @@ class AdaptimOptimizer(Optimizer):
         if missing:
             values = {k: v for k, v in values.items() if v is not required}
         validate_hyperparameters(type(self).__name__, values, self._rules())
+        self._validate_fused(values)
         if not missing:
             self._validate_relations(values)
+
+    def _validate_fused(self, values: Mapping[str, Any]) -> None:
+        name = type(self).__name__
+        if not values.get("fused"):
+            return
+        if values.get("foreach"):
+            raise ValueError(f"{name}: fused=True and foreach=True cannot be set together")
+        if not self.supports_fused():
+            raise ValueError(
+                f"{name}: fused=True is not available yet, its update is not elementwise given "
+                "per-step scalars; use fused=None or False (the eager multi-tensor path)"
+            )
+
+    @classmethod
+    def supports_fused(cls) -> bool:
+        """Whether ``fused=True`` is accepted: the class states an elementwise update."""
+        return cls._elementwise_update is not AdaptimOptimizer._elementwise_update
 
     def _validate_relations(self, values: Mapping[str, Any]) -> None:
         """Hook for rules that relate several hyperparameters; raise ``ValueError``."""
@@ -314,6 +335,14 @@ class AdaptimOptimizer(Optimizer):
         if isinstance(param_group, dict):
             merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
             self._validate(merged)
+            if merged.get("fused"):
+                params = param_group["params"]
+                params = [params] if isinstance(params, torch.Tensor) else list(params)
+                param_group = {**param_group, "params": params}
+                for device in {p.device for p in params}:
+                    reason = self._fused_unavailable_reason(device)
+                    if reason is not None:
+                        raise RuntimeError(f"{type(self).__name__}: fused=True: {reason}")
         super().add_param_group(param_group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -364,7 +393,7 @@ class AdaptimOptimizer(Optimizer):
         saved_groups = state_dict.get("param_groups", [])
         saved_state = state_dict.get("state", {})
         for group in saved_groups:
-            missing = [k for k in self.defaults if k not in group and k not in ("foreach",)]
+            missing = [k for k in self.defaults if k not in group and k not in ("foreach", "fused")]
             unknown = [
                 k for k in group if k not in self.defaults and k not in ("params", "param_names")
             ]
@@ -427,11 +456,17 @@ class AdaptimOptimizer(Optimizer):
             prepared = [(group, self._prepare_group(group)) for group in self.param_groups]
             originals = []
         self._before_update(prepared)
+        compiling = torch.compiler.is_compiling()
         for group, batches in prepared:
             foreach = self._use_foreach(group)
             for batch in batches:
-                for part in self._chunks(batch) if foreach and self.cache_blocking else (batch,):
-                    self._update(group, part, foreach=foreach)
+                if not compiling and self._use_fused(group, batch):
+                    self._fused_update(group, batch)
+                elif foreach or compiling:
+                    for part in self._chunks(batch) if self.cache_blocking else (batch,):
+                        self._update(group, part, foreach=True)
+                else:
+                    self._per_tensor_update(group, batch)
                 batch.write_back()
         # under torch.compile the update saw copies of the groups with the rebuilt lr: keep
         # anything else it set in them (MADA learns hyperparameters)
@@ -474,6 +509,61 @@ class AdaptimOptimizer(Optimizer):
 
     def _use_foreach(self, group: Mapping[str, Any]) -> bool:
         return group["foreach"] is not False
+
+    def _use_fused(self, group: Mapping[str, Any], batch: TensorBatch) -> bool:
+        """``fused=True``, checked against the batch's device; ``None`` is the eager path (a
+        subclass with a kernel that needs no compilation may choose it, see Adam)."""
+        if not group["fused"]:
+            return False
+        reason = self._fused_unavailable_reason(batch.params[0].device)
+        if reason is not None:
+            raise RuntimeError(f"{type(self).__name__}: fused=True: {reason}")
+        return True
+
+    def _fused_unavailable_reason(self, device: torch.device) -> str | None:
+        """Why ``fused=True`` cannot run on ``device`` (no compiler, no Triton), or ``None``."""
+        return fused_unavailable_reason(device)
+
+    # -- elementwise updates: one function, run eagerly per tensor or compiled (core/fused.py) ------
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        """The update as ``(fn, state_keys)`` for an algorithm that is elementwise given per-step
+        scalars: ``fn(params, grads, *states, **self._step_scalars(group, step))`` updates lists of
+        tensors in place, its states passed in the order of ``state_keys`` (``None`` passes
+        ``None``, for an optional state that is off). The per-tensor path (``foreach=False``) calls
+        it with Python floats, ``fused=True`` compiles it with the floats as 0-dim tensors, so its
+        body must take either (``value=``/``alpha=`` accept 0-dim tensors; no ``math``, no Python
+        branch on a float). Not overridden: the class has no elementwise form (no ``fused=True``)."""
+        raise NotImplementedError
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        """The scalars ``fn`` of :meth:`_elementwise_update` takes at step ``step``: floats (become
+        0-dim tensors when fused, except exact zeros) and flags (static: one graph per value)."""
+        raise NotImplementedError
+
+    def _run_elementwise(self, group: dict[str, Any], batch: TensorBatch, *, fused: bool) -> None:
+        fn, keys = self._elementwise_update(group)
+        lists = batch.local(*[k for k in keys if k is not None])
+        states = iter(lists[2:])
+        ordered = [None if k is None else next(states) for k in keys]
+        run_elementwise(
+            fn,
+            [lists[0], lists[1], *ordered],
+            batch.steps,
+            lambda step: self._step_scalars(group, step),
+            fused=fused,
+        )
+
+    def _per_tensor_update(self, group: dict[str, Any], batch: TensorBatch) -> None:
+        if self.supports_fused():
+            self._run_elementwise(group, batch, fused=False)
+        else:
+            self._update(group, batch, foreach=False)
+
+    def _fused_update(self, group: dict[str, Any], batch: TensorBatch) -> None:
+        self._run_elementwise(group, batch, fused=True)
 
     def _check_gradients(self) -> None:
         """Refuse what the algorithm cannot handle before any state changes."""

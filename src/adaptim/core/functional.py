@@ -17,16 +17,33 @@ import torch
 
 Tensors: TypeAlias = torch.Tensor | list[torch.Tensor]
 Scalars: TypeAlias = float | Sequence[float]
+#: a scalar of the per-tensor path: a Python number, or a 0-dim tensor when the update is compiled
+#: (``fused=True``, core/fused.py)
+Scalar: TypeAlias = float | torch.Tensor
+
+
+def is_zero(value: Scalar) -> bool:
+    """``value == 0`` for a Python number; a 0-dim tensor is never exactly zero (the fused path keeps
+    zeros as Python floats), so no branch depends on a tensor's value."""
+    return not isinstance(value, torch.Tensor) and value == 0
+
+
+def sqrt(value: Scalar) -> Scalar:
+    """``math.sqrt`` of a Python number, ``torch.sqrt`` of a 0-dim tensor."""
+    return value.sqrt() if isinstance(value, torch.Tensor) else math.sqrt(value)
+
 
 __all__ = [
     "adam_denominator",
     "bias_correction",
     "clamp_finite_",
     "decoupled_weight_decay_",
+    "is_zero",
     "l2_weight_decay",
     "proximal_weight_decay_",
     "radam_rectification",
     "scalars",
+    "sqrt",
 ]
 
 
@@ -46,7 +63,7 @@ def bias_correction(beta: float, step: int) -> float:
 
 @overload
 def l2_weight_decay(
-    grads: torch.Tensor, params: torch.Tensor, weight_decay: float
+    grads: torch.Tensor, params: torch.Tensor, weight_decay: Scalar
 ) -> torch.Tensor: ...
 @overload
 def l2_weight_decay(
@@ -54,9 +71,9 @@ def l2_weight_decay(
 ) -> list[torch.Tensor]: ...
 
 
-def l2_weight_decay(grads: Tensors, params: Tensors, weight_decay: float) -> Tensors:
+def l2_weight_decay(grads: Tensors, params: Tensors, weight_decay: Scalar) -> Tensors:
     """L2 regularization folded into the gradient: returns a new ``g + wd * p``."""
-    if weight_decay == 0:
+    if is_zero(weight_decay):
         return grads
     if isinstance(grads, list | tuple):
         return list(torch._foreach_add(grads, params, alpha=weight_decay))
@@ -64,7 +81,7 @@ def l2_weight_decay(grads: Tensors, params: Tensors, weight_decay: float) -> Ten
 
 
 @overload
-def decoupled_weight_decay_(params: torch.Tensor, factor: float) -> None: ...
+def decoupled_weight_decay_(params: torch.Tensor, factor: Scalar) -> None: ...
 @overload
 def decoupled_weight_decay_(params: list[torch.Tensor], factor: Scalars) -> None: ...
 
@@ -76,12 +93,12 @@ def decoupled_weight_decay_(params: Tensors, factor: Scalars) -> None:
             torch._foreach_mul_(params, [1.0 - f for f in factor])
         elif factor != 0:
             torch._foreach_mul_(params, 1.0 - factor)
-    elif factor != 0:
-        params.mul_(1.0 - cast(float, factor))
+    elif not is_zero(cast(Scalar, factor)):
+        params.mul_(1.0 - cast(Scalar, factor))
 
 
 @overload
-def proximal_weight_decay_(params: torch.Tensor, factor: float) -> None: ...
+def proximal_weight_decay_(params: torch.Tensor, factor: Scalar) -> None: ...
 @overload
 def proximal_weight_decay_(params: list[torch.Tensor], factor: Scalars) -> None: ...
 
@@ -93,8 +110,8 @@ def proximal_weight_decay_(params: Tensors, factor: Scalars) -> None:
             torch._foreach_div_(params, [1.0 + f for f in factor])
         elif factor != 0:
             torch._foreach_div_(params, 1.0 + factor)
-    elif factor != 0:
-        params.div_(1.0 + cast(float, factor))
+    elif not is_zero(cast(Scalar, factor)):
+        params.div_(1.0 + cast(Scalar, factor))
 
 
 # -- denominators ---------------------------------------------------------------------------------
@@ -102,7 +119,11 @@ def proximal_weight_decay_(params: Tensors, factor: Scalars) -> None:
 
 @overload
 def adam_denominator(
-    exp_avg_sq: torch.Tensor, eps: float, bias_correction2: float = 1.0, *, eps_inside: float = 0.0
+    exp_avg_sq: torch.Tensor,
+    eps: Scalar,
+    bias_correction2: Scalar = 1.0,
+    *,
+    eps_inside: Scalar = 0.0,
 ) -> torch.Tensor: ...
 @overload
 def adam_denominator(
@@ -115,7 +136,11 @@ def adam_denominator(
 
 
 def adam_denominator(
-    exp_avg_sq: Tensors, eps: float, bias_correction2: Scalars = 1.0, *, eps_inside: float = 0.0
+    exp_avg_sq: Tensors,
+    eps: Scalar,
+    bias_correction2: Scalars | torch.Tensor = 1.0,
+    *,
+    eps_inside: Scalar = 0.0,
 ) -> Tensors:
     """A new ``sqrt((v + eps_inside) / bias_correction2) + eps``.
 
@@ -137,10 +162,12 @@ def adam_denominator(
         if eps:
             torch._foreach_add_(denoms, eps)
         return denoms
-    denom = exp_avg_sq.add(eps_inside).sqrt_() if eps_inside else exp_avg_sq.sqrt()
-    if bias_correction2 != 1.0:
-        denom.div_(math.sqrt(cast(float, bias_correction2)))
-    if eps:
+    inside = not is_zero(eps_inside)
+    denom = exp_avg_sq.add(eps_inside).sqrt_() if inside else exp_avg_sq.sqrt()
+    bc2 = cast(Scalar, bias_correction2)
+    if isinstance(bc2, torch.Tensor) or bc2 != 1.0:
+        denom.div_(sqrt(bc2))
+    if not is_zero(eps):
         denom.add_(eps)
     return denom
 

@@ -81,6 +81,8 @@ class AdaBelief(AdaptimOptimizer):
             instead of no update.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
     """
 
     cache_blocking = True  # the multi-tensor update is per tensor
@@ -112,6 +114,7 @@ class AdaBelief(AdaptimOptimizer):
         degenerated_to_sgd: bool = True,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -125,6 +128,7 @@ class AdaBelief(AdaptimOptimizer):
             degenerated_to_sgd=degenerated_to_sgd,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 

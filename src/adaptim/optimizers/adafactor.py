@@ -121,6 +121,8 @@ class Adafactor(AdaptimOptimizer):
         decay_by_step_size: multiply ``weight_decay`` by ``alpha_t`` instead of ``lr`` (transformers).
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
     """
 
     elementwise = False
@@ -159,6 +161,7 @@ class Adafactor(AdaptimOptimizer):
         decay_by_step_size: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -174,6 +177,7 @@ class Adafactor(AdaptimOptimizer):
             decay_by_step_size=decay_by_step_size,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 

@@ -95,6 +95,8 @@ class Adai(AdaptimOptimizer):
         decoupled_weight_decay: the reference code's ``decoupled``.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
 
     Param groups hold ``beta0`` and ``beta2``, not ``betas``: ``b0`` is the inertia scale, not a
     momentum coefficient, and torch's schedulers that cycle momentum (``OneCycleLR``, ``CyclicLR``
@@ -131,6 +133,7 @@ class Adai(AdaptimOptimizer):
         decoupled_weight_decay: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -140,6 +143,7 @@ class Adai(AdaptimOptimizer):
             decoupled_weight_decay=decoupled_weight_decay,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, self._split_betas(defaults))
 
@@ -328,6 +332,8 @@ class AdaiV2(Adai):
         decoupled_weight_decay: the reference code's ``decoupled`` (default ``True`` for AdaiV2).
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
     """
 
     hyperparameter_rules = {**Adai.hyperparameter_rules, "dampening": UNIT_CLOSED}
@@ -344,6 +350,7 @@ class AdaiV2(Adai):
         decoupled_weight_decay: bool = True,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -354,6 +361,7 @@ class AdaiV2(Adai):
             decoupled_weight_decay=decoupled_weight_decay,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         AdaptimOptimizer.__init__(self, params, self._split_betas(defaults))
 

@@ -21,13 +21,14 @@ multiplies it by the schedule factor only.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
 from adaptim.core.functional import (
+    Scalar,
     adam_denominator,
     bias_correction,
     decoupled_weight_decay_,
@@ -53,6 +54,8 @@ class Adam(AdaptimOptimizer):
         amsgrad: use the running maximum of ``v`` (Reddi et al., 2018).
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
     """
 
     cache_blocking = True  # the multi-tensor update is per tensor
@@ -76,6 +79,7 @@ class Adam(AdaptimOptimizer):
         amsgrad: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -86,13 +90,13 @@ class Adam(AdaptimOptimizer):
             amsgrad=amsgrad,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        fn = _multi_tensor_adam if foreach else _single_tensor_adam
         beta1, beta2 = group["betas"]
-        fn(
+        _multi_tensor_adam(
             batch.params,
             batch.grads,
             batch.state("exp_avg"),
@@ -106,6 +110,98 @@ class Adam(AdaptimOptimizer):
             weight_decay=group["weight_decay"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
         )
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        amsgrad = "max_exp_avg_sq" if group["amsgrad"] else None
+        return _single_tensor_adam, ("exp_avg", "exp_avg_sq", amsgrad)
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        return adam_step_scalars(
+            float(group["lr"]),
+            group["betas"],
+            group["eps"],
+            group["weight_decay"],
+            group["decoupled_weight_decay"],
+            step,
+        )
+
+    def _use_fused(self, group: Mapping[str, Any], batch: TensorBatch) -> bool:
+        # torch's fused Adam kernels compute exactly this update and need no compilation, so they
+        # are also the default (fused=None) where torch has them
+        if group["fused"] is None:
+            return group["foreach"] is None and _torch_fused_supports(batch)
+        return super()._use_fused(group, batch)
+
+    def _fused_unavailable_reason(self, device: torch.device) -> str | None:
+        if device.type in ("cpu", "cuda"):
+            return None
+        return f"torch has fused Adam kernels for CPU and CUDA, not {device.type!r}"
+
+    def _fused_update(self, group: dict[str, Any], batch: TensorBatch) -> None:
+        params, grads, exp_avgs, exp_avg_sqs, *rest = batch.local(
+            "exp_avg", "exp_avg_sq", *(["max_exp_avg_sq"] if group["amsgrad"] else [])
+        )
+        kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+        beta1, beta2 = group["betas"]
+        by_step: dict[int, list[int]] = {}
+        for i, step in enumerate(batch.steps):
+            by_step.setdefault(step, []).append(i)
+        for step, idx in by_step.items():
+
+            def pick(ts: list[torch.Tensor], idx: list[int] = idx) -> list[torch.Tensor]:
+                return ts if len(idx) == len(ts) else [ts[i] for i in idx]
+
+            step_t = torch.tensor(float(step), dtype=torch.float32, device=params[0].device)
+            kernel(
+                pick(params),
+                pick(grads),
+                pick(exp_avgs),
+                pick(exp_avg_sqs),
+                pick(rest[0]) if rest else [],
+                [step_t] * len(idx),
+                lr=float(group["lr"]),
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                amsgrad=group["amsgrad"],
+                maximize=False,  # the base class has already negated the gradients
+            )
+
+
+def adam_step_scalars(
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    step: int,
+) -> dict[str, Any]:
+    """The keyword arguments of ``_single_tensor_adam`` at step ``step``."""
+    beta1, beta2 = betas
+    return dict(
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay,
+        step_size=lr / bias_correction(beta1, step),
+        bias_correction2=bias_correction(beta2, step),
+    )
+
+
+def _torch_fused_supports(batch: TensorBatch) -> bool:
+    """torch has fused Adam kernels for CPU and CUDA floating-point tensors."""
+    param = batch.params[0]
+    return param.device.type in ("cpu", "cuda") and param.dtype in (
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+    )
 
 
 class AdamW(Adam):
@@ -122,6 +218,7 @@ class AdamW(Adam):
         amsgrad: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -133,6 +230,7 @@ class AdamW(Adam):
             amsgrad=amsgrad,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
 
 
@@ -142,14 +240,15 @@ def _single_tensor_adam(
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
     max_exp_avg_sqs: list[torch.Tensor] | None,
-    steps: list[int],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
+    lr: Scalar,
+    beta1: Scalar,
+    beta2: Scalar,
+    eps: Scalar,
+    weight_decay: Scalar,
     decoupled_weight_decay: bool,
+    step_size: Scalar,
+    bias_correction2: Scalar,
 ) -> None:
     for i, param in enumerate(params):
         grad, exp_avg, exp_avg_sq = grads[i], exp_avgs[i], exp_avg_sqs[i]
@@ -162,8 +261,8 @@ def _single_tensor_adam(
         if max_exp_avg_sqs is not None:
             torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
             exp_avg_sq = max_exp_avg_sqs[i]
-        denom = adam_denominator(exp_avg_sq, eps, bias_correction(beta2, steps[i]))
-        param.addcdiv_(exp_avg, denom, value=-lr / bias_correction(beta1, steps[i]))
+        denom = adam_denominator(exp_avg_sq, eps, bias_correction2)
+        param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
 def _multi_tensor_adam(

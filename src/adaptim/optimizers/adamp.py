@@ -118,6 +118,8 @@ class AdamP(_ProjectionMixin, AdaptimOptimizer):
         nesterov: use the Nesterov momentum direction ``b1 m + (1 - b1) g``.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
     """
 
     hyperparameter_rules = {
@@ -140,6 +142,7 @@ class AdamP(_ProjectionMixin, AdaptimOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -151,6 +154,7 @@ class AdamP(_ProjectionMixin, AdaptimOptimizer):
             nesterov=nesterov,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 
@@ -192,6 +196,8 @@ class SGDP(_ProjectionMixin, AdaptimOptimizer):
         wd_ratio: factor on the weight decay of projected tensors.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
     """
 
     hyperparameter_rules = {
@@ -216,6 +222,7 @@ class SGDP(_ProjectionMixin, AdaptimOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -228,6 +235,7 @@ class SGDP(_ProjectionMixin, AdaptimOptimizer):
             wd_ratio=wd_ratio,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 

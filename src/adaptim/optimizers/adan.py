@@ -81,6 +81,8 @@ class Adan(AdaptimOptimizer):
             ``p /= 1 + lr * wd`` after the step.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
     """
 
     cache_blocking = True  # the multi-tensor update is per tensor
@@ -106,6 +108,7 @@ class Adan(AdaptimOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -116,6 +119,7 @@ class Adan(AdaptimOptimizer):
             no_prox=no_prox,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         self._clip = 1.0
         super().__init__(params, defaults)

@@ -257,6 +257,8 @@ class AdaptiveHeavyBallSGD(_AdaptiveHeavyBall):
         weight_decay: L2 coefficient, added to the gradient.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
     """
 
     hyperparameter_rules = {
@@ -274,6 +276,7 @@ class AdaptiveHeavyBallSGD(_AdaptiveHeavyBall):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -282,6 +285,7 @@ class AdaptiveHeavyBallSGD(_AdaptiveHeavyBall):
             weight_decay=weight_decay,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 
@@ -311,6 +315,8 @@ class AdaptiveHeavyBallAdam(_AdaptiveHeavyBall):
         weight_decay: L2 coefficient, added to the gradient.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
     """
 
     hyperparameter_rules = {
@@ -332,6 +338,7 @@ class AdaptiveHeavyBallAdam(_AdaptiveHeavyBall):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -342,6 +349,7 @@ class AdaptiveHeavyBallAdam(_AdaptiveHeavyBall):
             weight_decay=weight_decay,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 

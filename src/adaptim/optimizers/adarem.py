@@ -61,6 +61,8 @@ class AdaRem(AdaptimOptimizer):
         weight_decay: ``p *= 1 - lr * weight_decay`` (added to the update, unscaled by the factor).
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
     """
 
     # eps > 0: the first step divides by max|m_0| + eps with m_0 = 0
@@ -82,6 +84,7 @@ class AdaRem(AdaptimOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -91,6 +94,7 @@ class AdaRem(AdaptimOptimizer):
             weight_decay=weight_decay,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 

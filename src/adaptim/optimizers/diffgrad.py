@@ -61,6 +61,8 @@ class DiffGrad(AdaptimOptimizer):
         decoupled_weight_decay: decay the parameters directly instead of adding ``wd * p`` to ``g``.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
     """
 
     cache_blocking = True  # the multi-tensor update is per tensor
@@ -82,6 +84,7 @@ class DiffGrad(AdaptimOptimizer):
         decoupled_weight_decay: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -91,6 +94,7 @@ class DiffGrad(AdaptimOptimizer):
             decoupled_weight_decay=decoupled_weight_decay,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 

@@ -643,6 +643,8 @@ class VanillaKOALA(_KOALA):
         maximize: only ``False``: KOALA drives the loss to its target 0 whatever its sign, so
             ``True`` is refused (see the module docstring); return a non-negative loss instead.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
         loss_group: the ``torch.distributed`` process group whose ranks' losses are combined
             (``None``: the default, world group), see the module docstring. Not saved in the state
             dict, nor pickled.
@@ -667,6 +669,7 @@ class VanillaKOALA(_KOALA):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         loss_group: Any = None,
     ) -> None:
         defaults = dict(
@@ -678,6 +681,7 @@ class VanillaKOALA(_KOALA):
             weight_decay=weight_decay,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults, loss_group)
 
@@ -797,6 +801,8 @@ class MomentumKOALA(_KOALA):
         maximize: only ``False``: KOALA drives the loss to its target 0 whatever its sign, so
             ``True`` is refused (see the module docstring); return a non-negative loss instead.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
         loss_group: the ``torch.distributed`` process group whose ranks' losses are combined
             (``None``: the default, world group), see the module docstring. Not saved in the state
             dict, nor pickled.
@@ -832,6 +838,7 @@ class MomentumKOALA(_KOALA):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         loss_group: Any = None,
     ) -> None:
         defaults = dict(
@@ -847,6 +854,7 @@ class MomentumKOALA(_KOALA):
             weight_decay=weight_decay,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults, loss_group)
 

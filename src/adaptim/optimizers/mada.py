@@ -182,6 +182,8 @@ class MADA(AdaptimOptimizer):
         lion_betas: Lion's ``(beta1, beta2)``, the reference's fixed ``(0.95, 0.98)``.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
     """
 
     supports_dtensor = True  # tests/test_fsdp2.py
@@ -233,6 +235,7 @@ class MADA(AdaptimOptimizer):
         lion_betas: tuple[float, float] = (0.95, 0.98),
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -251,6 +254,7 @@ class MADA(AdaptimOptimizer):
             lion_betas=tuple(lion_betas),
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 
@@ -772,6 +776,8 @@ class AVGrad(AdaptimOptimizer):
         weight_decay: decoupled, ``p *= 1 - lr * weight_decay``.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
     """
 
     supports_dtensor = True  # tests/test_fsdp2.py
@@ -794,6 +800,7 @@ class AVGrad(AdaptimOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -802,6 +809,7 @@ class AVGrad(AdaptimOptimizer):
             weight_decay=weight_decay,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 

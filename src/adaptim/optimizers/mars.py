@@ -72,8 +72,9 @@ from adaptim.core.functional import (
     decoupled_weight_decay_,
     scalars,
 )
+from adaptim.core.fused import run_elementwise
 from adaptim.core.validation import BOOL, NONNEGATIVE, UNIT_HALF_OPEN, OneOf, TupleOf
-from adaptim.optimizers.adam import _multi_tensor_adam, _single_tensor_adam
+from adaptim.optimizers.adam import _multi_tensor_adam, _single_tensor_adam, adam_step_scalars
 from adaptim.registry import OptimInfo, register
 
 __all__ = ["MARS"]
@@ -101,6 +102,8 @@ class MARS(AdaptimOptimizer):
         weight_decay_1d: decoupled decay rate of the AdamW fallback.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
     """
 
     cache_blocking = True  # the multi-tensor update is per tensor
@@ -137,6 +140,7 @@ class MARS(AdaptimOptimizer):
         weight_decay_1d: float = 0.1,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -153,6 +157,7 @@ class MARS(AdaptimOptimizer):
             weight_decay_1d=weight_decay_1d,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 
@@ -272,10 +277,9 @@ class MARS(AdaptimOptimizer):
                 store_last_grad=group["is_approx"],
                 likes=pick(batch.params, mars_idx) if sharded else None,
             )
-        if adam_idx:
+        if adam_idx and foreach:
             beta1, beta2 = group["betas_1d"]
-            adam_fn = _multi_tensor_adam if foreach else _single_tensor_adam
-            adam_fn(
+            _multi_tensor_adam(
                 view(pick(batch.params, adam_idx)),
                 view(pick(batch.grads, adam_idx)),
                 state("exp_avg", adam_idx),
@@ -288,6 +292,27 @@ class MARS(AdaptimOptimizer):
                 eps=group["eps"],
                 weight_decay=group["weight_decay_1d"],
                 decoupled_weight_decay=True,
+            )
+        elif adam_idx:
+            run_elementwise(
+                _single_tensor_adam,
+                [
+                    view(pick(batch.params, adam_idx)),
+                    view(pick(batch.grads, adam_idx)),
+                    state("exp_avg", adam_idx),
+                    state("exp_avg_sq", adam_idx),
+                    state("max_exp_avg_sq", adam_idx) if amsgrad else None,
+                ],
+                pick(batch.steps, adam_idx),
+                lambda step: adam_step_scalars(
+                    self._lr_1d(group),
+                    group["betas_1d"],
+                    group["eps"],
+                    group["weight_decay_1d"],
+                    True,
+                    step,
+                ),
+                fused=False,
             )
 
 

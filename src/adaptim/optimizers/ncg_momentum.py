@@ -98,6 +98,8 @@ class NCGMomentumSGD(AdaptimOptimizer):
         weight_decay: L2 coefficient, added to the gradient.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
     """
 
     hyperparameter_rules = {
@@ -125,6 +127,7 @@ class NCGMomentumSGD(AdaptimOptimizer):
         restart: bool = True,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -134,6 +137,7 @@ class NCGMomentumSGD(AdaptimOptimizer):
             restart=restart,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 

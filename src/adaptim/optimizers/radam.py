@@ -78,6 +78,8 @@ class RAdam(AdaptimOptimizer):
             ``torch.optim.RAdam``) instead of doing nothing (the authors' current default).
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
     """
 
     cache_blocking = True  # the multi-tensor update is per tensor
@@ -103,6 +105,7 @@ class RAdam(AdaptimOptimizer):
         degenerated_to_sgd: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -113,6 +116,7 @@ class RAdam(AdaptimOptimizer):
             degenerated_to_sgd=degenerated_to_sgd,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 

@@ -59,6 +59,8 @@ class GenSignSGD(AdaptimOptimizer):
         use_bias_correction: divide ``m`` by ``1 - b1^t`` and ``v`` by ``1 - b2^t``.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
+        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
+            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
     """
 
     cache_blocking = True  # the multi-tensor update is per tensor
@@ -83,6 +85,7 @@ class GenSignSGD(AdaptimOptimizer):
         use_bias_correction: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -92,6 +95,7 @@ class GenSignSGD(AdaptimOptimizer):
             use_bias_correction=use_bias_correction,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 

@@ -1,0 +1,200 @@
+"""The fused step: an optimizer's own elementwise update, compiled once, run over flat pieces.
+
+``fused=True`` does not bring a second copy of any algorithm. An optimizer whose update is
+elementwise states it once as a per-tensor function (its ``elementwise_update``: lists of params,
+grads and states in, updated in place) plus the per-step scalars it needs (``_step_scalars``:
+bias corrections, step sizes, flags, computed in Python from the step count and the param group).
+The eager per-tensor path calls that function with Python floats; the fused path hands it to
+``torch.compile`` (Inductor: C++ on CPU, Triton on CUDA) with the scalars as 0-dim tensors.
+
+What keeps the compile cost from growing with the model, and the step from recompiling:
+
+* the function is always called with ``ARITY`` flat 1-D pieces of at most ``PIECE_ELEMENTS``
+  elements (cut at multiples of 64, as the cache-blocked eager path cuts), compiled with
+  ``dynamic=True`` and without duck sizing, so one graph serves every tensor size; a call that has
+  fewer pieces is padded with scratch pieces owned by this module;
+* the pieces are 1-D tensors over the storage of the parameters, gradients and states (``set_``),
+  not autograd views, so dynamo does not guard on the shapes of the tensors they were cut from; the
+  pieces of one call come from pairwise distinct storages, so it does not guard on their aliasing;
+* every step-varying scalar is a 0-dim float64 tensor (on the parameters' device), so
+  a scheduler or the step count never recompiles. A scalar that is exactly ``0.0`` stays a Python
+  float: an update skips work for it (``weight_decay == 0``), at the price of one more graph if a
+  schedule later takes it to or from zero. Booleans are static: one graph per combination.
+
+``fused=None`` means the eager path (compiling costs 10-60 s on a 2-core CPU, which a short run does
+not earn back; see the README's speed section), except where torch has a fused kernel for exactly
+the same math (Adam, AdamW), which needs no compilation.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch._dynamo
+from torch.fx.experimental import _config as fx_config
+
+__all__ = ["ARITY", "PIECE_ELEMENTS", "fused_unavailable_reason", "run_elementwise"]
+
+#: elements per flat piece: about 8 MB of float32; a compiled Adam over 2 MB pieces ran at 1.5x
+#: torch's fused AdamW per byte, over 8 MB pieces at 1.15-1.2x (benchmarks/step_time.py)
+PIECE_ELEMENTS = 2**21
+#: pieces per compiled call: per-call overhead (dynamo's guards, Python) against compile time, which
+#: grows with the number of pieces traced; 16 keeps 2,000 small tensors within 1.5x fused AdamW
+ARITY = 16
+#: pieces are cut at multiples of this many elements (the vectorized loop covers the same elements
+#: as a pass over the whole tensor) and are never shorter: sizes 0 and 1 would specialize the graph
+_ALIGN = 64
+
+_Scalars = Mapping[str, Any]
+_compiled: dict[Callable[..., None], Callable[..., None]] = {}
+_scratch: dict[tuple[torch.dtype, torch.device, int], torch.Tensor] = {}
+
+
+def fused_unavailable_reason(device: torch.device) -> str | None:
+    """Why ``fused=True`` cannot run on ``device`` here, or ``None`` if it can."""
+    if device.type == "cpu":
+        compilers = [torch._inductor.config.cpp.cxx[1], "g++", "clang++", "c++"]
+        if not any(shutil.which(c) for c in compilers if c):
+            return (
+                "Inductor's CPU backend needs a C++ compiler (g++ or clang++), and none is on PATH"
+            )
+        return None
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return (
+            None if has_triton() else "Inductor's CUDA backend needs Triton, which is not installed"
+        )
+    return f"the fused step supports CPU and CUDA tensors, not {device.type!r}"
+
+
+def _compile(fn: Callable[..., None]) -> Callable[..., None]:
+    compiled = _compiled.get(fn)
+    if compiled is None:
+        # Each elementwise update is its own function, so dynamo's per-function cache (and its
+        # recompile limit) is per algorithm; the graphs in it differ by dtype and by flags.
+        compiled = _compiled[fn] = torch.compile(fn, dynamic=True, fullgraph=True)
+    return compiled
+
+
+def _as_tensors(scalars: _Scalars, device: torch.device) -> dict[str, Any]:
+    """Floats as 0-dim float64 tensors, except exact zeros; the rest as they are. float64, so that
+    arithmetic on them in the update (``1 - beta2``) rounds as the eager path's Python floats do;
+    an operation with a float32 tensor still runs in float32."""
+    out: dict[str, Any] = {}
+    for key, value in scalars.items():
+        if isinstance(value, float) and value != 0.0:
+            value = torch.tensor(value, dtype=torch.float64, device=device)
+        out[key] = value
+    return out
+
+
+def _piece(t: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Elements ``start:stop`` of contiguous ``t`` as a 1-D tensor on its storage (not a view)."""
+    return t.new_empty(0).set_(
+        t.untyped_storage(), t.storage_offset() + start, (stop - start,), (1,)
+    )
+
+
+def _cuts(numel: int, dtype: torch.dtype) -> list[tuple[int, int]]:
+    per_piece = max(_ALIGN, PIECE_ELEMENTS * 4 // torch.empty(0, dtype=dtype).element_size())
+    per_piece -= per_piece % _ALIGN
+    cuts = [(a, min(numel, a + per_piece)) for a in range(0, numel, per_piece)]
+    if len(cuts) > 1 and cuts[-1][1] - cuts[-1][0] < _ALIGN:  # no short last piece
+        cuts[-2:] = [(cuts[-2][0], numel)]
+    return cuts
+
+
+def _scratch_piece(dtype: torch.dtype, device: torch.device, slot: int) -> torch.Tensor:
+    """A padding piece with storage of its own (distinct per slot, so no aliasing guards)."""
+    key = (dtype, device, slot)
+    t = _scratch.get(key)
+    if t is None:
+        t = _scratch[key] = torch.zeros(_ALIGN, dtype=dtype, device=device)
+    return t
+
+
+def run_elementwise(
+    fn: Callable[..., None],
+    tensors: Sequence[Sequence[torch.Tensor | None] | None],
+    steps: Sequence[int],
+    step_scalars: Callable[[int], _Scalars],
+    *,
+    fused: bool,
+) -> None:
+    """Run ``fn(*tensor_lists, **step_scalars(step))`` over the tensors, grouped by step.
+
+    ``tensors`` is ``[params, grads, *states]``: lists of equal length (a ``None`` list, e.g. an
+    optional state that is off, is passed as ``None``). Eager (``fused=False``) calls ``fn`` once per
+    distinct step count with Python scalars; fused runs it compiled over flat pieces.
+    """
+    lists = [list(ts) if ts is not None else None for ts in tensors]
+    by_step: dict[int, list[int]] = {}
+    for i, s in enumerate(steps):
+        by_step.setdefault(s, []).append(i)
+    for step, idx in by_step.items():
+        scalars = step_scalars(step)
+        picked = [None if ts is None else [ts[i] for i in idx] for ts in lists]
+        if fused:
+            _run_fused(fn, picked, scalars)
+        else:
+            fn(*picked, **scalars)
+
+
+def _run_fused(fn: Callable[..., None], lists: list[list[Any] | None], scalars: _Scalars) -> None:
+    present = [k for k, ts in enumerate(lists) if ts is not None]
+    columns = [lists[k] for k in present]
+    eager: list[int] = []  # tensors the compiled graph cannot take: tiny or not contiguous
+    pieces: list[list[torch.Tensor]] = []
+    for i, param in enumerate(columns[0]):
+        row = [c[i] for c in columns]
+        numel = param.numel()
+        if numel < _ALIGN or not all(t.is_contiguous() and t.numel() == numel for t in row):
+            eager.append(i)
+            continue
+        for a, b in _cuts(numel, param.dtype):
+            pieces.append([_piece(t, a, b) for t in row])
+    if eager:
+        fn(*[None if ts is None else [ts[i] for i in eager] for ts in lists], **scalars)
+    if not pieces:
+        return
+    first = pieces[0]
+    tensor_scalars = _as_tensors(scalars, first[0].device)
+    compiled = _compile(fn)
+    with (
+        fx_config.patch(use_duck_shape=False),
+        torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=4096),
+    ):
+        for call in _pack(pieces):
+            args: list[Any] = [None] * len(lists)
+            for col, k in enumerate(present):
+                column = [p[col] for p in call]
+                dtype, device = first[col].dtype, first[col].device
+                column += [
+                    _scratch_piece(dtype, device, col * ARITY + j) for j in range(len(call), ARITY)
+                ]
+                args[k] = column
+            compiled(*args, **tensor_scalars)
+
+
+def _pack(pieces: list[list[torch.Tensor]]) -> list[list[list[torch.Tensor]]]:
+    """Pieces into calls of at most ``ARITY``, no two pieces of a call sharing a storage."""
+    calls: list[list[list[torch.Tensor]]] = []
+    storages: list[set[int]] = []
+    open_from = 0  # calls before this one are full
+    for piece in pieces:
+        ptrs = {t.untyped_storage().data_ptr() for t in piece}
+        for c in range(open_from, len(calls)):
+            if len(calls[c]) < ARITY and not ptrs & storages[c]:
+                calls[c].append(piece)
+                storages[c] |= ptrs
+                break
+        else:
+            calls.append([piece])
+            storages.append(ptrs)
+        while open_from < len(calls) and len(calls[open_from]) == ARITY:
+            open_from += 1
+    return calls
