@@ -35,6 +35,7 @@ from adaptim.core.functional import (
     l2_weight_decay,
     scalars,
 )
+from adaptim.core.fused import run_elementwise
 from adaptim.core.validation import UNIT_HALF_OPEN, TupleOf
 from adaptim.registry import OptimInfo, register
 
@@ -145,9 +146,24 @@ class Adam(AdaptimOptimizer):
         )
         kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
         beta1, beta2 = group["betas"]
+        # torch's CPU kernel walks the raw memory of param, grad and states in step: a tensor whose
+        # layouts differ (a transposed parameter with a contiguous gradient) takes the eager update
+        lists = [params, grads, exp_avgs, exp_avg_sqs, *rest]
         by_step: dict[int, list[int]] = {}
+        odd: list[int] = []
         for i, step in enumerate(batch.steps):
-            by_step.setdefault(step, []).append(i)
+            if all(ts[i].is_contiguous() for ts in lists):
+                by_step.setdefault(step, []).append(i)
+            else:
+                odd.append(i)
+        if odd:
+            run_elementwise(
+                _single_tensor_adam,
+                [[ts[i] for i in odd] for ts in lists] + ([] if rest else [None]),
+                [batch.steps[i] for i in odd],
+                lambda step: self._step_scalars(group, step),
+                fused=False,
+            )
         for step, idx in by_step.items():
 
             def pick(ts: list[torch.Tensor], idx: list[int] = idx) -> list[torch.Tensor]:

@@ -1,0 +1,200 @@
+"""``fused=True``, over every registered optimizer that has it (issue 9; core/fused.py).
+
+The fused step compiles an optimizer's own elementwise update; these tests check it against the eager
+per-tensor path that runs the same function with Python scalars. The pieces are made small here
+(``ARITY`` 2, 256 elements), so that a few small tensors exercise what a model's tensors do at the
+real sizes: tensors cut into several pieces, a short last piece merged into the one before, calls
+padded with scratch pieces, tensors too small or not contiguous for a piece (run eagerly); and so
+that each graph compiles in seconds.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+import adaptim
+import adaptim.core.fused as fused_module
+from test_conformance import INFOS, accepts, make
+
+FUSABLE = [i for i in INFOS if i.cls.supports_fused()]
+NOT_FUSABLE = [i for i in INFOS if not i.cls.supports_fused()]
+STEPS = 20
+
+
+@pytest.fixture(autouse=True)
+def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused_module, "ARITY", 2)
+    monkeypatch.setattr(fused_module, "PIECE_ELEMENTS", 256)
+
+
+def _params(dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> list[torch.nn.Parameter]:
+    """Tensors of every kind the packing treats differently, in each dtype."""
+    gen = torch.Generator().manual_seed(0)
+    params = []
+    for dtype in dtypes:
+        for shape in [(40, 30), (300,), (7,), (1,), (64, 5)]:
+            params.append(torch.nn.Parameter((0.1 * torch.randn(shape, generator=gen)).to(dtype)))
+        # not contiguous: runs through the eager function
+        params.append(torch.nn.Parameter((0.1 * torch.randn(20, 30, generator=gen)).to(dtype).t()))
+    return params
+
+
+def _groups(info: Any, params: list[torch.nn.Parameter]) -> list[dict[str, Any]]:
+    """Two groups: the second at another lr, with ``maximize`` and weight decay where accepted."""
+    half = len(params) // 2
+    second: dict[str, Any] = {"params": params[half:], "maximize": True}
+    base_lr = info.test_kwargs.get("lr", make(info, [torch.zeros(1)]).defaults["lr"])
+    second["lr"] = 0.5 * base_lr
+    if accepts(info, "weight_decay"):
+        second["weight_decay"] = 0.05
+    return [{"params": params[:half]}, second]
+
+
+def _grads(params: list[torch.nn.Parameter], step: int) -> None:
+    gen = torch.Generator().manual_seed(100 + step)
+    for p in params:
+        g = torch.randn(p.shape, generator=gen) * (0.5 + 0.1 * step)
+        p.grad = g.to(p.dtype)
+
+
+def _train(
+    info: Any,
+    params: list[torch.nn.Parameter],
+    steps: range,
+    opt: torch.optim.Optimizer | None = None,
+    **kwargs: Any,
+) -> torch.optim.Optimizer:
+    if opt is None:
+        opt = make(info, _groups(info, params), **kwargs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.95**s)
+    with warnings.catch_warnings():  # catching up with a schedule before any step of this optimizer
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+        for _ in range(steps.start):
+            sched.step()
+    for step in steps:
+        _grads(params, step)
+        opt.step()
+        sched.step()
+    return opt
+
+
+def _assert_close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    if a.dtype == torch.bfloat16:  # a last rounding to bf16 may differ by one unit
+        rtol = 2.0**-7
+    elif a.dtype == torch.float64:
+        rtol = 1e-12
+    else:
+        rtol = 1e-5
+    scale = b.double().abs().max().clamp_min(1e-30)
+    err = ((a.double() - b.double()).abs().max() / scale).item()
+    assert err <= rtol, f"{what}: relative difference {err:.3g} > {rtol:g}"
+
+
+def _assert_same_run(
+    params_a: list[torch.Tensor],
+    opt_a: torch.optim.Optimizer,
+    params_b: list[torch.Tensor],
+    opt_b: torch.optim.Optimizer,
+) -> None:
+    for i, (a, b) in enumerate(zip(params_a, params_b, strict=True)):
+        _assert_close(a.detach(), b.detach(), f"parameter {i} ({a.dtype}, {tuple(a.shape)})")
+        for key, value in opt_b.state[b].items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                _assert_close(opt_a.state[a][key], value, f"state {key!r} of parameter {i}")
+
+
+@pytest.mark.parametrize("info", FUSABLE, ids=[i.name for i in FUSABLE])
+def test_fused_equals_eager(info: Any) -> None:
+    """20 steps, two groups (other lr, maximize, weight decay), fp32, fp64 and bf16 parameters in
+    each, with a scheduler: the fused step equals the eager per-tensor step."""
+    dtypes = (torch.float32, torch.float64, torch.bfloat16)
+    eager_params, fused_params = _params(dtypes), _params(dtypes)
+    eager = _train(info, eager_params, range(STEPS), foreach=False, fused=False)
+    fused = _train(info, fused_params, range(STEPS), fused=True)
+    _assert_same_run(fused_params, fused, eager_params, eager)
+
+
+@pytest.mark.parametrize("info", FUSABLE, ids=[i.name for i in FUSABLE])
+@pytest.mark.parametrize("first", [True, False], ids=["fused-then-eager", "eager-then-fused"])
+def test_checkpoint_moves_between_fused_and_eager(info: Any, first: bool) -> None:
+    """A state dict taken with ``fused=first`` loads with ``fused=not first`` and the run continues as
+    one that never switched (within float32 rounding)."""
+    straight_params = _params()
+    straight = _train(info, straight_params, range(STEPS), foreach=False, fused=first)
+    params = _params()
+    before = _train(info, params, range(STEPS // 2), foreach=False, fused=first)
+    after = make(info, _groups(info, params), foreach=False, fused=not first)
+    after.load_state_dict(before.state_dict())
+    _train(info, params, range(STEPS // 2, STEPS), opt=after)
+    _assert_same_run(params, after, straight_params, straight)
+
+
+@pytest.mark.parametrize("info", FUSABLE, ids=[i.name for i in FUSABLE])
+def test_no_recompiles(info: Any) -> None:
+    """50 steps with a scheduler, two groups at different lr, fp32 and bf16 parameters: the graphs
+    are compiled in the first steps (one per dtype and flag combination; a flag that depends on the
+    step, such as RAdam's rectification, adds one), none later."""
+    counters = torch._dynamo.utils.counters["stats"]
+    params = _params((torch.float32, torch.bfloat16))
+    opt = make(info, _groups(info, params), fused=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.97**s)
+    start = counters["unique_graphs"]
+    late = 0
+    for step in range(50):
+        _grads(params, step)
+        opt.step()
+        sched.step()
+        if step == 9:
+            late = counters["unique_graphs"]
+    assert counters["unique_graphs"] - start <= 3
+    assert counters["unique_graphs"] == late, "compiled again after step 10"
+
+
+def test_fused_is_refused_where_the_update_is_not_elementwise() -> None:
+    assert NOT_FUSABLE, "every optimizer fuses: drop this test"
+    for info in NOT_FUSABLE:
+        with pytest.raises(ValueError, match="fused=True is not available"):
+            make(info, [torch.nn.Parameter(torch.zeros(3))], fused=True)
+
+
+@pytest.mark.parametrize("info", FUSABLE[:1], ids=[i.name for i in FUSABLE[:1]])
+def test_fused_and_foreach_together_are_refused(info: Any) -> None:
+    with pytest.raises(ValueError, match="fused=True and foreach=True"):
+        make(info, [torch.nn.Parameter(torch.zeros(3))], fused=True, foreach=True)
+    opt = make(info, [torch.nn.Parameter(torch.zeros(3))])
+    with pytest.raises(ValueError, match="fused=True and foreach=True"):
+        opt.add_param_group(
+            {"params": [torch.nn.Parameter(torch.zeros(3))], "fused": True, "foreach": True}
+        )
+    assert len(opt.param_groups) == 1
+
+
+def _compiled_optimizer() -> Callable[..., torch.optim.Optimizer]:
+    """A fusable optimizer that compiles (Adam calls torch's own fused kernels instead)."""
+    info = next(i for i in FUSABLE if i.cls not in (adaptim.Adam, adaptim.AdamW))
+    return lambda params, **kw: make(info, params, **kw)
+
+
+def test_unsupported_device_is_refused() -> None:
+    build = _compiled_optimizer()
+    with pytest.raises(RuntimeError, match="supports CPU and CUDA tensors, not 'meta'"):
+        build([torch.nn.Parameter(torch.zeros(3, device="meta"))], fused=True)
+
+
+def test_no_compiler_is_refused_and_fused_none_runs_eagerly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fused_module.shutil, "which", lambda name: None)
+    build = _compiled_optimizer()
+    with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler"):
+        build([torch.nn.Parameter(torch.zeros(3))], fused=True)
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = build([p])
+    p.grad = torch.ones(3)
+    opt.step()
+    assert not torch.equal(p.detach(), torch.ones(3))
