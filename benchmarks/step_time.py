@@ -1,4 +1,4 @@
-"""Time one ``step()`` of every registered optimizer, per byte moved, against torch's AdamW.
+"""Time one ``step()`` of every registered optimizer, per byte moved, against torch's fused AdamW.
 
 Two parameter sets:
 
@@ -6,28 +6,40 @@ Two parameter sets:
   parameters in 99 tensors;
 * ``many-small``: 2,000 tensors of 1,000 elements (per-tensor overhead dominates).
 
-For each optimizer the multi-tensor path (``foreach=True``) is timed, and, when
-``pytorch-optimizer`` is installed, its class of the same name. References measured in the same run:
-``torch.optim.AdamW(foreach=True)`` and ``torch.optim.AdamW(fused=True)``.
+For each optimizer the eager multi-tensor path (``foreach=True``) and, where the optimizer has it, the
+fused step (``fused=True``, core/fused.py) are timed, and, when ``pytorch-optimizer`` is installed,
+its class of the same name. References measured in the same run: ``torch.optim.AdamW(foreach=True)``
+and ``torch.optim.AdamW(fused=True)``.
 
 An optimizer step is memory-bound, so time is compared per byte moved: parameters read and written,
 gradients read, every state tensor read and written (its real size, so factored or scalar states count
-for what they are). ``ratio`` = (our seconds per byte) / (AdamW-foreach seconds per byte); the target is
-at most 1.25. ``vs peer`` = our time / pytorch-optimizer's time for the same algorithm (target <= 1).
+for what they are). ``eager`` and ``fused`` are the per-byte ratios to fused AdamW (targets for the
+fused step: at most 1.25 on the transformer set, 1.5 on many-small); ``vs peer`` = our eager time /
+pytorch-optimizer's time for the same algorithm.
+
+With ``--compile-times`` the compile cost of each fused optimizer is measured too, in fresh
+processes: ``cold`` with an empty Inductor cache, ``warm`` with the cache the cold run filled (the
+time of the first fused step less a compiled step). Targets: at most 60 s cold and 10 s warm on a
+2-core CPU, the same for both sets.
 
     python benchmarks/step_time.py                      # both sets, every optimizer, 2 threads
     python benchmarks/step_time.py --sets many-small --only adam,adan --threads 1
-    python benchmarks/step_time.py --markdown results.md
+    python benchmarks/step_time.py --compile-times --markdown results.md
 
-Steps are timed after six warm-up steps (past RAdam's un-rectified phase); the median of ``--repeats`` steps is reported. The machines
-are shared and noisy: compare ratios within one run, not times across runs.
+Steps are timed after six warm-up steps (past RAdam's un-rectified phase; the fused step compiles in
+the first); the median of ``--repeats`` steps is reported. The machines are shared and noisy: compare
+ratios within one run, not times across runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -126,35 +138,62 @@ def kwargs_for(info: Any) -> dict[str, Any]:
     return kw
 
 
-def run(sets: list[str], only: set[str] | None, repeats: int) -> list[dict[str, Any]]:
+def compile_seconds(name: str, set_name: str, cache_dir: str, threads: int) -> float:
+    """The first fused step's time less a compiled step's, in a fresh process using ``cache_dir``
+    as its Inductor cache."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir}
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--probe-compile",
+            f"{name}:{set_name}",
+            "--threads",
+            str(threads),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def probe_compile(spec: str) -> None:
+    name, set_name = spec.split(":")
+    info = next(i for i in registered(kind="optimizer") if i.name == name)
+    params = SETS[set_name]()
+    opt = info.cls(params, fused=True, **kwargs_for(info))
+    start = time.perf_counter()
+    opt.step()
+    first = time.perf_counter() - start
+    print(first - time_steps(opt, 3))
+
+
+def run(
+    sets: list[str], only: set[str] | None, repeats: int, compile_times: bool, threads: int
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for set_name in sets:
         factory = SETS[set_name]
         ref_s, ref_b = measure(lambda p: torch.optim.AdamW(p, foreach=True), factory, repeats)
         fused_s, fused_b = measure(lambda p: torch.optim.AdamW(p, fused=True), factory, repeats)
-        ref_per_byte = ref_s / ref_b
-        rows.append(
-            dict(
-                set=set_name,
-                name="torch AdamW foreach",
-                ms=ref_s * 1e3,
-                mb=ref_b / 2**20,
-                ratio=1.0,
-                vs_fused=ref_s / ref_b / (fused_s / fused_b),
-                peer_ms=None,
+        fused_per_byte = fused_s / fused_b
+        for label, sec, moved in [
+            ("torch AdamW foreach", ref_s, ref_b),
+            ("torch AdamW fused", fused_s, fused_b),
+        ]:
+            rows.append(
+                dict(
+                    set=set_name,
+                    name=label,
+                    ms=sec * 1e3,
+                    mb=moved / 2**20,
+                    eager=sec / moved / fused_per_byte,
+                    peer_ms=None,
+                )
             )
-        )
-        rows.append(
-            dict(
-                set=set_name,
-                name="torch AdamW fused",
-                ms=fused_s * 1e3,
-                mb=fused_b / 2**20,
-                ratio=fused_s / fused_b / ref_per_byte,
-                vs_fused=1.0,
-                peer_ms=None,
-            )
-        )
+            print(_format(rows[-1]), flush=True)
         for info in registered(kind="optimizer"):
             if only and info.name not in only:
                 continue
@@ -166,39 +205,57 @@ def run(sets: list[str], only: set[str] | None, repeats: int) -> list[dict[str, 
             except Exception as exc:  # report, keep going
                 rows.append(dict(set=set_name, name=info.name, error=repr(exc)))
                 continue
+            row: dict[str, Any] = dict(
+                set=set_name,
+                name=info.name,
+                ms=s * 1e3,
+                mb=b / 2**20,
+                eager=(s / b) / fused_per_byte,
+                peer_ms=None,
+            )
+            if info.cls.supports_fused():
+                fs, fb = measure(
+                    lambda p, info=info, kw=kw: info.cls(p, fused=True, **kw), factory, repeats
+                )
+                row.update(fused_ms=fs * 1e3, fused=(fs / fb) / fused_per_byte)
+                if compile_times:
+                    with tempfile.TemporaryDirectory() as cache:
+                        row["cold_s"] = compile_seconds(info.name, set_name, cache, threads)
+                        row["warm_s"] = compile_seconds(info.name, set_name, cache, threads)
             peer = peer_class(info.name)
-            peer_ms = None
             if peer is not None:
                 try:
                     peer_s, _ = measure(
                         lambda p, peer=peer, kw=kw: peer(p, lr=kw["lr"]), factory, repeats
                     )
-                    peer_ms = peer_s * 1e3
+                    row["peer_ms"] = peer_s * 1e3
                 except Exception:
-                    peer_ms = None
-            rows.append(
-                dict(
-                    set=set_name,
-                    name=info.name,
-                    ms=s * 1e3,
-                    mb=b / 2**20,
-                    ratio=(s / b) / ref_per_byte,
-                    vs_fused=(s / b) / (fused_s / fused_b),
-                    peer_ms=peer_ms,
-                )
-            )
-            print(_format(rows[-1]), flush=True)
+                    pass
+            rows.append(row)
+            print(_format(row), flush=True)
     return rows
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
 
 
 def _format(row: dict[str, Any]) -> str:
     if "error" in row:
         return f"{row['set']:<11} {row['name']:<22} ERROR {row['error']}"
-    peer = "" if row["peer_ms"] is None else f"{row['ms'] / row['peer_ms']:6.2f}"
+    peer = None if row["peer_ms"] is None else row["ms"] / row["peer_ms"]
     return (
-        f"{row['set']:<11} {row['name']:<22} {row['ms']:9.1f} ms {row['mb']:8.0f} MiB "
-        f"{row['ratio']:6.2f} {row['vs_fused']:7.2f} {peer:>8}"
+        f"{row['set']:<11} {row['name']:<22} {row['ms']:9.1f} {_num(row.get('fused_ms'), '9.1f'):>9} "
+        f"{row['mb']:8.0f} {row['eager']:6.2f} {_num(row.get('fused'), '6.2f'):>6} "
+        f"{_num(row.get('cold_s'), '6.1f'):>6} {_num(row.get('warm_s'), '6.1f'):>6} "
+        f"{_num(peer, '7.2f'):>7}"
     )
+
+
+HEADER = (
+    f"{'set':<11} {'optimizer':<22} {'eager ms':>9} {'fused ms':>9} {'MiB':>8} {'eager':>6} "
+    f"{'fused':>6} {'cold s':>6} {'warm s':>6} {'vs peer':>7}"
+)
 
 
 def main() -> None:
@@ -207,38 +264,44 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated registry names")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compile-times", action="store_true", help="cold and warm compile times")
     parser.add_argument("--markdown", default="", help="also write the table to this file")
+    parser.add_argument("--probe-compile", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.probe_compile:
+        probe_compile(args.probe_compile)
+        return
     only = set(args.only.split(",")) if args.only else None
     print(
         f"adaptim {adaptim.__version__}, torch {torch.__version__}, {args.threads} threads; "
-        "ratio = time per byte / AdamW-foreach's (target <= 1.25); vs fused = same vs fused AdamW; "
-        "vs peer = time / pytorch-optimizer's same-named class (target <= 1)"
+        "eager, fused = time per byte / fused AdamW's (fused targets: <= 1.25 transformer, "
+        "<= 1.5 many-small); cold, warm = compile seconds; vs peer = eager time / "
+        "pytorch-optimizer's same-named class"
     )
-    print(
-        f"{'set':<11} {'optimizer':<22} {'step':>12} {'moved':>12} {'ratio':>6} {'vs fused':>7} "
-        f"{'vs peer':>8}"
-    )
-    rows = run(args.sets.split(","), only, args.repeats)
+    print(HEADER)
+    rows = run(args.sets.split(","), only, args.repeats, args.compile_times, args.threads)
     print("\nsummary")
+    print(HEADER)
     for row in rows:
         print(_format(row))
     if args.markdown:
         with open(args.markdown, "w") as fh:
             fh.write(
-                "| set | optimizer | step (ms) | moved (MiB) | ratio to AdamW foreach per byte "
-                "| ratio to fused AdamW per byte | time / pytorch-optimizer |\n"
+                "| set | optimizer | eager step (ms) | fused step (ms) | moved (MiB) "
+                "| eager / fused AdamW per byte | fused / fused AdamW per byte "
+                "| compile cold (s) | compile warm (s) |\n"
             )
-            fh.write("|---|---|---:|---:|---:|---:|---:|\n")
+            fh.write("|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
             for row in rows:
                 if "error" in row:
-                    fh.write(f"| {row['set']} | {row['name']} | error | | | | |\n")
+                    fh.write(f"| {row['set']} | {row['name']} | error | | | | | | |\n")
                     continue
-                peer = "" if row["peer_ms"] is None else f"{row['ms'] / row['peer_ms']:.2f}"
                 fh.write(
-                    f"| {row['set']} | {row['name']} | {row['ms']:.1f} | {row['mb']:.0f} | "
-                    f"{row['ratio']:.2f} | {row['vs_fused']:.2f} | {peer} |\n"
+                    f"| {row['set']} | {row['name']} | {row['ms']:.1f} | "
+                    f"{_num(row.get('fused_ms'), '.1f')} | {row['mb']:.0f} | {row['eager']:.2f} | "
+                    f"{_num(row.get('fused'), '.2f')} | {_num(row.get('cold_s'), '.0f')} | "
+                    f"{_num(row.get('warm_s'), '.0f')} |\n"
                 )
 
 

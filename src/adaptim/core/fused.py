@@ -44,12 +44,13 @@ PIECE_ELEMENTS = 2**21
 #: pieces per compiled call: per-call overhead (dynamo's guards, Python) against compile time, which
 #: grows with the number of pieces traced; 16 keeps 2,000 small tensors within 1.5x fused AdamW
 ARITY = 16
-#: pieces are cut at multiples of this many elements (the vectorized loop covers the same elements
-#: as a pass over the whole tensor) and are never shorter: sizes 0 and 1 would specialize the graph
+#: tensors are cut at multiples of this many elements (the vectorized loop covers the same elements
+#: as a pass over the whole tensor), and a last piece shorter than this joins the one before. Tensors
+#: of 0 or 1 element run eagerly: those sizes would specialize the graph.
 _ALIGN = 64
 
 _Scalars = Mapping[str, Any]
-_compiled: dict[Callable[..., None], Callable[..., None]] = {}
+_compiled: dict[tuple[Callable[..., None], str], Callable[..., None]] = {}
 _scratch: dict[tuple[torch.dtype, torch.device, int], torch.Tensor] = {}
 
 
@@ -71,12 +72,16 @@ def fused_unavailable_reason(device: torch.device) -> str | None:
     return f"the fused step supports CPU and CUDA tensors, not {device.type!r}"
 
 
-def _compile(fn: Callable[..., None]) -> Callable[..., None]:
-    compiled = _compiled.get(fn)
+def _compile(fn: Callable[..., None], device: torch.device) -> Callable[..., None]:
+    key = (fn, device.type)
+    compiled = _compiled.get(key)
     if compiled is None:
         # Each elementwise update is its own function, so dynamo's per-function cache (and its
-        # recompile limit) is per algorithm; the graphs in it differ by dtype and by flags.
-        compiled = _compiled[fn] = torch.compile(fn, dynamic=True, fullgraph=True)
+        # recompile limit) is per algorithm; the graphs in it differ by dtype and by flags. On
+        # CUDA, Inductor's combo kernels fuse the pieces' loops horizontally: a few launches per
+        # call instead of one per piece.
+        options = {"combo_kernels": True} if device.type == "cuda" else None
+        compiled = _compiled[key] = torch.compile(fn, dynamic=True, fullgraph=True, options=options)
     return compiled
 
 
@@ -147,12 +152,12 @@ def run_elementwise(
 def _run_fused(fn: Callable[..., None], lists: list[list[Any] | None], scalars: _Scalars) -> None:
     present = [k for k, ts in enumerate(lists) if ts is not None]
     columns = [lists[k] for k in present]
-    eager: list[int] = []  # tensors the compiled graph cannot take: tiny or not contiguous
+    eager: list[int] = []  # tensors the compiled graph cannot take: of 0 or 1 element, or strided
     pieces: list[list[torch.Tensor]] = []
     for i, param in enumerate(columns[0]):
         row = [c[i] for c in columns]
         numel = param.numel()
-        if numel < _ALIGN or not all(t.is_contiguous() and t.numel() == numel for t in row):
+        if numel < 2 or not all(t.is_contiguous() and t.numel() == numel for t in row):
             eager.append(i)
             continue
         for a, b in _cuts(numel, param.dtype):
@@ -163,7 +168,7 @@ def _run_fused(fn: Callable[..., None], lists: list[list[Any] | None], scalars: 
         return
     first = pieces[0]
     tensor_scalars = _as_tensors(scalars, first[0].device)
-    compiled = _compile(fn)
+    compiled = _compile(fn, first[0].device)
     with (
         fx_config.patch(use_duck_shape=False),
         torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=4096),
