@@ -40,13 +40,14 @@ Paper vs reference code (we follow the code by default):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
 from adaptim.core.functional import (
+    Scalar,
     adam_denominator,
     bias_correction,
     decoupled_weight_decay_,
@@ -121,9 +122,8 @@ class RAdam(AdaptimOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        fn = _multi_tensor_radam if foreach else _single_tensor_radam
         beta1, beta2 = group["betas"]
-        fn(
+        _multi_tensor_radam(
             batch.params,
             batch.grads,
             batch.state("exp_avg"),
@@ -138,40 +138,66 @@ class RAdam(AdaptimOptimizer):
             degenerated_to_sgd=group["degenerated_to_sgd"],
         )
 
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        return _single_tensor_radam, ("exp_avg", "exp_avg_sq")
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        lr = float(group["lr"])
+        beta1, beta2 = group["betas"]
+        rect = radam_rectification(beta2, step, RHO_THRESHOLD)
+        bc1 = bias_correction(beta1, step)
+        if rect is None:
+            step_size = lr / bc1  # the un-adapted momentum step (degenerated_to_sgd)
+        else:
+            step_size = lr * rect * math.sqrt(bias_correction(beta2, step)) / bc1
+        return dict(
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            decay_factor=lr * group["weight_decay"],
+            rectified=rect is not None,
+            updates=rect is not None or group["degenerated_to_sgd"],
+            step_size=step_size,
+        )
+
 
 def _single_tensor_radam(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
-    steps: list[int],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
+    beta1: Scalar,
+    beta2: Scalar,
+    eps: Scalar,
+    weight_decay: Scalar,
     decoupled_weight_decay: bool,
-    degenerated_to_sgd: bool,
+    decay_factor: Scalar,
+    rectified: bool,
+    updates: bool,
+    step_size: Scalar,
 ) -> None:
+    """One step; ``rectified``: rho_t >= 5 (``step_size = lr r_t sqrt(1 - b2^t) / (1 - b1^t)``), else
+    ``updates`` says whether the un-adapted momentum step (``step_size = lr / (1 - b1^t)``) is taken."""
     for i, param in enumerate(params):
-        grad, exp_avg, exp_avg_sq, step = grads[i], exp_avgs[i], exp_avg_sqs[i], steps[i]
+        grad, exp_avg, exp_avg_sq = grads[i], exp_avgs[i], exp_avg_sqs[i]
         if not decoupled_weight_decay:
             grad = l2_weight_decay(grad, param, weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        rect = radam_rectification(beta2, step, RHO_THRESHOLD)
-        if rect is None and not degenerated_to_sgd:
+        if not updates:
             continue  # the authors' default: no update, no decay while rho_t < 5
         if decoupled_weight_decay:
-            decoupled_weight_decay_(param, lr * weight_decay)
-        bc1 = bias_correction(beta1, step)
-        if rect is None:
-            param.add_(exp_avg, alpha=-lr / bc1)
-        else:
+            decoupled_weight_decay_(param, decay_factor)
+        if rectified:
             denom = adam_denominator(exp_avg_sq, eps)  # sqrt(v) + eps, v not bias-corrected
-            step_size = lr * rect * math.sqrt(bias_correction(beta2, step)) / bc1
             param.addcdiv_(exp_avg, denom, value=-step_size)
+        else:
+            param.add_(exp_avg, alpha=-step_size)
 
 
 def _multi_tensor_radam(
