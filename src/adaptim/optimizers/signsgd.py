@@ -33,13 +33,19 @@ Oracle: only the ``b2 = 0`` case has one: ``pytorch_optimizer.SignSGD(momentum=b
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
-from adaptim.core.functional import adam_denominator, bias_correction, l2_weight_decay, scalars
+from adaptim.core.functional import (
+    Scalar,
+    adam_denominator,
+    bias_correction,
+    l2_weight_decay,
+    scalars,
+)
 from adaptim.core.validation import BOOL, UNIT_HALF_OPEN, TupleOf
 from adaptim.registry import OptimInfo, register
 
@@ -100,9 +106,8 @@ class GenSignSGD(AdaptimOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        fn = _multi_tensor_gensignsgd if foreach else _single_tensor_gensignsgd
         beta1, beta2 = group["betas"]
-        fn(
+        _multi_tensor_gensignsgd(
             batch.params,
             batch.grads,
             batch.state("exp_avg"),
@@ -116,30 +121,52 @@ class GenSignSGD(AdaptimOptimizer):
             use_bias_correction=group["use_bias_correction"],
         )
 
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        return _single_tensor_gensignsgd, ("exp_avg", "exp_avg_sq")
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        corrected = group["use_bias_correction"]
+        return dict(
+            lr=float(group["lr"]),
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            use_bias_correction=corrected,
+            bias_correction1=bias_correction(beta1, step) if corrected else 1.0,
+            bias_correction2=bias_correction(beta2, step) if corrected else 1.0,
+        )
+
 
 def _single_tensor_gensignsgd(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
-    steps: list[int],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
+    lr: Scalar,
+    beta1: Scalar,
+    beta2: Scalar,
+    eps: Scalar,
+    weight_decay: Scalar,
     use_bias_correction: bool,
+    bias_correction1: Scalar,
+    bias_correction2: Scalar,
 ) -> None:
     for i, param in enumerate(params):
         exp_avg, exp_avg_sq = exp_avgs[i], exp_avg_sqs[i]
-        bc1 = bias_correction(beta1, steps[i]) if use_bias_correction else 1.0
-        bc2 = bias_correction(beta2, steps[i]) if use_bias_correction else 1.0
         grad = l2_weight_decay(grads[i], param, weight_decay)
         exp_avg.lerp_(grad, 1.0 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(exp_avg, exp_avg, value=1.0 - beta2)
-        denom = (exp_avg_sq / bc2).sqrt_().add_(eps)
-        param.addcdiv_(exp_avg / bc1, denom, value=-lr)
+        if use_bias_correction:
+            denom = (exp_avg_sq / bias_correction2).sqrt_().add_(eps)
+            param.addcdiv_(exp_avg / bias_correction1, denom, value=-lr)
+        else:
+            denom = exp_avg_sq.sqrt().add_(eps)
+            param.addcdiv_(exp_avg, denom, value=-lr)
 
 
 def _multi_tensor_gensignsgd(
