@@ -50,7 +50,7 @@ Sources and what we follow:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -58,6 +58,7 @@ import torch
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
 from adaptim.core.distributed import foreach_copy_
 from adaptim.core.functional import (
+    Scalar,
     adam_denominator,
     bias_correction,
     decoupled_weight_decay_,
@@ -130,9 +131,8 @@ class _FrictionAdam(AdaptimOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        fn = _multi_tensor_friction_adam if foreach else _single_tensor_friction_adam
         beta1, beta2 = group["betas"]
-        fn(
+        _multi_tensor_friction_adam(
             batch.params,
             batch.grads,
             batch.state("exp_avg"),
@@ -147,6 +147,29 @@ class _FrictionAdam(AdaptimOptimizer):
             weight_decay=group["weight_decay"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
             friction=self.friction,
+        )
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        return _single_tensor_friction_adam, ("exp_avg", "exp_avg_sq", "previous_grad")
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        lr = float(group["lr"])
+        beta1, beta2 = group["betas"]
+        decoupled = group["decoupled_weight_decay"]
+        return dict(
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            beta3=group["beta3"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled_weight_decay=decoupled,
+            friction=self.friction,
+            # sigSignAdamW puts eps on the bias-corrected sqrt(v_hat); SignGrad on sqrt(v)
+            bias_correction2=bias_correction(beta2, step) if decoupled else 1.0,
+            step_size=_step_size(lr, beta1, beta2, step, decoupled),
         )
 
 
@@ -175,16 +198,17 @@ def _single_tensor_friction_adam(
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
     previous_grads: list[torch.Tensor],
-    steps: list[int],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    eps: float,
-    weight_decay: float,
+    lr: Scalar,
+    beta1: Scalar,
+    beta2: Scalar,
+    beta3: Scalar,
+    eps: Scalar,
+    weight_decay: Scalar,
     decoupled_weight_decay: bool,
     friction: str,
+    bias_correction2: Scalar,
+    step_size: Scalar,
 ) -> None:
     for i, param in enumerate(params):
         grad, exp_avg, exp_avg_sq, prev = grads[i], exp_avgs[i], exp_avg_sqs[i], previous_grads[i]
@@ -200,9 +224,9 @@ def _single_tensor_friction_adam(
         )
         prev.copy_(grad)
         # sigSignAdamW puts eps on the bias-corrected sqrt(v_hat); SignGrad on the uncorrected sqrt(v).
-        bc2 = bias_correction(beta2, steps[i]) if decoupled_weight_decay else 1.0
-        denom = adam_denominator(exp_avg_sq, eps, bc2)
-        step_size = _step_size(lr, beta1, beta2, steps[i], decoupled_weight_decay)
+        denom = adam_denominator(
+            exp_avg_sq, eps, bias_correction2 if decoupled_weight_decay else 1.0
+        )
         param.addcdiv_(friction_coef.mul_(exp_avg), denom, value=-step_size)
 
 
