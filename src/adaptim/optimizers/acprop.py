@@ -40,7 +40,7 @@ accumulates eps, so steps become enormous; keep ``b1 > 0``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -48,6 +48,7 @@ import torch
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
 from adaptim.core.distributed import foreach_copy_
 from adaptim.core.functional import (
+    Scalar,
     adam_denominator,
     bias_correction,
     decoupled_weight_decay_,
@@ -135,11 +136,10 @@ class ACProp(AdaptimOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        fn = _multi_tensor_acprop if foreach else _single_tensor_acprop
         beta1, beta2 = group["betas"]
         wd = group["weight_decay"]
         lr = float(group["lr"])
-        fn(
+        _multi_tensor_acprop(
             batch.params,
             batch.grads,
             batch.state("exp_avg"),
@@ -158,6 +158,48 @@ class ACProp(AdaptimOptimizer):
             momentum_update=group["momentum_update"],
         )
 
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        amsgrad = "max_exp_avg_var" if group["amsgrad"] else None
+        return _single_tensor_acprop, ("exp_avg", "exp_avg_var", amsgrad)
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        wd = group["weight_decay"]
+        lr = float(group["lr"])
+        bc1 = bias_correction(beta1, step)
+        # Which step: the first is a momentum step; later ones are adaptive, except, with
+        # rectification, while rho_t < 5: a momentum step (degenerated_to_sgd) or none.
+        step_size = lr / bc1
+        adaptive = momentum_step = False
+        if step == 1:
+            momentum_step = True
+        elif not group["rectify"]:
+            adaptive = True
+        else:
+            rectified_size = _rectified_step_size(beta1, beta2, step)
+            if rectified_size is not None:
+                adaptive, step_size = True, lr * rectified_size
+            else:
+                momentum_step = group["degenerated_to_sgd"]
+        return dict(
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=wd,
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            decay_factor=wd if group["fixed_decay"] else lr * wd,
+            rectify=group["rectify"],
+            momentum_update=group["momentum_update"],
+            first_step=step == 1,
+            adaptive=adaptive,
+            momentum_step=momentum_step,
+            bias_correction1=bc1,
+            bias_correction2_prev=bias_correction(beta2, step - 1),  # s holds information up to t-1
+            step_size=step_size,
+        )
+
 
 def _rectified_step_size(beta1: float, beta2: float, step: int) -> float | None:
     """``sqrt(1 - b2^t) r_t / (1 - b1^t)``, or ``None`` while ``rho_t < 5``."""
@@ -173,49 +215,48 @@ def _single_tensor_acprop(
     exp_avgs: list[torch.Tensor],
     exp_avg_vars: list[torch.Tensor],
     max_exp_avg_vars: list[torch.Tensor] | None,
-    steps: list[int],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
+    beta1: Scalar,
+    beta2: Scalar,
+    eps: Scalar,
+    weight_decay: Scalar,
     decoupled_weight_decay: bool,
-    decay_factor: float,
+    decay_factor: Scalar,
     rectify: bool,
-    degenerated_to_sgd: bool,
     momentum_update: bool,
+    first_step: bool,
+    adaptive: bool,
+    momentum_step: bool,
+    bias_correction1: Scalar,
+    bias_correction2_prev: Scalar,
+    step_size: Scalar,
 ) -> None:
+    """One step. ``adaptive``: ``p -= step_size * num / denom`` (``step_size = lr / (1 - b1^t)``, or
+    ``lr sqrt(1 - b2^t) r_t / (1 - b1^t)`` with ``rectify``); ``momentum_step``:
+    ``p -= step_size * m`` (``step_size = lr / (1 - b1^t)``); neither: no step."""
     for i, param in enumerate(params):
-        grad, exp_avg, exp_avg_var, step = grads[i], exp_avgs[i], exp_avg_vars[i], steps[i]
+        grad, exp_avg, exp_avg_var = grads[i], exp_avgs[i], exp_avg_vars[i]
         if decoupled_weight_decay:
             decoupled_weight_decay_(param, decay_factor)
         else:
             grad = l2_weight_decay(grad, param, weight_decay)
-        bc1 = bias_correction(beta1, step)
-        bc2_prev = bias_correction(beta2, step - 1)  # s holds information up to t-1
         exp_avg.lerp_(grad, 1 - beta1)
         denom_src = exp_avg_var
         if max_exp_avg_vars is not None:
             exp_avg_var.add_(eps)
             torch.maximum(max_exp_avg_vars[i], exp_avg_var, out=max_exp_avg_vars[i])
             denom_src = max_exp_avg_vars[i]
-        elif step > 1:
+        elif not first_step:
             exp_avg_var.add_(eps)
-        if step == 1:
-            param.add_(exp_avg, alpha=-lr / bc1)
-        elif not rectify:
-            denom = adam_denominator(denom_src, eps, bc2_prev)
-            numerator = exp_avg if momentum_update else grad * bc1
-            param.addcdiv_(numerator, denom, value=-lr / bc1)
-        else:
-            step_size = _rectified_step_size(beta1, beta2, step)
-            if step_size is not None:
+        if adaptive:
+            if rectify:  # sqrt(1 - b2^t) is in the step size; s, not s_max, even with amsgrad
                 denom = adam_denominator(exp_avg_var, eps)
-                numerator = exp_avg if momentum_update else grad * bc1
-                param.addcdiv_(numerator, denom, value=-lr * step_size)
-            elif degenerated_to_sgd:
-                param.add_(exp_avg, alpha=-lr / bc1)
+            else:
+                denom = adam_denominator(denom_src, eps, bias_correction2_prev)
+            numerator = exp_avg if momentum_update else grad * bias_correction1
+            param.addcdiv_(numerator, denom, value=-step_size)
+        elif momentum_step:
+            param.add_(exp_avg, alpha=-step_size)
         residual = grad - exp_avg
         exp_avg_var.mul_(beta2).addcmul_(residual, residual, value=1 - beta2)
 
