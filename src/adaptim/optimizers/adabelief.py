@@ -39,13 +39,14 @@ per param group, and the L2 term is added to a copy of the gradient, never to ``
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
 from adaptim.core.functional import (
+    Scalar,
     adam_denominator,
     bias_correction,
     decoupled_weight_decay_,
@@ -133,12 +134,8 @@ class AdaBelief(AdaptimOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        fn = _multi_tensor_adabelief if foreach else _single_tensor_adabelief
         beta1, beta2 = group["betas"]
-        decay = group["weight_decay"]
-        if group["decoupled_weight_decay"] and not group["fixed_decay"]:
-            decay = float(group["lr"]) * decay
-        fn(
+        _multi_tensor_adabelief(
             batch.params,
             batch.grads,
             batch.state("exp_avg"),
@@ -150,10 +147,43 @@ class AdaBelief(AdaptimOptimizer):
             beta2=beta2,
             eps=group["eps"],
             weight_decay=group["weight_decay"],
-            decoupled_decay=decay if group["decoupled_weight_decay"] else None,
+            decoupled_decay=_decoupled_decay(group) if group["decoupled_weight_decay"] else None,
             rectify=group["rectify"],
             degenerated_to_sgd=group["degenerated_to_sgd"],
         )
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        amsgrad = "max_exp_avg_var" if group["amsgrad"] else None
+        return _single_tensor_adabelief, ("exp_avg", "exp_avg_var", amsgrad)
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        lr = float(group["lr"])
+        beta1, beta2 = group["betas"]
+        bc1, bc2 = bias_correction(beta1, step), bias_correction(beta2, step)
+        rect = radam_rectification(beta2, step, RHO_THRESHOLD) if group["rectify"] else None
+        decoupled = group["decoupled_weight_decay"]
+        return dict(
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=0.0 if decoupled else group["weight_decay"],
+            decoupled_decay=_decoupled_decay(group) if decoupled else 0.0,
+            rectify=group["rectify"],
+            rectified=rect is not None,
+            degenerated_to_sgd=group["degenerated_to_sgd"],
+            # rectified: sqrt(1 - b2^t) moves into the step size (the denominator is sqrt(s) + eps)
+            step_size=lr / bc1 if rect is None else lr * rect * math.sqrt(bc2) / bc1,
+            bias_correction2=bc2,
+        )
+
+
+def _decoupled_decay(group: Mapping[str, Any]) -> float:
+    """The factor of the decoupled decay ``p *= 1 - factor``: ``lr * wd``, or ``wd`` with ``fixed_decay``."""
+    if group["fixed_decay"]:
+        return group["weight_decay"]
+    return float(group["lr"]) * group["weight_decay"]
 
 
 def _single_tensor_adabelief(
@@ -162,40 +192,37 @@ def _single_tensor_adabelief(
     exp_avgs: list[torch.Tensor],
     exp_avg_vars: list[torch.Tensor],
     max_exp_avg_vars: list[torch.Tensor] | None,
-    steps: list[int],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    decoupled_decay: float | None,
+    beta1: Scalar,
+    beta2: Scalar,
+    eps: Scalar,
+    weight_decay: Scalar,
+    decoupled_decay: Scalar,
     rectify: bool,
+    rectified: bool,
     degenerated_to_sgd: bool,
+    step_size: Scalar,
+    bias_correction2: Scalar,
 ) -> None:
-    """``decoupled_decay``: the factor of ``p *= 1 - factor`` (``lr * wd`` or ``wd``), ``None`` for L2."""
+    """``weight_decay``: the L2 coefficient, ``decoupled_decay``: the factor of ``p *= 1 - factor``
+    (one of them is zero). ``rectified``: ``rho_t >= 5`` at this step (with ``rectify``).
+    ``step_size``: ``lr / (1 - b1^t)``, or ``lr r_t sqrt(1 - b2^t) / (1 - b1^t)`` when rectified."""
     for i, param in enumerate(params):
-        grad, exp_avg, exp_avg_var, step = grads[i], exp_avgs[i], exp_avg_vars[i], steps[i]
-        if decoupled_decay is not None:
-            decoupled_weight_decay_(param, decoupled_decay)
-        else:
-            grad = l2_weight_decay(grad, param, weight_decay)
+        grad, exp_avg, exp_avg_var = grads[i], exp_avgs[i], exp_avg_vars[i]
+        decoupled_weight_decay_(param, decoupled_decay)
+        grad = l2_weight_decay(grad, param, weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)  # m_t
         residual = grad - exp_avg  # g_t - m_t, with the new m_t
         exp_avg_var.mul_(beta2).addcmul_(residual, residual, value=1 - beta2).add_(eps)  # s_t
         if max_exp_avg_vars is not None:
             torch.maximum(max_exp_avg_vars[i], exp_avg_var, out=max_exp_avg_vars[i])
-        bc1, bc2 = bias_correction(beta1, step), bias_correction(beta2, step)
         if not rectify:
             s = exp_avg_var if max_exp_avg_vars is None else max_exp_avg_vars[i]
-            param.addcdiv_(exp_avg, adam_denominator(s, eps, bc2), value=-lr / bc1)
-            continue
-        rect = radam_rectification(beta2, step, RHO_THRESHOLD)
-        if rect is not None:  # the package divides by s here, never by the amsgrad maximum
-            step_size = lr * rect * math.sqrt(bc2) / bc1
+            param.addcdiv_(exp_avg, adam_denominator(s, eps, bias_correction2), value=-step_size)
+        elif rectified:  # the package divides by s here, never by the amsgrad maximum
             param.addcdiv_(exp_avg, adam_denominator(exp_avg_var, eps), value=-step_size)
         elif degenerated_to_sgd:
-            param.add_(exp_avg, alpha=-lr / bc1)
+            param.add_(exp_avg, alpha=-step_size)
 
 
 def _multi_tensor_adabelief(
