@@ -45,7 +45,7 @@ Differences from the reference code:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -53,6 +53,7 @@ import torch
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
 from adaptim.core.distributed import any_dtensor, foreach_copy_, global_norm, local_list
 from adaptim.core.functional import (
+    Scalar,
     adam_denominator,
     bias_correction,
     decoupled_weight_decay_,
@@ -86,6 +87,7 @@ class Adan(AdaptimOptimizer):
     """
 
     cache_blocking = True  # the multi-tensor update is per tensor
+    splits_tensors = True  # and elementwise inside each tensor
 
     supports_dtensor = True  # tests/test_fsdp2.py
 
@@ -165,9 +167,8 @@ class Adan(AdaptimOptimizer):
         if any_dtensor(batch.params):
             lists = [local_list(ts) for ts in lists]
         params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads = lists
-        fn = _multi_tensor_adan if foreach else _single_tensor_adan
         beta1, beta2, beta3 = group["betas"]
-        fn(
+        _multi_tensor_adan(
             params,
             grads,
             exp_avgs,
@@ -185,6 +186,33 @@ class Adan(AdaptimOptimizer):
             clip=self._clip,
         )
 
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        return _single_tensor_adan, self.state_keys
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        lr = float(group["lr"])
+        beta1, beta2, beta3 = group["betas"]
+        lr_wd = lr * group["weight_decay"]
+        return dict(
+            beta1=beta1,
+            beta2=beta2,
+            beta3=beta3,
+            eps=group["eps"],
+            no_prox=group["no_prox"],
+            # the factor of _before_update, this step's; None without clipping. Where clipping is
+            # on, a step whose gradient needs none multiplies by 1 (exact): no second graph
+            clip=self._clip if self.defaults["max_grad_norm"] > 0 else None,
+            first_step=step == 1,
+            step_size=lr / bias_correction(beta1, step),
+            diff_step_size=lr * beta2 / bias_correction(beta2, step),
+            bias_correction3=bias_correction(beta3, step),
+            # the decay as the factor itself (1 when weight_decay is 0, never an exact zero): a
+            # group without decay compiles the same graph as one with it
+            decay=1.0 - lr_wd if group["no_prox"] else 1.0 + lr_wd,
+        )
+
 
 def _single_tensor_adan(
     params: list[torch.Tensor],
@@ -193,35 +221,45 @@ def _single_tensor_adan(
     exp_avg_sqs: list[torch.Tensor],
     exp_avg_diffs: list[torch.Tensor],
     neg_pre_grads: list[torch.Tensor],
-    steps: list[int],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    eps: float,
-    weight_decay: float,
+    beta1: Scalar,
+    beta2: Scalar,
+    beta3: Scalar,
+    eps: Scalar,
     no_prox: bool,
-    clip: float,
+    clip: Scalar | None,
+    first_step: bool,
+    step_size: Scalar,
+    diff_step_size: Scalar,
+    bias_correction3: Scalar,
+    decay: Scalar,
 ) -> None:
+    """Adan's step; ``decay`` is ``1 - lr wd`` (``no_prox``: ``p *= decay``) or ``1 + lr wd``
+    (proximal: ``p /= decay``), ``clip`` the global clip factor (``None``: no clipping)."""
     for i, param in enumerate(params):
-        grad = grads[i] * clip if clip != 1.0 else grads[i]
+        grad = grads[i] if clip is None else grads[i] * clip
         m, n, d, work = exp_avgs[i], exp_avg_sqs[i], exp_avg_diffs[i], neg_pre_grads[i]
-        if steps[i] == 1:
+        if first_step:
             torch.neg(grad, out=work)  # g_prev = g_1, so diff_1 = 0
         work.add_(grad)  # -g_prev + g = diff
         m.lerp_(grad, 1 - beta1)
         d.lerp_(work, 1 - beta2)
         work.mul_(beta2).add_(grad)  # g + b2 diff
         n.mul_(beta3).addcmul_(work, work, value=1 - beta3)
-        denom = adam_denominator(n, eps, bias_correction(beta3, steps[i]))
-        if no_prox:
-            decoupled_weight_decay_(param, lr * weight_decay)
-        param.addcdiv_(m, denom, value=-lr / bias_correction(beta1, steps[i]))
-        param.addcdiv_(d, denom, value=-lr * beta2 / bias_correction(beta2, steps[i]))
-        if not no_prox:
-            proximal_weight_decay_(param, lr * weight_decay)
+        denom = adam_denominator(n, eps, bias_correction3)
+        if no_prox and not _is_one(decay):
+            param.mul_(decay)
+        param.addcdiv_(m, denom, value=-step_size)
+        param.addcdiv_(d, denom, value=-diff_step_size)
+        if not no_prox and not _is_one(decay):
+            param.div_(decay)
         torch.neg(grad, out=work)  # store -g for the next difference (a copy, never an alias)
+
+
+def _is_one(value: Scalar) -> bool:
+    """``value == 1`` for a Python number (the eager path skips a pass that would not change
+    anything); never for a 0-dim tensor, so that no branch depends on a compiled scalar's value."""
+    return not isinstance(value, torch.Tensor) and value == 1
 
 
 def _multi_tensor_adan(
