@@ -10,6 +10,7 @@ that each graph compiles in seconds.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -73,7 +74,7 @@ def _train(
         opt = make(info, _groups(info, params), **kwargs)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.95**s)
     with warnings.catch_warnings():  # catching up with a schedule before any step of this optimizer
-        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+        warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
         for _ in range(steps.start):
             sched.step()
     for step in steps:

@@ -554,6 +554,7 @@ class AdaptimOptimizer(Optimizer):
             batch.steps,
             lambda step: self._step_scalars(group, step),
             fused=fused,
+            split=self.splits_tensors,
         )
 
     def _per_tensor_update(self, group: dict[str, Any], batch: TensorBatch) -> None:

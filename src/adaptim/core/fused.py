@@ -113,12 +113,19 @@ def _cuts(numel: int, dtype: torch.dtype) -> list[tuple[int, int]]:
     return cuts
 
 
-def _scratch_piece(dtype: torch.dtype, device: torch.device, slot: int) -> torch.Tensor:
-    """A padding piece with storage of its own (distinct per slot, so no aliasing guards)."""
-    key = (dtype, device, slot)
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    """Contiguous ``t`` as a tensor of its shape on its storage (not a view)."""
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), t.shape, t.stride())
+
+
+def _scratch_piece(like: torch.Tensor, slot: int) -> torch.Tensor:
+    """A padding piece shaped like ``like``'s kind (1-D, or every dimension 2 for a whole tensor of
+    that many dimensions) with storage of its own (distinct per slot, so no aliasing guards)."""
+    shape = (_ALIGN,) if like.dim() == 1 else (2,) * like.dim()
+    key = (like.dtype, like.device, shape, slot)
     t = _scratch.get(key)
     if t is None:
-        t = _scratch[key] = torch.zeros(_ALIGN, dtype=dtype, device=device)
+        t = _scratch[key] = torch.zeros(shape, dtype=like.dtype, device=like.device)
     return t
 
 
@@ -129,12 +136,15 @@ def run_elementwise(
     step_scalars: Callable[[int], _Scalars],
     *,
     fused: bool,
+    split: bool = True,
 ) -> None:
     """Run ``fn(*tensor_lists, **step_scalars(step))`` over the tensors, grouped by step.
 
     ``tensors`` is ``[params, grads, *states]``: lists of equal length (a ``None`` list, e.g. an
     optional state that is off, is passed as ``None``). Eager (``fused=False``) calls ``fn`` once per
-    distinct step count with Python scalars; fused runs it compiled over flat pieces.
+    distinct step count with Python scalars; fused runs it compiled over flat pieces, or, where
+    ``fn`` needs whole tensors (``split=False``: it reduces over a tensor or uses its shape), over
+    whole tensors, calls grouped by their numbers of dimensions.
     """
     lists = [list(ts) if ts is not None else None for ts in tensors]
     by_step: dict[int, list[int]] = {}
@@ -144,45 +154,53 @@ def run_elementwise(
         scalars = step_scalars(step)
         picked = [None if ts is None else [ts[i] for i in idx] for ts in lists]
         if fused:
-            _run_fused(fn, picked, scalars)
+            _run_fused(fn, picked, scalars, split)
         else:
             fn(*picked, **scalars)
 
 
-def _run_fused(fn: Callable[..., None], lists: list[list[Any] | None], scalars: _Scalars) -> None:
+def _run_fused(
+    fn: Callable[..., None], lists: list[list[Any] | None], scalars: _Scalars, split: bool
+) -> None:
     present = [k for k, ts in enumerate(lists) if ts is not None]
     columns = [lists[k] for k in present]
     eager: list[int] = []  # tensors the compiled graph cannot take: of 0 or 1 element, or strided
-    pieces: list[list[torch.Tensor]] = []
+    # pieces by the numbers of dimensions of their tensors: one graph per kind
+    kinds: dict[tuple[int, ...], list[list[torch.Tensor]]] = {}
     for i, param in enumerate(columns[0]):
         row = [c[i] for c in columns]
         numel = param.numel()
-        if numel < 2 or not all(t.is_contiguous() and t.numel() == numel for t in row):
+        if numel < 2 or not all(t.is_contiguous() for t in row):
             eager.append(i)
-            continue
-        for a, b in _cuts(numel, param.dtype):
-            pieces.append([_piece(t, a, b) for t in row])
+        elif not split:
+            kinds.setdefault(tuple(t.dim() for t in row), []).append([_whole(t) for t in row])
+        elif all(t.numel() == numel for t in row):
+            pieces = kinds.setdefault((1,) * len(row), [])
+            pieces += [[_piece(t, a, b) for t in row] for a, b in _cuts(numel, param.dtype)]
+        else:
+            eager.append(i)
     if eager:
         fn(*[None if ts is None else [ts[i] for i in eager] for ts in lists], **scalars)
-    if not pieces:
+    if not kinds:
         return
-    first = pieces[0]
-    tensor_scalars = _as_tensors(scalars, first[0].device)
-    compiled = _compile(fn, first[0].device)
+    device = columns[0][0].device
+    tensor_scalars = _as_tensors(scalars, device)
+    compiled = _compile(fn, device)
     with (
         fx_config.patch(use_duck_shape=False),
         torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=4096),
     ):
-        for call in _pack(pieces):
-            args: list[Any] = [None] * len(lists)
-            for col, k in enumerate(present):
-                column = [p[col] for p in call]
-                dtype, device = first[col].dtype, first[col].device
-                column += [
-                    _scratch_piece(dtype, device, col * ARITY + j) for j in range(len(call), ARITY)
-                ]
-                args[k] = column
-            compiled(*args, **tensor_scalars)
+        for pieces in kinds.values():
+            first = pieces[0]
+            for call in _pack(pieces):
+                args: list[Any] = [None] * len(lists)
+                for col, k in enumerate(present):
+                    column = [p[col] for p in call]
+                    column += [
+                        _scratch_piece(first[col], col * ARITY + j) for j in range(len(call), ARITY)
+                    ]
+                    args[k] = column
+                compiled(*args, **tensor_scalars)
 
 
 def _pack(pieces: list[list[torch.Tensor]]) -> list[list[list[torch.Tensor]]]:
