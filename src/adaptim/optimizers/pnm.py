@@ -35,13 +35,14 @@ the spec. With ``eps=0`` the two agree to ~1e-12 (tests/optimizers/test_pnm.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch, required
 from adaptim.core.functional import (
+    Scalar,
     adam_denominator,
     bias_correction,
     decoupled_weight_decay_,
@@ -66,6 +67,13 @@ def _pos_neg(
     pos = [s[first] if s["step"] % 2 == 1 else s[second] for s in states]
     neg = [s[second] if s["step"] % 2 == 1 else s[first] for s in states]
     return pos, neg
+
+
+def _by_parity(
+    odd: torch.Tensor, even: torch.Tensor, odd_step: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive, negative) buffers of one parameter: odd steps update ``odd``, even ones ``even``."""
+    return (odd, even) if odd_step else (even, odd)
 
 
 class PNM(AdaptimOptimizer):
@@ -117,10 +125,9 @@ class PNM(AdaptimOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        fn = _multi_tensor_pnm if foreach else _single_tensor_pnm
         pos, neg = _pos_neg(batch.states, "pos_momentum", "neg_momentum")
         beta1, beta0 = group["betas"]
-        fn(
+        _multi_tensor_pnm(
             batch.params,
             batch.grads,
             pos,
@@ -130,6 +137,25 @@ class PNM(AdaptimOptimizer):
             beta0=beta0,
             weight_decay=group["weight_decay"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
+        )
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        return _single_tensor_pnm, ("pos_momentum", "neg_momentum")
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        lr = float(group["lr"])
+        beta1, beta0 = group["betas"]
+        return dict(
+            lr=lr,
+            beta1=beta1,
+            beta0=beta0,
+            noise_norm=_noise_norm(beta0),
+            weight_decay=group["weight_decay"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            decay_factor=lr * group["weight_decay"],
+            odd_step=step % 2 == 1,
         )
 
 
@@ -189,10 +215,9 @@ class AdaPNM(AdaptimOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        fn = _multi_tensor_adapnm if foreach else _single_tensor_adapnm
         pos, neg = _pos_neg(batch.states, "exp_avg", "neg_exp_avg")
         beta1, beta2, beta0 = group["betas"]
-        fn(
+        _multi_tensor_adapnm(
             batch.params,
             batch.grads,
             pos,
@@ -209,6 +234,29 @@ class AdaPNM(AdaptimOptimizer):
             decoupled_weight_decay=group["decoupled_weight_decay"],
         )
 
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        amsgrad = "max_exp_avg_sq" if group["amsgrad"] else None
+        return _single_tensor_adapnm, ("exp_avg", "neg_exp_avg", "exp_avg_sq", amsgrad)
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        lr = float(group["lr"])
+        beta1, beta2, beta0 = group["betas"]
+        return dict(
+            beta1=beta1,
+            beta2=beta2,
+            beta0=beta0,
+            noise_norm=_noise_norm(beta0),
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            decay_factor=lr * group["weight_decay"],
+            odd_step=step % 2 == 1,
+            step_size=lr / bias_correction(beta1, step),
+            bias_correction2=bias_correction(beta2, step),
+        )
+
 
 # -- PNM ------------------------------------------------------------------------------------------
 
@@ -216,20 +264,25 @@ class AdaPNM(AdaptimOptimizer):
 def _single_tensor_pnm(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
-    pos_momentums: list[torch.Tensor],
-    neg_momentums: list[torch.Tensor],
+    odd_momentums: list[torch.Tensor],
+    even_momentums: list[torch.Tensor],
     *,
-    lr: float,
-    beta1: float,
-    beta0: float,
-    weight_decay: float,
+    lr: Scalar,
+    beta1: Scalar,
+    beta0: Scalar,
+    noise_norm: Scalar,
+    weight_decay: Scalar,
     decoupled_weight_decay: bool,
+    decay_factor: Scalar,
+    odd_step: bool,
 ) -> None:
-    noise_norm = _noise_norm(beta0)
+    """One step; ``odd_momentums`` (state ``pos_momentum``) is updated on odd steps,
+    ``even_momentums`` (``neg_momentum``) on even ones."""
     for i, param in enumerate(params):
-        grad, pos, neg = grads[i], pos_momentums[i], neg_momentums[i]
+        grad = grads[i]
+        pos, neg = _by_parity(odd_momentums[i], even_momentums[i], odd_step)
         if decoupled_weight_decay:
-            decoupled_weight_decay_(param, lr * weight_decay)
+            decoupled_weight_decay_(param, decay_factor)
         else:
             grad = l2_weight_decay(grad, param, weight_decay)
         pos.mul_(beta1**2).add_(grad, alpha=1.0 - beta1**2)
@@ -267,25 +320,30 @@ def _multi_tensor_pnm(
 def _single_tensor_adapnm(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
-    pos_momentums: list[torch.Tensor],
-    neg_momentums: list[torch.Tensor],
+    odd_momentums: list[torch.Tensor],
+    even_momentums: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
     max_exp_avg_sqs: list[torch.Tensor] | None,
-    steps: list[int],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    beta0: float,
-    eps: float,
-    weight_decay: float,
+    beta1: Scalar,
+    beta2: Scalar,
+    beta0: Scalar,
+    noise_norm: Scalar,
+    eps: Scalar,
+    weight_decay: Scalar,
     decoupled_weight_decay: bool,
+    decay_factor: Scalar,
+    odd_step: bool,
+    step_size: Scalar,
+    bias_correction2: Scalar,
 ) -> None:
-    noise_norm = _noise_norm(beta0)
+    """One step (``step_size = lr / (1 - b1^t)``); ``odd_momentums`` (state ``exp_avg``) is updated
+    on odd steps, ``even_momentums`` (``neg_exp_avg``) on even ones."""
     for i, param in enumerate(params):
-        grad, pos, neg, exp_avg_sq = grads[i], pos_momentums[i], neg_momentums[i], exp_avg_sqs[i]
+        grad, exp_avg_sq = grads[i], exp_avg_sqs[i]
+        pos, neg = _by_parity(odd_momentums[i], even_momentums[i], odd_step)
         if decoupled_weight_decay:
-            decoupled_weight_decay_(param, lr * weight_decay)
+            decoupled_weight_decay_(param, decay_factor)
         else:
             grad = l2_weight_decay(grad, param, weight_decay)
         pos.mul_(beta1**2).add_(grad, alpha=1.0 - beta1**2)
@@ -293,9 +351,9 @@ def _single_tensor_adapnm(
         if max_exp_avg_sqs is not None:
             torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
             exp_avg_sq = max_exp_avg_sqs[i]
-        denom = adam_denominator(exp_avg_sq, eps, bias_correction(beta2, steps[i]))
+        denom = adam_denominator(exp_avg_sq, eps, bias_correction2)
         pn_momentum = pos.mul(1.0 + beta0).add_(neg, alpha=-beta0).mul_(1.0 / noise_norm)
-        param.addcdiv_(pn_momentum, denom, value=-lr / bias_correction(beta1, steps[i]))
+        param.addcdiv_(pn_momentum, denom, value=-step_size)
 
 
 def _multi_tensor_adapnm(
