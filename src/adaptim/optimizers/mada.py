@@ -111,7 +111,7 @@ Defaults follow ``gdtuo.Meta``: ``lr = 1e-3``, ``betas = (0.9, 0.99)``, ``eps = 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -125,7 +125,12 @@ from adaptim.core.distributed import (
     local_list,
     partition_sum,
 )
-from adaptim.core.functional import bias_correction, decoupled_weight_decay_, scalars
+from adaptim.core.functional import (
+    Scalar,
+    bias_correction,
+    decoupled_weight_decay_,
+    scalars,
+)
 from adaptim.core.validation import BOOL, NONNEGATIVE, UNIT_CLOSED, UNIT_HALF_OPEN, TupleOf
 from adaptim.registry import OptimInfo, register
 
@@ -814,9 +819,8 @@ class AVGrad(AdaptimOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        fn = _multi_tensor_avgrad if foreach else _single_tensor_avgrad
         beta1, beta2 = group["betas"]
-        fn(
+        _multi_tensor_avgrad(
             *batch.local("exp_avg", "exp_avg_sq", "exp_avg_sq_mean"),  # FSDP2: the local shards
             batch.steps,
             lr=float(group["lr"]),
@@ -824,6 +828,25 @@ class AVGrad(AdaptimOptimizer):
             beta2=beta2,
             eps=group["eps"],
             weight_decay=group["weight_decay"],
+        )
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        return _single_tensor_avgrad, self.state_keys
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        lr = float(group["lr"])
+        beta1, beta2 = group["betas"]
+        return dict(
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            mean_weight=1.0 / step,  # v_avg += (v - v_avg) / t
+            bias_correction2=bias_correction(beta2, step),
+            step_size=lr / bias_correction(beta1, step),
         )
 
 
@@ -846,19 +869,32 @@ def _running_mean_(means: list[torch.Tensor], values: list[torch.Tensor], steps:
 
 
 def _single_tensor_avgrad(
-    params, grads, exp_avgs, exp_avg_sqs, means, steps, *, lr, beta1, beta2, eps, weight_decay
-):
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    means: list[torch.Tensor],
+    *,
+    lr: Scalar,
+    beta1: Scalar,
+    beta2: Scalar,
+    eps: Scalar,
+    weight_decay: Scalar,
+    mean_weight: Scalar,
+    bias_correction2: Scalar,
+    step_size: Scalar,
+) -> None:
     for i, param in enumerate(params):
-        grad, t = grads[i], steps[i]
+        grad = grads[i]
         exp_avgs[i].lerp_(grad, 1 - beta1)
         exp_avg_sqs[i].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         # a v that overflowed (g^2 beyond the dtype's range) is inf and so must be its mean, not
         # NaN from inf - inf: the mean is kept finite before it moves (see _running_mean_)
         means[i].clamp_max_(torch.finfo(means[i].dtype).max)
-        means[i].add_(exp_avg_sqs[i] - means[i], alpha=1.0 / t)  # mean of v_1 .. v_t
-        denom = (means[i] / bias_correction(beta2, t)).sqrt_().add_(eps)
+        means[i].add_(exp_avg_sqs[i] - means[i], alpha=mean_weight)  # mean of v_1 .. v_t
+        denom = (means[i] / bias_correction2).sqrt_().add_(eps)
         decoupled_weight_decay_(param, lr * weight_decay)
-        param.addcdiv_(exp_avgs[i], denom, value=-lr / bias_correction(beta1, t))
+        param.addcdiv_(exp_avgs[i], denom, value=-step_size)
 
 
 def _multi_tensor_avgrad(
