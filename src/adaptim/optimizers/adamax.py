@@ -22,13 +22,14 @@ torch's Adamax; it is the shared AdamW-style decay (Loshchilov & Hutter, arXiv:1
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
 from adaptim.core.functional import (
+    Scalar,
     bias_correction,
     decoupled_weight_decay_,
     l2_weight_decay,
@@ -91,9 +92,8 @@ class Adamax(AdaptimOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        fn = _multi_tensor_adamax if foreach else _single_tensor_adamax
         beta1, beta2 = group["betas"]
-        fn(
+        _multi_tensor_adamax(
             batch.params,
             batch.grads,
             batch.state("exp_avg"),
@@ -107,21 +107,40 @@ class Adamax(AdaptimOptimizer):
             decoupled_weight_decay=group["decoupled_weight_decay"],
         )
 
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        return _single_tensor_adamax, ("exp_avg", "exp_inf")
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        lr = float(group["lr"])
+        beta1, beta2 = group["betas"]
+        return dict(
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            step_size=lr / bias_correction(beta1, step),
+        )
+
 
 def _single_tensor_adamax(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     exp_avgs: list[torch.Tensor],
     exp_infs: list[torch.Tensor],
-    steps: list[int],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
+    lr: Scalar,
+    beta1: Scalar,
+    beta2: Scalar,
+    eps: Scalar,
+    weight_decay: Scalar,
     decoupled_weight_decay: bool,
+    step_size: Scalar,
 ) -> None:
+    """``step_size``: ``lr / (1 - b1^t)``."""
     for i, param in enumerate(params):
         grad, exp_avg, exp_inf = grads[i], exp_avgs[i], exp_infs[i]
         if decoupled_weight_decay:
@@ -129,10 +148,9 @@ def _single_tensor_adamax(
         else:
             grad = l2_weight_decay(grad, param, weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)  # m = b1 m + (1 - b1) g
-        torch.maximum(
-            exp_inf.mul_(beta2), grad.abs().add_(eps), out=exp_inf
-        )  # u = max(b2 u, |g|+eps)
-        param.addcdiv_(exp_avg, exp_inf, value=-lr / bias_correction(beta1, steps[i]))
+        exp_inf.mul_(beta2)
+        torch.maximum(exp_inf, grad.abs().add_(eps), out=exp_inf)  # u = max(b2 u, |g| + eps)
+        param.addcdiv_(exp_avg, exp_inf, value=-step_size)
 
 
 def _multi_tensor_adamax(
