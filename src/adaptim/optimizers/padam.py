@@ -39,13 +39,14 @@ Iterate averaging (the "Gadam" part) is a wrapper, not part of this optimizer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
 from adaptim.core.functional import (
+    Scalar,
     bias_correction,
     decoupled_weight_decay_,
     l2_weight_decay,
@@ -118,9 +119,8 @@ class Padam(AdaptimOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        fn = _multi_tensor_padam if foreach else _single_tensor_padam
         beta1, beta2 = group["betas"]
-        fn(
+        _multi_tensor_padam(
             batch.params,
             batch.grads,
             batch.state("exp_avg"),
@@ -136,6 +136,27 @@ class Padam(AdaptimOptimizer):
             decoupled_weight_decay=group["decoupled_weight_decay"],
         )
 
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        amsgrad = "max_exp_avg_sq" if group["amsgrad"] else None
+        return _single_tensor_padam, ("exp_avg", "exp_avg_sq", amsgrad)
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        lr = float(group["lr"])
+        beta1, beta2 = group["betas"]
+        return dict(
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            partially_adaptive=group["partial"] != 0.5,
+            power=2 * group["partial"],
+            step_size=_step_size(lr, beta1, beta2, step),
+        )
+
 
 def _step_size(lr: float, beta1: float, beta2: float, step: int) -> float:
     return lr * bias_correction(beta2, step) ** 0.5 / bias_correction(beta1, step)
@@ -147,16 +168,19 @@ def _single_tensor_padam(
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
     max_exp_avg_sqs: list[torch.Tensor] | None,
-    steps: list[int],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    partial: float,
+    lr: Scalar,
+    beta1: Scalar,
+    beta2: Scalar,
+    eps: Scalar,
+    weight_decay: Scalar,
     decoupled_weight_decay: bool,
+    partially_adaptive: bool,
+    power: Scalar,
+    step_size: Scalar,
 ) -> None:
+    """``power``: ``2 partial``, applied when ``partially_adaptive`` (``partial != 1/2``);
+    ``step_size``: ``lr sqrt(1 - b2^t) / (1 - b1^t)``."""
     for i, param in enumerate(params):
         grad, exp_avg, exp_avg_sq = grads[i], exp_avgs[i], exp_avg_sqs[i]
         if decoupled_weight_decay:
@@ -169,9 +193,9 @@ def _single_tensor_padam(
             torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
             exp_avg_sq = max_exp_avg_sqs[i]
         denom = exp_avg_sq.sqrt().add_(eps)
-        if partial != 0.5:
-            denom.pow_(2 * partial)
-        param.addcdiv_(exp_avg, denom, value=-_step_size(lr, beta1, beta2, steps[i]))
+        if partially_adaptive:
+            denom.pow_(power)
+        param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
 def _multi_tensor_padam(
