@@ -28,7 +28,7 @@ give v2's trajectory. Defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_de
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -36,6 +36,7 @@ import torch
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
 from adaptim.core.distributed import foreach_copy_
 from adaptim.core.functional import (
+    Scalar,
     adam_denominator,
     bias_correction,
     decoupled_weight_decay_,
@@ -99,9 +100,8 @@ class DiffGrad(AdaptimOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        fn = _multi_tensor_diffgrad if foreach else _single_tensor_diffgrad
         beta1, beta2 = group["betas"]
-        fn(
+        _multi_tensor_diffgrad(
             batch.params,
             batch.grads,
             batch.state("exp_avg"),
@@ -116,9 +116,27 @@ class DiffGrad(AdaptimOptimizer):
             decoupled_weight_decay=group["decoupled_weight_decay"],
         )
 
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        return _single_tensor_diffgrad, ("exp_avg", "exp_avg_sq", "previous_grad")
 
-def _step_sizes(lr: float, beta1: float, beta2: float, steps: list[int]) -> list[float]:
-    return [-lr * math.sqrt(bias_correction(beta2, s)) / bias_correction(beta1, s) for s in steps]
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        lr = float(group["lr"])
+        beta1, beta2 = group["betas"]
+        return dict(
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            step_size=_step_size(lr, beta1, beta2, step),
+        )
+
+
+def _step_size(lr: float, beta1: float, beta2: float, step: int) -> float:
+    return lr * math.sqrt(bias_correction(beta2, step)) / bias_correction(beta1, step)
 
 
 def _single_tensor_diffgrad(
@@ -127,16 +145,16 @@ def _single_tensor_diffgrad(
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
     previous_grads: list[torch.Tensor],
-    steps: list[int],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
+    lr: Scalar,
+    beta1: Scalar,
+    beta2: Scalar,
+    eps: Scalar,
+    weight_decay: Scalar,
     decoupled_weight_decay: bool,
+    step_size: Scalar,
 ) -> None:
-    step_sizes = _step_sizes(lr, beta1, beta2, steps)
+    """``step_size``: ``lr sqrt(1 - b2^t) / (1 - b1^t)``."""
     for i, param in enumerate(params):
         grad, exp_avg, exp_avg_sq, previous = (
             grads[i],
@@ -153,7 +171,7 @@ def _single_tensor_diffgrad(
         xi = torch.sigmoid((previous - grad).abs())  # 1 / (1 + exp(-|g_{t-1} - g_t|))
         previous.copy_(grad)  # a copy, never a reference to p.grad
         denom = adam_denominator(exp_avg_sq, eps)  # sqrt(v) + eps, v not bias-corrected
-        param.addcdiv_(exp_avg * xi, denom, value=step_sizes[i])
+        param.addcdiv_(exp_avg * xi, denom, value=-step_size)
 
 
 def _multi_tensor_diffgrad(
@@ -184,9 +202,8 @@ def _multi_tensor_diffgrad(
     torch._foreach_sigmoid_(previous_grads)
     torch._foreach_mul_(previous_grads, exp_avgs)
     denom = adam_denominator(exp_avg_sqs, eps)
-    torch._foreach_addcdiv_(
-        params, previous_grads, denom, scalars(_step_sizes(lr, beta1, beta2, steps))
-    )
+    step_sizes = [-_step_size(lr, beta1, beta2, s) for s in steps]
+    torch._foreach_addcdiv_(params, previous_grads, denom, scalars(step_sizes))
     foreach_copy_(previous_grads, grads)
 
 
