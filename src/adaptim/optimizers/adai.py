@@ -24,10 +24,11 @@ for Adai and ``True`` for AdaiV2.
 Two passes per step. The first (``_before_update``) updates ``v`` and sums each tensor (in its dtype, as
 the reference code does); the global mean ``v_bar`` over the parameters that have a gradient (as in the
 reference code) is combined in float64 and stays a 0-dim tensor on the parameters' device: no
-host-device synchronization. Given ``v_bar``, the second pass (the update) is elementwise. On CPU
-both passes run over cache-sized chunks of tensors (``cache_blocking``; bit-identical to one pass over
-all tensors), so the L2 term ``g + wd * p`` is recomputed per chunk in each pass instead of being
-stored. Under FSDP2 the per-tensor sums are summed over the shards in one collective per batch.
+host-device synchronization. Given ``v_bar``, the second pass (the update) is elementwise: with
+``fused=True`` it is compiled (core/fused.py), ``v_bar`` passed to it as that 0-dim tensor, while the
+first pass stays eager. On CPU both eager passes run over cache-sized chunks of tensors
+(``cache_blocking``; bit-identical to one pass over all tensors), so the L2 term ``g + wd * p`` is
+recomputed per chunk in each pass instead of being stored. Under FSDP2 the per-tensor sums are summed over the shards in one collective per batch.
 Under ZeRO (``torch.distributed.optim.ZeroRedundancyOptimizer``, which builds Adai on one rank's share
 of the tensors) the share's sum and coordinate count are summed over the partition in one collective
 per step (``global_statistics``; tests/test_zero.py), so ``v_bar`` is the mean over all parameters.
@@ -57,6 +58,7 @@ import torch
 from adaptim.core.base import AdaptimOptimizer, TensorBatch, required
 from adaptim.core.distributed import all_reduce_many, any_dtensor, partition_sum
 from adaptim.core.functional import (
+    Scalar,
     bias_correction,
     decoupled_weight_decay_,
     l2_weight_decay,
@@ -218,7 +220,7 @@ class Adai(AdaptimOptimizer):
                 )
         super()._check_gradients()
 
-    def _dampening(self, group: dict[str, Any]) -> float:
+    def _dampening(self, group: Mapping[str, Any]) -> float:
         return 1.0
 
     def _init_state(
@@ -290,30 +292,53 @@ class Adai(AdaptimOptimizer):
         return value
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        beta0, beta2 = group["beta0"], group["beta2"]
         lists = batch.local("exp_avg", "exp_avg_sq", "beta1_prod")
         params, grads, exp_avgs, exp_avg_sqs, beta1_prods = lists
-        device = lists[0][0].device
-        fn: Callable[..., None]  # the two paths name the statistic differently (v_bar, 1 / v_bar)
-        if foreach:
-            fn, stat = _multi_tensor_adai, self._on(self._inv_v_bar, device)
-        else:
-            fn, stat = _single_tensor_adai, self._on(self._v_bar, device)
-        fn(
+        _multi_tensor_adai(
             params,
             grads,
             exp_avgs,
             exp_avg_sqs,
             beta1_prods,
             batch.steps,
-            stat,
+            # the multi-tensor path takes 1 / v_bar, the per-tensor one v_bar (_step_scalars)
+            self._on(self._inv_v_bar, params[0].device),
             lr=float(group["lr"]),
-            beta0=beta0,
-            beta2=beta2,
+            beta0=group["beta0"],
+            beta2=group["beta2"],
             eps=group["eps"],
             dampening=self._dampening(group),
             weight_decay=group["weight_decay"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
+        )
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        return _single_tensor_adai, ("exp_avg", "exp_avg_sq", "beta1_prod")
+
+    def _run_elementwise(self, group: dict[str, Any], batch: TensorBatch, *, fused: bool) -> None:
+        # v_bar is handed to the update as a scalar of _step_scalars, on the batch's device
+        self._device = batch.params[0].device
+        super()._run_elementwise(group, batch, fused=fused)
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        """The keyword arguments of ``_single_tensor_adai`` at step ``step``; ``exp_avg_sq_hat_mean``
+        is this step's ``v_bar``, a 0-dim tensor on the device (passed as it is, also when fused)."""
+        lr, beta0, eps = float(group["lr"]), group["beta0"], group["eps"]
+        dampening, weight_decay = self._dampening(group), group["weight_decay"]
+        decoupled = group["decoupled_weight_decay"]
+        return dict(
+            exp_avg_sq_hat_mean=self._on(self._v_bar, self._device),
+            bias_correction2=bias_correction(group["beta2"], step),
+            beta0=beta0,
+            max_beta1=1.0 - eps,
+            damped=dampening != 1.0,
+            dampening=dampening,
+            inertia_power=1.0 / (3.0 - 2.0 * dampening),
+            decay=lr * weight_decay if decoupled else 0.0,
+            l2=0.0 if decoupled else weight_decay,
+            step_size=lr * beta0 ** (1.0 - dampening),
         )
 
 
@@ -365,7 +390,7 @@ class AdaiV2(Adai):
         )
         AdaptimOptimizer.__init__(self, params, self._split_betas(defaults))
 
-    def _dampening(self, group: dict[str, Any]) -> float:
+    def _dampening(self, group: Mapping[str, Any]) -> float:
         return float(group["dampening"])
 
 
@@ -436,37 +461,39 @@ def _single_tensor_adai(
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
     beta1_prods: list[torch.Tensor],
-    steps: list[int],
-    exp_avg_sq_hat_mean: torch.Tensor,
     *,
-    lr: float,
-    beta0: float,
-    beta2: float,
-    eps: float,
-    dampening: float,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
+    exp_avg_sq_hat_mean: torch.Tensor,
+    bias_correction2: Scalar,
+    beta0: Scalar,
+    max_beta1: Scalar,
+    damped: bool,
+    dampening: Scalar,
+    inertia_power: Scalar,
+    decay: Scalar,
+    l2: Scalar,
+    step_size: Scalar,
 ) -> None:
-    """The per-tensor reference; ``exp_avg_sq_hat_mean`` is ``v_bar`` (``inf`` when all ``v`` are 0)."""
+    """The per-tensor reference, also the fused update; ``exp_avg_sq_hat_mean`` is ``v_bar`` (``inf``
+    when all ``v`` are 0), ``max_beta1 = 1 - eps``, ``inertia_power = 1 / (3 - 2d)``, ``decay = lr * wd``
+    (decoupled) or ``l2 = wd``, ``step_size = lr * b0^(1 - d)``; ``damped`` is ``d != 1``."""
     for i, param in enumerate(params):
         grad, exp_avg, beta1_prod = grads[i], exp_avgs[i], beta1_prods[i]
-        if decoupled_weight_decay:
-            decoupled_weight_decay_(param, lr * weight_decay)
-        elif weight_decay:
-            grad = grad.add(param, alpha=weight_decay)  # as in the first phase
-        exp_avg_sq_hat = exp_avg_sqs[i] / bias_correction(beta2, steps[i])
+        decoupled_weight_decay_(param, decay)
+        grad = l2_weight_decay(grad, param, l2)  # as in the first phase
+        exp_avg_sq_hat = exp_avg_sqs[i] / bias_correction2
         ratio = exp_avg_sq_hat / exp_avg_sq_hat_mean
         # inf / inf where g^2 overflowed (|g| ~ 1e19 and more in float32; the mean is then inf too):
         # such a coordinate is among the largest, so it gets no inertia (beta1 = 0), not NaN
         ratio = ratio.nan_to_num_(nan=math.inf, posinf=math.inf)
-        if dampening != 1.0:
-            ratio = ratio.pow(1.0 / (3.0 - 2.0 * dampening))
-        beta1 = (1.0 - ratio.mul(beta0)).clamp(0.0, 1.0 - eps)
-        beta3 = 1.0 - beta1 if dampening == 1.0 else (1.0 - beta1).pow(dampening)
+        if damped:
+            ratio = ratio.pow(inertia_power)
+        beta1 = (1.0 - ratio.mul(beta0)).clamp_min_(0.0).clamp_max_(max_beta1)
+        beta3 = (1.0 - beta1).pow(dampening) if damped else 1.0 - beta1
         beta1_prod.mul_(beta1)
         exp_avg.mul_(beta1).addcmul_(beta3, grad)
         exp_avg_hat = exp_avg / (1.0 - beta1_prod)
-        param.add_(exp_avg_hat, alpha=-lr * beta0 ** (1.0 - dampening))
+        # a 0-dim tensor when fused, which add_ takes (torch's stubs say a Python number)
+        param.add_(exp_avg_hat, alpha=-step_size)  # type: ignore[arg-type]
 
 
 def _multi_tensor_adai(
