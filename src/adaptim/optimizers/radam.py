@@ -146,6 +146,7 @@ class RAdam(AdaptimOptimizer):
     def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
         lr = float(group["lr"])
         beta1, beta2 = group["betas"]
+        wd, decoupled = group["weight_decay"], group["decoupled_weight_decay"]
         rect = radam_rectification(beta2, step, RHO_THRESHOLD)
         bc1 = bias_correction(beta1, step)
         if rect is None:
@@ -156,9 +157,11 @@ class RAdam(AdaptimOptimizer):
             beta1=beta1,
             beta2=beta2,
             eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            decay_factor=lr * group["weight_decay"],
+            decoupled_weight_decay=decoupled,
+            weight_decay=0.0 if decoupled else wd,  # L2
+            # the decoupled decay as its factor, 1 without decay (never an exact zero): a group
+            # without decay compiles the same graph as one with it
+            decay=1.0 - lr * wd if decoupled else 1.0,
             rectified=rect is not None,
             updates=rect is not None or group["degenerated_to_sgd"],
             step_size=step_size,
@@ -176,13 +179,14 @@ def _single_tensor_radam(
     eps: Scalar,
     weight_decay: Scalar,
     decoupled_weight_decay: bool,
-    decay_factor: Scalar,
+    decay: Scalar,
     rectified: bool,
     updates: bool,
     step_size: Scalar,
 ) -> None:
-    """One step; ``rectified``: rho_t >= 5 (``step_size = lr r_t sqrt(1 - b2^t) / (1 - b1^t)``), else
-    ``updates`` says whether the un-adapted momentum step (``step_size = lr / (1 - b1^t)``) is taken."""
+    """One step; ``decay``: ``1 - lr wd`` (decoupled). ``rectified``: rho_t >= 5
+    (``step_size = lr r_t sqrt(1 - b2^t) / (1 - b1^t)``); else ``updates`` says whether the
+    un-adapted momentum step (``step_size = lr / (1 - b1^t)``) is taken."""
     for i, param in enumerate(params):
         grad, exp_avg, exp_avg_sq = grads[i], exp_avgs[i], exp_avg_sqs[i]
         if not decoupled_weight_decay:
@@ -191,13 +195,20 @@ def _single_tensor_radam(
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         if not updates:
             continue  # the authors' default: no update, no decay while rho_t < 5
-        if decoupled_weight_decay:
-            decoupled_weight_decay_(param, decay_factor)
+        if decoupled_weight_decay and not _is_one(decay):
+            param.mul_(decay)  # p *= 1 - lr * wd
         if rectified:
             denom = adam_denominator(exp_avg_sq, eps)  # sqrt(v) + eps, v not bias-corrected
             param.addcdiv_(exp_avg, denom, value=-step_size)
         else:
             param.add_(exp_avg, alpha=-step_size)
+
+
+def _is_one(value: Scalar) -> bool:
+    """``value == 1`` for a Python number (the eager path skips a pass that changes nothing); never
+    for a 0-dim tensor of the fused path, where a decay of 1 keeps groups with and without weight
+    decay on one compiled graph."""
+    return not isinstance(value, torch.Tensor) and value == 1
 
 
 def _multi_tensor_radam(
