@@ -166,7 +166,7 @@ class ACProp(AdaptimOptimizer):
 
     def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
         beta1, beta2 = group["betas"]
-        wd = group["weight_decay"]
+        wd, decoupled = group["weight_decay"], group["decoupled_weight_decay"]
         lr = float(group["lr"])
         bc1 = bias_correction(beta1, step)
         # Which step: the first is a momentum step; later ones are adaptive, except, with
@@ -187,9 +187,11 @@ class ACProp(AdaptimOptimizer):
             beta1=beta1,
             beta2=beta2,
             eps=group["eps"],
-            weight_decay=wd,
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            decay_factor=wd if group["fixed_decay"] else lr * wd,
+            decoupled_weight_decay=decoupled,
+            weight_decay=0.0 if decoupled else wd,  # L2
+            # the decoupled decay as its factor, 1 without decay (never an exact zero): a group
+            # without decay compiles the same graph as one with it
+            decay=1.0 - (wd if group["fixed_decay"] else lr * wd) if decoupled else 1.0,
             rectify=group["rectify"],
             momentum_update=group["momentum_update"],
             first_step=step == 1,
@@ -221,7 +223,7 @@ def _single_tensor_acprop(
     eps: Scalar,
     weight_decay: Scalar,
     decoupled_weight_decay: bool,
-    decay_factor: Scalar,
+    decay: Scalar,
     rectify: bool,
     momentum_update: bool,
     first_step: bool,
@@ -231,13 +233,15 @@ def _single_tensor_acprop(
     bias_correction2_prev: Scalar,
     step_size: Scalar,
 ) -> None:
-    """One step. ``adaptive``: ``p -= step_size * num / denom`` (``step_size = lr / (1 - b1^t)``, or
+    """One step; ``decay``: ``1 - lr wd`` or ``1 - wd`` (decoupled). ``adaptive``:
+    ``p -= step_size * num / denom`` (``step_size = lr / (1 - b1^t)``, or
     ``lr sqrt(1 - b2^t) r_t / (1 - b1^t)`` with ``rectify``); ``momentum_step``:
     ``p -= step_size * m`` (``step_size = lr / (1 - b1^t)``); neither: no step."""
     for i, param in enumerate(params):
         grad, exp_avg, exp_avg_var = grads[i], exp_avgs[i], exp_avg_vars[i]
         if decoupled_weight_decay:
-            decoupled_weight_decay_(param, decay_factor)
+            if not _is_one(decay):
+                param.mul_(decay)  # p *= 1 - lr * wd (fixed_decay: 1 - wd)
         else:
             grad = l2_weight_decay(grad, param, weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
@@ -259,6 +263,13 @@ def _single_tensor_acprop(
             param.add_(exp_avg, alpha=-step_size)
         residual = grad - exp_avg
         exp_avg_var.mul_(beta2).addcmul_(residual, residual, value=1 - beta2)
+
+
+def _is_one(value: Scalar) -> bool:
+    """``value == 1`` for a Python number (the eager path skips a pass that changes nothing); never
+    for a 0-dim tensor of the fused path, where a decay of 1 keeps groups with and without weight
+    decay on one compiled graph."""
+    return not isinstance(value, torch.Tensor) and value == 1
 
 
 def _multi_tensor_acprop(
