@@ -76,6 +76,13 @@ def _by_parity(
     return (odd, even) if odd_step else (even, odd)
 
 
+def _is_one(value: Scalar) -> bool:
+    """``value == 1`` for a Python number (the eager path skips a pass that changes nothing); never
+    for a 0-dim tensor of the fused path, where a decay of 1 keeps groups with and without weight
+    decay on one compiled graph."""
+    return not isinstance(value, torch.Tensor) and value == 1
+
+
 class PNM(AdaptimOptimizer):
     """Positive-negative momentum SGD (Xie et al., 2021, Alg. 1).
 
@@ -147,14 +154,15 @@ class PNM(AdaptimOptimizer):
     def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
         lr = float(group["lr"])
         beta1, beta0 = group["betas"]
+        wd, decoupled = group["weight_decay"], group["decoupled_weight_decay"]
         return dict(
             lr=lr,
             beta1=beta1,
             beta0=beta0,
             noise_norm=_noise_norm(beta0),
-            weight_decay=group["weight_decay"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            decay_factor=lr * group["weight_decay"],
+            decoupled_weight_decay=decoupled,
+            weight_decay=0.0 if decoupled else wd,  # L2
+            decay=1.0 - lr * wd if decoupled else 1.0,  # never 0: one graph with and without decay
             odd_step=step % 2 == 1,
         )
 
@@ -243,15 +251,16 @@ class AdaPNM(AdaptimOptimizer):
     def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
         lr = float(group["lr"])
         beta1, beta2, beta0 = group["betas"]
+        wd, decoupled = group["weight_decay"], group["decoupled_weight_decay"]
         return dict(
             beta1=beta1,
             beta2=beta2,
             beta0=beta0,
             noise_norm=_noise_norm(beta0),
             eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            decay_factor=lr * group["weight_decay"],
+            decoupled_weight_decay=decoupled,
+            weight_decay=0.0 if decoupled else wd,  # L2
+            decay=1.0 - lr * wd if decoupled else 1.0,  # never 0: one graph with and without decay
             odd_step=step % 2 == 1,
             step_size=lr / bias_correction(beta1, step),
             bias_correction2=bias_correction(beta2, step),
@@ -273,16 +282,17 @@ def _single_tensor_pnm(
     noise_norm: Scalar,
     weight_decay: Scalar,
     decoupled_weight_decay: bool,
-    decay_factor: Scalar,
+    decay: Scalar,
     odd_step: bool,
 ) -> None:
-    """One step; ``odd_momentums`` (state ``pos_momentum``) is updated on odd steps,
-    ``even_momentums`` (``neg_momentum``) on even ones."""
+    """One step; ``decay``: ``1 - lr wd`` (decoupled). ``odd_momentums`` (state ``pos_momentum``)
+    is updated on odd steps, ``even_momentums`` (``neg_momentum``) on even ones."""
     for i, param in enumerate(params):
         grad = grads[i]
         pos, neg = _by_parity(odd_momentums[i], even_momentums[i], odd_step)
         if decoupled_weight_decay:
-            decoupled_weight_decay_(param, decay_factor)
+            if not _is_one(decay):
+                param.mul_(decay)  # p *= 1 - lr * wd
         else:
             grad = l2_weight_decay(grad, param, weight_decay)
         pos.mul_(beta1**2).add_(grad, alpha=1.0 - beta1**2)
@@ -332,18 +342,20 @@ def _single_tensor_adapnm(
     eps: Scalar,
     weight_decay: Scalar,
     decoupled_weight_decay: bool,
-    decay_factor: Scalar,
+    decay: Scalar,
     odd_step: bool,
     step_size: Scalar,
     bias_correction2: Scalar,
 ) -> None:
-    """One step (``step_size = lr / (1 - b1^t)``); ``odd_momentums`` (state ``exp_avg``) is updated
-    on odd steps, ``even_momentums`` (``neg_exp_avg``) on even ones."""
+    """One step; ``step_size``: ``lr / (1 - b1^t)``, ``decay``: ``1 - lr wd`` (decoupled).
+    ``odd_momentums`` (state ``exp_avg``) is updated on odd steps, ``even_momentums``
+    (``neg_exp_avg``) on even ones."""
     for i, param in enumerate(params):
         grad, exp_avg_sq = grads[i], exp_avg_sqs[i]
         pos, neg = _by_parity(odd_momentums[i], even_momentums[i], odd_step)
         if decoupled_weight_decay:
-            decoupled_weight_decay_(param, decay_factor)
+            if not _is_one(decay):
+                param.mul_(decay)  # p *= 1 - lr * wd
         else:
             grad = l2_weight_decay(grad, param, weight_decay)
         pos.mul_(beta1**2).add_(grad, alpha=1.0 - beta1**2)
