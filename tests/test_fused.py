@@ -46,14 +46,21 @@ def _params(dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> list[torch.nn
 
 
 def _groups(info: Any, params: list[torch.nn.Parameter]) -> list[dict[str, Any]]:
-    """Two groups: the second at another lr, with ``maximize`` and weight decay where accepted."""
+    """Two groups: the second at another lr, with ``maximize``, and every float hyperparameter
+    given another nonzero value in each group where it has one (weight decay, eps, the betas):
+    a value baked into a compiled graph would show as the other group's."""
     half = len(params) // 2
+    defaults = make(info, [torch.zeros(1)]).defaults
+    first: dict[str, Any] = {"params": params[:half]}
     second: dict[str, Any] = {"params": params[half:], "maximize": True}
-    base_lr = info.test_kwargs.get("lr", make(info, [torch.zeros(1)]).defaults["lr"])
-    second["lr"] = 0.5 * base_lr
+    second["lr"] = 0.5 * info.test_kwargs.get("lr", defaults["lr"])
     if accepts(info, "weight_decay"):
-        second["weight_decay"] = 0.05
-    return [{"params": params[:half]}, second]
+        first["weight_decay"], second["weight_decay"] = 0.02, 0.05
+    if isinstance(defaults.get("eps"), float) and defaults["eps"] > 0:
+        second["eps"] = 2 * defaults["eps"]
+    if isinstance(defaults.get("betas"), tuple):
+        second["betas"] = tuple(0.95 * b for b in defaults["betas"])
+    return [first, second]
 
 
 def _grads(params: list[torch.nn.Parameter], step: int) -> None:

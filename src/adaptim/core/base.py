@@ -534,8 +534,11 @@ class AdaptimOptimizer(Optimizer):
         tensors in place, its states passed in the order of ``state_keys`` (``None`` passes
         ``None``, for an optional state that is off). The per-tensor path (``foreach=False``) calls
         it with Python floats, ``fused=True`` compiles it with the floats as 0-dim tensors, so its
-        body must take either (``value=``/``alpha=`` accept 0-dim tensors; no ``math``, no Python
-        branch on a float). Not overridden: the class has no elementwise form (no ``fused=True``)."""
+        body must take either: no ``math``, no Python branch on a float, and a 0-dim tensor as
+        ``value=``/``alpha=`` only of an in-place op (torch 2.13's compile bakes the first value of
+        an out-of-place op's ``alpha=``/``value=`` tensor into the graph: write ``a + b * s``).
+        Without ``splits_tensors`` the function gets whole tensors (it may reduce over each);
+        with it, flat pieces. Not overridden: the class has no such form (no ``fused=True``)."""
         raise NotImplementedError
 
     def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:

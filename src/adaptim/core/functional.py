@@ -77,6 +77,11 @@ def l2_weight_decay(grads: Tensors, params: Tensors, weight_decay: Scalar) -> Te
         return grads
     if isinstance(grads, list | tuple):
         return list(torch._foreach_add(grads, params, alpha=weight_decay))
+    if isinstance(weight_decay, torch.Tensor):
+        # Not ``add(alpha=tensor)``: torch 2.13's compile bakes the first value of a 0-dim tensor
+        # ``alpha=``/``value=`` of an out-of-place op into the graph, unguarded (in-place forms
+        # are right); a product of tensors is a graph input like any other.
+        return grads + params * weight_decay
     return grads.add(cast(torch.Tensor, params), alpha=weight_decay)
 
 
