@@ -116,14 +116,27 @@ def _assert_same_run(
                 _assert_close(opt_a.state[a][key], value, f"state {key!r} of parameter {i}")
 
 
-@pytest.mark.parametrize("info", FUSABLE, ids=[i.name for i in FUSABLE])
-def test_fused_equals_eager(info: Any) -> None:
+def _decay_modes() -> list[Any]:
+    """Each fusable optimizer with its defaults, and again with the other weight decay mode (L2 or
+    decoupled) where it has both."""
+    cases = []
+    for info in FUSABLE:
+        cases.append(pytest.param(info, {}, id=info.name))
+        if accepts(info, "decoupled_weight_decay"):
+            default = make(info, [torch.zeros(1)]).defaults["decoupled_weight_decay"]
+            other = {"decoupled_weight_decay": not default}
+            cases.append(pytest.param(info, other, id=f"{info.name}-decoupled-{not default}"))
+    return cases
+
+
+@pytest.mark.parametrize(("info", "options"), _decay_modes())
+def test_fused_equals_eager(info: Any, options: dict[str, Any]) -> None:
     """20 steps, two groups (other lr, maximize, weight decay), fp32, fp64 and bf16 parameters in
     each, with a scheduler: the fused step equals the eager per-tensor step."""
     dtypes = (torch.float32, torch.float64, torch.bfloat16)
     eager_params, fused_params = _params(dtypes), _params(dtypes)
-    eager = _train(info, eager_params, range(STEPS), foreach=False, fused=False)
-    fused = _train(info, fused_params, range(STEPS), fused=True)
+    eager = _train(info, eager_params, range(STEPS), foreach=False, fused=False, **options)
+    fused = _train(info, fused_params, range(STEPS), fused=True, **options)
     _assert_same_run(fused_params, fused, eager_params, eager)
 
 
