@@ -542,8 +542,8 @@ class AdaptimOptimizer(Optimizer):
         raise NotImplementedError
 
     def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
-        """The scalars ``fn`` of :meth:`_elementwise_update` takes at step ``step``: floats (become
-        0-dim tensors when fused, except exact zeros) and flags (static: one graph per value)."""
+        """The scalars ``fn`` of :meth:`_elementwise_update` takes at step ``step``: floats (0-dim
+        tensors when fused) and flags (static: one graph per value)."""
         raise NotImplementedError
 
     def _run_elementwise(self, group: dict[str, Any], batch: TensorBatch, *, fused: bool) -> None:

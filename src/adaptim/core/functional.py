@@ -23,9 +23,16 @@ Scalar: TypeAlias = float | torch.Tensor
 
 
 def is_zero(value: Scalar) -> bool:
-    """``value == 0`` for a Python number; a 0-dim tensor is never exactly zero (the fused path keeps
-    zeros as Python floats), so no branch depends on a tensor's value."""
+    """``value == 0`` for a Python number, to skip work that would change nothing; ``False`` for a
+    0-dim tensor (the fused path's scalars), so no branch depends on a tensor's value: the work is
+    done with the zero."""
     return not isinstance(value, torch.Tensor) and value == 0
+
+
+def is_one(value: Scalar) -> bool:
+    """``value == 1`` for a Python number (a multiplier that changes nothing); ``False`` for a 0-dim
+    tensor, as :func:`is_zero`."""
+    return not isinstance(value, torch.Tensor) and value == 1
 
 
 def sqrt(value: Scalar) -> Scalar:
@@ -38,6 +45,7 @@ __all__ = [
     "bias_correction",
     "clamp_finite_",
     "decoupled_weight_decay_",
+    "is_one",
     "is_zero",
     "l2_weight_decay",
     "proximal_weight_decay_",

@@ -16,10 +16,9 @@ What keeps the compile cost from growing with the model, and the step from recom
 * the pieces are 1-D tensors over the storage of the parameters, gradients and states (``set_``),
   not autograd views, so dynamo does not guard on the shapes of the tensors they were cut from; the
   pieces of one call come from pairwise distinct storages, so it does not guard on their aliasing;
-* every step-varying scalar is a 0-dim float64 tensor (on the parameters' device), so
-  a scheduler or the step count never recompiles. A scalar that is exactly ``0.0`` stays a Python
-  float: an update skips work for it (``weight_decay == 0``), at the price of one more graph if a
-  schedule later takes it to or from zero. Booleans are static: one graph per combination.
+* every float scalar is a 0-dim float64 tensor (on the parameters' device), so a scheduler, the
+  step count or a group's own hyperparameters never recompile. Booleans are static: one graph per
+  combination that occurs (a step-dependent branch such as RAdam's rectification adds one).
 
 ``fused=None`` means the eager path (compiling costs 10-60 s on a 2-core CPU, which a short run does
 not earn back; see the README's speed section), except where torch has a fused kernel for exactly
@@ -86,12 +85,15 @@ def _compile(fn: Callable[..., None], device: torch.device) -> Callable[..., Non
 
 
 def _as_tensors(scalars: _Scalars, device: torch.device) -> dict[str, Any]:
-    """Floats as 0-dim float64 tensors, except exact zeros; the rest as they are. float64, so that
+    """Floats as 0-dim float64 tensors; the rest (flags, tensors) as they are. float64, so that
     arithmetic on them in the update (``1 - beta2``) rounds as the eager path's Python floats do;
-    an operation with a float32 tensor still runs in float32."""
+    an operation with a float32 tensor still runs in float32. Zeros too: the eager path skips the
+    work of a zero weight decay (``core.functional.is_zero``), the compiled one multiplies by it,
+    which costs nothing in a memory-bound kernel and saves a graph per zero pattern (a group of
+    biases without weight decay beside one with it)."""
     out: dict[str, Any] = {}
     for key, value in scalars.items():
-        if isinstance(value, float) and value != 0.0:
+        if isinstance(value, float):
             value = torch.tensor(value, dtype=torch.float64, device=device)
         out[key] = value
     return out

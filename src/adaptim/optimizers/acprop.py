@@ -52,6 +52,7 @@ from adaptim.core.functional import (
     adam_denominator,
     bias_correction,
     decoupled_weight_decay_,
+    is_one,
     l2_weight_decay,
     radam_rectification,
     scalars,
@@ -240,7 +241,7 @@ def _single_tensor_acprop(
     for i, param in enumerate(params):
         grad, exp_avg, exp_avg_var = grads[i], exp_avgs[i], exp_avg_vars[i]
         if decoupled_weight_decay:
-            if not _is_one(decay):
+            if not is_one(decay):
                 param.mul_(decay)  # p *= 1 - lr * wd (fixed_decay: 1 - wd)
         else:
             grad = l2_weight_decay(grad, param, weight_decay)
@@ -263,13 +264,6 @@ def _single_tensor_acprop(
             param.add_(exp_avg, alpha=-step_size)
         residual = grad - exp_avg
         exp_avg_var.mul_(beta2).addcmul_(residual, residual, value=1 - beta2)
-
-
-def _is_one(value: Scalar) -> bool:
-    """``value == 1`` for a Python number (the eager path skips a pass that changes nothing); never
-    for a 0-dim tensor of the fused path, where a decay of 1 keeps groups with and without weight
-    decay on one compiled graph."""
-    return not isinstance(value, torch.Tensor) and value == 1
 
 
 def _multi_tensor_acprop(

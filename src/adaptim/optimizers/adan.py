@@ -57,6 +57,7 @@ from adaptim.core.functional import (
     adam_denominator,
     bias_correction,
     decoupled_weight_decay_,
+    is_one,
     proximal_weight_decay_,
     scalars,
 )
@@ -247,19 +248,13 @@ def _single_tensor_adan(
         work.mul_(beta2).add_(grad)  # g + b2 diff
         n.mul_(beta3).addcmul_(work, work, value=1 - beta3)
         denom = adam_denominator(n, eps, bias_correction3)
-        if no_prox and not _is_one(decay):
+        if no_prox and not is_one(decay):
             param.mul_(decay)
         param.addcdiv_(m, denom, value=-step_size)
         param.addcdiv_(d, denom, value=-diff_step_size)
-        if not no_prox and not _is_one(decay):
+        if not no_prox and not is_one(decay):
             param.div_(decay)
         torch.neg(grad, out=work)  # store -g for the next difference (a copy, never an alias)
-
-
-def _is_one(value: Scalar) -> bool:
-    """``value == 1`` for a Python number (the eager path skips a pass that would not change
-    anything); never for a 0-dim tensor, so that no branch depends on a compiled scalar's value."""
-    return not isinstance(value, torch.Tensor) and value == 1
 
 
 def _multi_tensor_adan(

@@ -46,6 +46,7 @@ from adaptim.core.functional import (
     adam_denominator,
     bias_correction,
     decoupled_weight_decay_,
+    is_one,
     l2_weight_decay,
     scalars,
 )
@@ -74,13 +75,6 @@ def _by_parity(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(positive, negative) buffers of one parameter: odd steps update ``odd``, even ones ``even``."""
     return (odd, even) if odd_step else (even, odd)
-
-
-def _is_one(value: Scalar) -> bool:
-    """``value == 1`` for a Python number (the eager path skips a pass that changes nothing); never
-    for a 0-dim tensor of the fused path, where a decay of 1 keeps groups with and without weight
-    decay on one compiled graph."""
-    return not isinstance(value, torch.Tensor) and value == 1
 
 
 class PNM(AdaptimOptimizer):
@@ -291,7 +285,7 @@ def _single_tensor_pnm(
         grad = grads[i]
         pos, neg = _by_parity(odd_momentums[i], even_momentums[i], odd_step)
         if decoupled_weight_decay:
-            if not _is_one(decay):
+            if not is_one(decay):
                 param.mul_(decay)  # p *= 1 - lr * wd
         else:
             grad = l2_weight_decay(grad, param, weight_decay)
@@ -354,7 +348,7 @@ def _single_tensor_adapnm(
         grad, exp_avg_sq = grads[i], exp_avg_sqs[i]
         pos, neg = _by_parity(odd_momentums[i], even_momentums[i], odd_step)
         if decoupled_weight_decay:
-            if not _is_one(decay):
+            if not is_one(decay):
                 param.mul_(decay)  # p *= 1 - lr * wd
         else:
             grad = l2_weight_decay(grad, param, weight_decay)

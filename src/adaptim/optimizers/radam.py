@@ -51,6 +51,7 @@ from adaptim.core.functional import (
     adam_denominator,
     bias_correction,
     decoupled_weight_decay_,
+    is_one,
     l2_weight_decay,
     radam_rectification,
     scalars,
@@ -195,20 +196,13 @@ def _single_tensor_radam(
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         if not updates:
             continue  # the authors' default: no update, no decay while rho_t < 5
-        if decoupled_weight_decay and not _is_one(decay):
+        if decoupled_weight_decay and not is_one(decay):
             param.mul_(decay)  # p *= 1 - lr * wd
         if rectified:
             denom = adam_denominator(exp_avg_sq, eps)  # sqrt(v) + eps, v not bias-corrected
             param.addcdiv_(exp_avg, denom, value=-step_size)
         else:
             param.add_(exp_avg, alpha=-step_size)
-
-
-def _is_one(value: Scalar) -> bool:
-    """``value == 1`` for a Python number (the eager path skips a pass that changes nothing); never
-    for a 0-dim tensor of the fused path, where a decay of 1 keeps groups with and without weight
-    decay on one compiled graph."""
-    return not isinstance(value, torch.Tensor) and value == 1
 
 
 def _multi_tensor_radam(
