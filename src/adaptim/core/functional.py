@@ -35,6 +35,13 @@ def is_one(value: Scalar) -> bool:
     return not isinstance(value, torch.Tensor) and value == 1
 
 
+def scalar_arg(value: Scalar) -> float:
+    """``value`` as the number torch's type stubs expect for ``alpha=``/``value=``: at run time
+    in-place ops also take the fused path's 0-dim tensors there (out-of-place ops must not, see
+    ``AdaptimOptimizer._elementwise_update``). Typing only; returns ``value`` unchanged."""
+    return cast(float, value)
+
+
 def sqrt(value: Scalar) -> Scalar:
     """``math.sqrt`` of a Python number, ``torch.sqrt`` of a 0-dim tensor."""
     return value.sqrt() if isinstance(value, torch.Tensor) else math.sqrt(value)
@@ -50,6 +57,7 @@ __all__ = [
     "l2_weight_decay",
     "proximal_weight_decay_",
     "radam_rectification",
+    "scalar_arg",
     "scalars",
     "sqrt",
 ]
@@ -84,12 +92,12 @@ def l2_weight_decay(grads: Tensors, params: Tensors, weight_decay: Scalar) -> Te
     if is_zero(weight_decay):
         return grads
     if isinstance(grads, list | tuple):
-        return list(torch._foreach_add(grads, params, alpha=weight_decay))
+        return list(torch._foreach_add(grads, params, alpha=scalar_arg(weight_decay)))
     if isinstance(weight_decay, torch.Tensor):
         # Not ``add(alpha=tensor)``: torch 2.13's compile bakes the first value of a 0-dim tensor
         # ``alpha=``/``value=`` of an out-of-place op into the graph, unguarded (in-place forms
         # are right); a product of tensors is a graph input like any other.
-        return grads + params * weight_decay
+        return grads + cast(torch.Tensor, params) * weight_decay
     return grads.add(cast(torch.Tensor, params), alpha=weight_decay)
 
 
@@ -99,13 +107,13 @@ def decoupled_weight_decay_(params: torch.Tensor, factor: Scalar) -> None: ...
 def decoupled_weight_decay_(params: list[torch.Tensor], factor: Scalars) -> None: ...
 
 
-def decoupled_weight_decay_(params: Tensors, factor: Scalars) -> None:
+def decoupled_weight_decay_(params: Tensors, factor: Scalars | torch.Tensor) -> None:
     """Decoupled decay (Loshchilov & Hutter): ``p *= 1 - factor``, with ``factor = lr * wd`` usually."""
     if isinstance(params, list | tuple):
         if isinstance(factor, Sequence):
             torch._foreach_mul_(params, [1.0 - f for f in factor])
-        elif factor != 0:
-            torch._foreach_mul_(params, 1.0 - factor)
+        elif not is_zero(factor):
+            torch._foreach_mul_(params, scalar_arg(1.0 - factor))
     elif not is_zero(cast(Scalar, factor)):
         params.mul_(1.0 - cast(Scalar, factor))
 
@@ -116,13 +124,13 @@ def proximal_weight_decay_(params: torch.Tensor, factor: Scalar) -> None: ...
 def proximal_weight_decay_(params: list[torch.Tensor], factor: Scalars) -> None: ...
 
 
-def proximal_weight_decay_(params: Tensors, factor: Scalars) -> None:
+def proximal_weight_decay_(params: Tensors, factor: Scalars | torch.Tensor) -> None:
     """Proximal step of ``wd/2 ||p||^2`` after the update (Adan): ``p /= 1 + factor``."""
     if isinstance(params, list | tuple):
         if isinstance(factor, Sequence):
             torch._foreach_div_(params, [1.0 + f for f in factor])
-        elif factor != 0:
-            torch._foreach_div_(params, 1.0 + factor)
+        elif not is_zero(factor):
+            torch._foreach_div_(params, scalar_arg(1.0 + factor))
     elif not is_zero(cast(Scalar, factor)):
         params.div_(1.0 + cast(Scalar, factor))
 

@@ -50,7 +50,7 @@ _ALIGN = 64
 
 _Scalars = Mapping[str, Any]
 _compiled: dict[tuple[Callable[..., None], str], Callable[..., None]] = {}
-_scratch: dict[tuple[torch.dtype, torch.device, int], torch.Tensor] = {}
+_scratch: dict[tuple[torch.dtype, torch.device, tuple[int, ...], int], torch.Tensor] = {}
 
 
 def fused_unavailable_reason(device: torch.device) -> str | None:
@@ -79,7 +79,7 @@ def _compile(fn: Callable[..., None], device: torch.device) -> Callable[..., Non
         # recompile limit) is per algorithm; the graphs in it differ by dtype and by flags. On
         # CUDA, Inductor's combo kernels fuse the pieces' loops horizontally: a few launches per
         # call instead of one per piece.
-        options = {"combo_kernels": True} if device.type == "cuda" else None
+        options: dict[str, Any] | None = {"combo_kernels": True} if device.type == "cuda" else None
         compiled = _compiled[key] = torch.compile(fn, dynamic=True, fullgraph=True, options=options)
     return compiled
 
@@ -165,7 +165,7 @@ def _run_fused(
     fn: Callable[..., None], lists: list[list[Any] | None], scalars: _Scalars, split: bool
 ) -> None:
     present = [k for k, ts in enumerate(lists) if ts is not None]
-    columns = [lists[k] for k in present]
+    columns = [ts for ts in lists if ts is not None]
     eager: list[int] = []  # tensors the compiled graph cannot take: of 0 or 1 element, or strided
     # pieces by the numbers of dimensions of their tensors: one graph per kind
     kinds: dict[tuple[int, ...], list[list[torch.Tensor]]] = {}
@@ -189,7 +189,7 @@ def _run_fused(
     tensor_scalars = _as_tensors(scalars, device)
     compiled = _compile(fn, device)
     with (
-        fx_config.patch(use_duck_shape=False),
+        fx_config.patch(use_duck_shape=False),  # type: ignore[attr-defined]
         torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=4096),
     ):
         for pieces in kinds.values():

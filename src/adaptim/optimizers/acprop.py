@@ -55,6 +55,7 @@ from adaptim.core.functional import (
     is_one,
     l2_weight_decay,
     radam_rectification,
+    scalar_arg,
     scalars,
 )
 from adaptim.core.validation import BOOL, UNIT_HALF_OPEN, TupleOf
@@ -259,11 +260,11 @@ def _single_tensor_acprop(
             else:
                 denom = adam_denominator(denom_src, eps, bias_correction2_prev)
             numerator = exp_avg if momentum_update else grad * bias_correction1
-            param.addcdiv_(numerator, denom, value=-step_size)
+            param.addcdiv_(numerator, denom, value=scalar_arg(-step_size))
         elif momentum_step:
-            param.add_(exp_avg, alpha=-step_size)
+            param.add_(exp_avg, alpha=scalar_arg(-step_size))
         residual = grad - exp_avg
-        exp_avg_var.mul_(beta2).addcmul_(residual, residual, value=1 - beta2)
+        exp_avg_var.mul_(beta2).addcmul_(residual, residual, value=scalar_arg(1 - beta2))
 
 
 def _multi_tensor_acprop(

@@ -52,6 +52,7 @@ from adaptim.core.functional import (
     decoupled_weight_decay_,
     l2_weight_decay,
     radam_rectification,
+    scalar_arg,
     scalars,
 )
 from adaptim.core.validation import BOOL, UNIT_HALF_OPEN, TupleOf
@@ -213,16 +214,22 @@ def _single_tensor_adabelief(
         grad = l2_weight_decay(grad, param, weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)  # m_t
         residual = grad - exp_avg  # g_t - m_t, with the new m_t
-        exp_avg_var.mul_(beta2).addcmul_(residual, residual, value=1 - beta2).add_(eps)  # s_t
+        exp_avg_var.mul_(beta2).addcmul_(residual, residual, value=scalar_arg(1 - beta2)).add_(
+            eps
+        )  # s_t
         if max_exp_avg_vars is not None:
             torch.maximum(max_exp_avg_vars[i], exp_avg_var, out=max_exp_avg_vars[i])
         if not rectify:
             s = exp_avg_var if max_exp_avg_vars is None else max_exp_avg_vars[i]
-            param.addcdiv_(exp_avg, adam_denominator(s, eps, bias_correction2), value=-step_size)
+            param.addcdiv_(
+                exp_avg, adam_denominator(s, eps, bias_correction2), value=scalar_arg(-step_size)
+            )
         elif rectified:  # the package divides by s here, never by the amsgrad maximum
-            param.addcdiv_(exp_avg, adam_denominator(exp_avg_var, eps), value=-step_size)
+            param.addcdiv_(
+                exp_avg, adam_denominator(exp_avg_var, eps), value=scalar_arg(-step_size)
+            )
         elif degenerated_to_sgd:
-            param.add_(exp_avg, alpha=-step_size)
+            param.add_(exp_avg, alpha=scalar_arg(-step_size))
 
 
 def _multi_tensor_adabelief(

@@ -33,6 +33,7 @@ from adaptim.core.functional import (
     bias_correction,
     decoupled_weight_decay_,
     l2_weight_decay,
+    scalar_arg,
     scalars,
 )
 from adaptim.core.fused import run_elementwise
@@ -273,12 +274,12 @@ def _single_tensor_adam(
         else:
             grad = l2_weight_decay(grad, param, weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=scalar_arg(1 - beta2))
         if max_exp_avg_sqs is not None:
             torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
             exp_avg_sq = max_exp_avg_sqs[i]
         denom = adam_denominator(exp_avg_sq, eps, bias_correction2)
-        param.addcdiv_(exp_avg, denom, value=-step_size)
+        param.addcdiv_(exp_avg, denom, value=scalar_arg(-step_size))
 
 
 def _multi_tensor_adam(

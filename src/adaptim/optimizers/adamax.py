@@ -33,6 +33,7 @@ from adaptim.core.functional import (
     bias_correction,
     decoupled_weight_decay_,
     l2_weight_decay,
+    scalar_arg,
     scalars,
 )
 from adaptim.core.validation import UNIT_HALF_OPEN, TupleOf
@@ -150,7 +151,7 @@ def _single_tensor_adamax(
         exp_avg.lerp_(grad, 1 - beta1)  # m = b1 m + (1 - b1) g
         exp_inf.mul_(beta2)
         torch.maximum(exp_inf, grad.abs().add_(eps), out=exp_inf)  # u = max(b2 u, |g| + eps)
-        param.addcdiv_(exp_avg, exp_inf, value=-step_size)
+        param.addcdiv_(exp_avg, exp_inf, value=scalar_arg(-step_size))
 
 
 def _multi_tensor_adamax(

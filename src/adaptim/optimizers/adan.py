@@ -59,6 +59,7 @@ from adaptim.core.functional import (
     decoupled_weight_decay_,
     is_one,
     proximal_weight_decay_,
+    scalar_arg,
     scalars,
 )
 from adaptim.core.validation import BOOL, NONNEGATIVE, UNIT_HALF_OPEN, TupleOf
@@ -246,12 +247,12 @@ def _single_tensor_adan(
         m.lerp_(grad, 1 - beta1)
         d.lerp_(work, 1 - beta2)
         work.mul_(beta2).add_(grad)  # g + b2 diff
-        n.mul_(beta3).addcmul_(work, work, value=1 - beta3)
+        n.mul_(beta3).addcmul_(work, work, value=scalar_arg(1 - beta3))
         denom = adam_denominator(n, eps, bias_correction3)
         if no_prox and not is_one(decay):
             param.mul_(decay)
-        param.addcdiv_(m, denom, value=-step_size)
-        param.addcdiv_(d, denom, value=-diff_step_size)
+        param.addcdiv_(m, denom, value=scalar_arg(-step_size))
+        param.addcdiv_(d, denom, value=scalar_arg(-diff_step_size))
         if not no_prox and not is_one(decay):
             param.div_(decay)
         torch.neg(grad, out=work)  # store -g for the next difference (a copy, never an alias)

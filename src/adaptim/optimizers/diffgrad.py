@@ -41,6 +41,7 @@ from adaptim.core.functional import (
     bias_correction,
     decoupled_weight_decay_,
     l2_weight_decay,
+    scalar_arg,
     scalars,
 )
 from adaptim.core.validation import UNIT_HALF_OPEN, TupleOf
@@ -167,11 +168,11 @@ def _single_tensor_diffgrad(
         else:
             grad = l2_weight_decay(grad, param, weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=scalar_arg(1 - beta2))
         xi = torch.sigmoid((previous - grad).abs())  # 1 / (1 + exp(-|g_{t-1} - g_t|))
         previous.copy_(grad)  # a copy, never a reference to p.grad
         denom = adam_denominator(exp_avg_sq, eps)  # sqrt(v) + eps, v not bias-corrected
-        param.addcdiv_(exp_avg * xi, denom, value=-step_size)
+        param.addcdiv_(exp_avg * xi, denom, value=scalar_arg(-step_size))
 
 
 def _multi_tensor_diffgrad(

@@ -50,6 +50,7 @@ from adaptim.core.functional import (
     bias_correction,
     decoupled_weight_decay_,
     l2_weight_decay,
+    scalar_arg,
     scalars,
 )
 from adaptim.core.validation import UNIT_HALF_OPEN, Interval, TupleOf
@@ -188,14 +189,14 @@ def _single_tensor_padam(
         else:
             grad = l2_weight_decay(grad, param, weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=scalar_arg(1 - beta2))
         if max_exp_avg_sqs is not None:
             torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
             exp_avg_sq = max_exp_avg_sqs[i]
         denom = exp_avg_sq.sqrt().add_(eps)
         if partially_adaptive:
             denom.pow_(power)
-        param.addcdiv_(exp_avg, denom, value=-step_size)
+        param.addcdiv_(exp_avg, denom, value=scalar_arg(-step_size))
 
 
 def _multi_tensor_padam(

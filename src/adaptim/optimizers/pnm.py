@@ -48,6 +48,7 @@ from adaptim.core.functional import (
     decoupled_weight_decay_,
     is_one,
     l2_weight_decay,
+    scalar_arg,
     scalars,
 )
 from adaptim.core.validation import NONNEGATIVE, UNIT_HALF_OPEN, TupleOf
@@ -289,9 +290,9 @@ def _single_tensor_pnm(
                 param.mul_(decay)  # p *= 1 - lr * wd
         else:
             grad = l2_weight_decay(grad, param, weight_decay)
-        pos.mul_(beta1**2).add_(grad, alpha=1.0 - beta1**2)
-        delta = pos.mul(1.0 + beta0).add_(neg, alpha=-beta0).mul_(1.0 / noise_norm)
-        param.add_(delta, alpha=-lr)
+        pos.mul_(beta1**2).add_(grad, alpha=scalar_arg(1.0 - beta1**2))
+        delta = pos.mul(1.0 + beta0).add_(neg, alpha=scalar_arg(-beta0)).mul_(1.0 / noise_norm)
+        param.add_(delta, alpha=scalar_arg(-lr))
 
 
 def _multi_tensor_pnm(
@@ -352,14 +353,16 @@ def _single_tensor_adapnm(
                 param.mul_(decay)  # p *= 1 - lr * wd
         else:
             grad = l2_weight_decay(grad, param, weight_decay)
-        pos.mul_(beta1**2).add_(grad, alpha=1.0 - beta1**2)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        pos.mul_(beta1**2).add_(grad, alpha=scalar_arg(1.0 - beta1**2))
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=scalar_arg(1.0 - beta2))
         if max_exp_avg_sqs is not None:
             torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
             exp_avg_sq = max_exp_avg_sqs[i]
         denom = adam_denominator(exp_avg_sq, eps, bias_correction2)
-        pn_momentum = pos.mul(1.0 + beta0).add_(neg, alpha=-beta0).mul_(1.0 / noise_norm)
-        param.addcdiv_(pn_momentum, denom, value=-step_size)
+        pn_momentum = (
+            pos.mul(1.0 + beta0).add_(neg, alpha=scalar_arg(-beta0)).mul_(1.0 / noise_norm)
+        )
+        param.addcdiv_(pn_momentum, denom, value=scalar_arg(-step_size))
 
 
 def _multi_tensor_adapnm(

@@ -54,6 +54,7 @@ from adaptim.core.functional import (
     is_one,
     l2_weight_decay,
     radam_rectification,
+    scalar_arg,
     scalars,
 )
 from adaptim.core.validation import BOOL, UNIT_HALF_OPEN, TupleOf
@@ -193,16 +194,16 @@ def _single_tensor_radam(
         if not decoupled_weight_decay:
             grad = l2_weight_decay(grad, param, weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=scalar_arg(1 - beta2))
         if not updates:
             continue  # the authors' default: no update, no decay while rho_t < 5
         if decoupled_weight_decay and not is_one(decay):
             param.mul_(decay)  # p *= 1 - lr * wd
         if rectified:
             denom = adam_denominator(exp_avg_sq, eps)  # sqrt(v) + eps, v not bias-corrected
-            param.addcdiv_(exp_avg, denom, value=-step_size)
+            param.addcdiv_(exp_avg, denom, value=scalar_arg(-step_size))
         else:
-            param.add_(exp_avg, alpha=-step_size)
+            param.add_(exp_avg, alpha=scalar_arg(-step_size))
 
 
 def _multi_tensor_radam(

@@ -63,6 +63,7 @@ from adaptim.core.functional import (
     bias_correction,
     decoupled_weight_decay_,
     l2_weight_decay,
+    scalar_arg,
     scalars,
 )
 from adaptim.core.validation import NONNEGATIVE, UNIT_HALF_OPEN, TupleOf
@@ -217,7 +218,7 @@ def _single_tensor_friction_adam(
         else:
             grad = l2_weight_decay(grad, param, weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=scalar_arg(1 - beta2))
         agreement = prev.mul(grad).mul_(beta3)
         friction_coef = (
             agreement.sigmoid_() if friction == "sigmoid" else agreement.tanh_().add_(1.0)
@@ -227,7 +228,7 @@ def _single_tensor_friction_adam(
         denom = adam_denominator(
             exp_avg_sq, eps, bias_correction2 if decoupled_weight_decay else 1.0
         )
-        param.addcdiv_(friction_coef.mul_(exp_avg), denom, value=-step_size)
+        param.addcdiv_(friction_coef.mul_(exp_avg), denom, value=scalar_arg(-step_size))
 
 
 def _multi_tensor_friction_adam(

@@ -44,6 +44,7 @@ from adaptim.core.functional import (
     adam_denominator,
     bias_correction,
     l2_weight_decay,
+    scalar_arg,
     scalars,
 )
 from adaptim.core.validation import BOOL, UNIT_HALF_OPEN, TupleOf
@@ -160,13 +161,13 @@ def _single_tensor_gensignsgd(
         exp_avg, exp_avg_sq = exp_avgs[i], exp_avg_sqs[i]
         grad = l2_weight_decay(grads[i], param, weight_decay)
         exp_avg.lerp_(grad, 1.0 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(exp_avg, exp_avg, value=1.0 - beta2)
+        exp_avg_sq.mul_(beta2).addcmul_(exp_avg, exp_avg, value=scalar_arg(1.0 - beta2))
         if use_bias_correction:
             denom = (exp_avg_sq / bias_correction2).sqrt_().add_(eps)
-            param.addcdiv_(exp_avg / bias_correction1, denom, value=-lr)
+            param.addcdiv_(exp_avg / bias_correction1, denom, value=scalar_arg(-lr))
         else:
             denom = exp_avg_sq.sqrt().add_(eps)
-            param.addcdiv_(exp_avg, denom, value=-lr)
+            param.addcdiv_(exp_avg, denom, value=scalar_arg(-lr))
 
 
 def _multi_tensor_gensignsgd(
