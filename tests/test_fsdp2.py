@@ -101,6 +101,13 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     # AdaRem: max |m| per tensor over all shards
     ("adarem", "adarem", dict(lr=0.05, weight_decay=0.1)),
     ("adarem-per-tensor", "adarem", dict(lr=0.05, foreach=False)),
+    # fused=True on the local shards (compared with an eager single-process run): torch's fused
+    # kernel (AdamW), compiled updates (the rest), a global statistic (Adan's clip, Adai's mean)
+    ("adamw-fused", "adamw", dict(lr=1e-2, weight_decay=0.1, fused=True)),
+    ("radam-fused", "radam", dict(lr=1e-2, weight_decay=0.1, fused=True)),
+    ("adan-clip-fused", "adan", dict(lr=1e-2, max_grad_norm=0.1, fused=True)),
+    ("adai-fused", "adai", dict(lr=0.1, fused=True)),
+    ("adabelief-fused-bf16", "adabelief", dict(lr=1e-2, weight_decay=0.1, fused=True)),
 ]
 # Other registered optimizers whose updates are elementwise (foreach ops on DTensors), checked in
 # passing; the ones with whole-tensor reductions need adaptim.core.distributed first.
@@ -270,6 +277,9 @@ def _run_cases(rank: int) -> dict[str, Any]:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import Shard
 
+    from adaptim.core import fused
+
+    fused.ARITY = 2  # this process only: small graphs compile fast
     mesh = init_device_mesh("cpu", (2,))
     results: dict[str, Any] = {}
     for case_id, name, kwargs in CASES:
@@ -378,9 +388,10 @@ def test_fsdp2_matches_single_process(sharded_results, case_id, name, kwargs):
     assert result["state_kinds"] or name in NO_PARAM_STATE, "no state tensors"
     model = make_model(dtype=dtype_of(case_id), heads=name in FACTORED)
     start = [p.detach().clone() for p in model.parameters()]
+    eager = {k: v for k, v in kwargs.items() if k != "fused"}  # the reference runs eagerly
     train(
         model,
-        lambda params: adaptim.create(name, params, **kwargs),
+        lambda params: adaptim.create(name, params, **eager),
         zero_input=case_id in ZERO_INPUT,
     )
     expected = [p.detach() for p in model.parameters()]
