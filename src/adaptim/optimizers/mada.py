@@ -66,7 +66,10 @@ decoupled weight decay to matrices only and clips gradients; here ``weight_decay
 applies to the group (use param groups to exempt biases). Gradient accumulation and DDP averaging of
 the hyper-gradient are the training script's business.
 
-Paths: ``_single_tensor_mada`` writes the equations out per tensor (the reference);
+Paths: ``_single_tensor_mada`` writes the equations out per tensor (the reference); given the
+coefficients, which the hyper-step of ``_before_update`` sets first (eagerly: its dot products are
+read back), it is elementwise, so ``fused=True`` compiles it (core/fused.py), this step's coefficients,
+bias corrections and ``1 / t`` passed as scalars (``MADA._step_scalars``);
 ``_multi_tensor_mada`` (the default) computes the same with ``torch._foreach_*`` ops, materializing
 only the terms in use (frozen ``c = 1``, ``beta3 = 0``, ``rho`` in {0, 1}, ``gamma = 1`` cost nothing)
 and using ``m_old - g = (m - g) / b1``, ``v_old - g2 = (v - g2) / b2`` and ``b3 (n_old - d) = n - d``
@@ -129,6 +132,7 @@ from adaptim.core.functional import (
     Scalar,
     bias_correction,
     decoupled_weight_decay_,
+    scalar_arg,
     scalars,
 )
 from adaptim.core.validation import BOOL, NONNEGATIVE, UNIT_CLOSED, UNIT_HALF_OPEN, TupleOf
@@ -146,6 +150,8 @@ RANGES = {
     "c": (0.0, 1.0),
     "gamma": (0.0, 1.0),
 }
+#: the coefficients whose derivatives ``lr du/dh`` the per-tensor update takes, in its order
+DERIVATIVES = (*COEFFICIENTS, "gamma")
 #: elements per block of the hyper-gradient dot products on CPU
 CPU_BLOCK_NUMEL = 2**17
 #: tensors up to this size are concatenated for the hyper-gradient dot products (one dot for all)
@@ -381,7 +387,12 @@ class MADA(AdaptimOptimizer):
         lists += [batch.state(f"d_{h}") for h in learned]
         if any_dtensor(batch.params):  # elementwise: run on the local shards
             lists = [local_list(ts) for ts in lists]
-        kwargs = dict(
+        n = len(keys) + 2
+        _multi_tensor_mada(
+            *lists[:7],
+            lists[7] if lion else None,
+            dict(zip(learned, lists[n:], strict=True)),
+            batch.steps,
             lr=float(group["lr"]),
             eps=group["eps"],
             weight_decay=group["weight_decay"],
@@ -389,14 +400,50 @@ class MADA(AdaptimOptimizer):
             lion_betas=group["lion_betas"],
             **{h: group[h] for h in COEFFICIENTS},
         )
-        fn = _multi_tensor_mada if foreach else _single_tensor_mada
-        n = len(keys) + 2
-        fn(
-            *lists[:7],
-            lists[7] if lion else None,
-            dict(zip(learned, lists[n:], strict=True)),
-            batch.steps,
-            **kwargs,
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        """``_single_tensor_mada`` with its states: Lion's momentum (``None`` without ``lion``), then
+        ``lr du/dh`` of each coefficient in ``DERIVATIVES`` order (``None`` where it is not learned);
+        the learned coefficients themselves reach it as step scalars (``_step_scalars``), after the
+        hyper-step of ``_before_update``."""
+        learned = self._learned(group)
+        keys = (
+            *self.state_keys,
+            "lion_exp_avg" if group["lion"] else None,
+            *(f"d_{h}" if h in learned else None for h in DERIVATIVES),
+        )
+        return _single_tensor_mada, keys
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        """The keyword arguments of ``_single_tensor_mada`` at step ``step``: this step's (learned)
+        coefficients, as floats (an int coefficient would be a static value of the compiled graph),
+        their bias corrections and the derivatives of ``1 / bc`` with respect to ``beta1``, ``beta2``."""
+        lr = float(group["lr"])
+        beta1, beta2 = float(group["beta1"]), float(group["beta2"])
+        bc1, bc2 = bias_correction(beta1, step), bias_correction(beta2, step)
+        lion_beta1, lion_beta2 = group["lion_betas"]
+        return dict(
+            first_step=step == 1,  # the reference's start of n (n_0 = g_1^2)
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            beta3=float(group["beta3"]),
+            rho=float(group["rho"]),
+            c=float(group["c"]),
+            gamma=float(group["gamma"]) if group["lion"] else 1.0,
+            lion_beta1=float(lion_beta1),
+            lion_beta2=float(lion_beta2),
+            eps=float(group["eps"]),
+            decay=lr * group["weight_decay"],
+            mean_weight=1.0 / step,  # v_avg += (v - v_avg) / t
+            bias_correction1=bc1,
+            bias_correction2=bc2,
+            # d(1 / bc)/d beta = t beta^(t - 1) / bc^2 (bc = 1 - beta^t): d(m / bc1)/d beta1 is
+            # (m_old - g) / bc1 + m * bias_derivative1
+            bias_derivative1=step * beta1 ** (step - 1) / bc1**2,
+            bias_derivative2=step * beta2 ** (step - 1) / bc2**2,
         )
 
 
@@ -473,27 +520,44 @@ def _single_tensor_mada(
     diff_avgs: list[torch.Tensor],
     prev_grads: list[torch.Tensor],
     lion_exp_avgs: list[torch.Tensor] | None,
-    derivs: dict[str, list[torch.Tensor]],
-    steps: list[int],
+    d_beta1: list[torch.Tensor] | None,
+    d_beta2: list[torch.Tensor] | None,
+    d_beta3: list[torch.Tensor] | None,
+    d_rho: list[torch.Tensor] | None,
+    d_c: list[torch.Tensor] | None,
+    d_gamma: list[torch.Tensor] | None,
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    rho: float,
-    c: float,
-    gamma: float,
-    lion_betas: tuple[float, float],
-    eps: float,
-    weight_decay: float,
+    first_step: bool,
+    lr: Scalar,
+    beta1: Scalar,
+    beta2: Scalar,
+    beta3: Scalar,
+    rho: Scalar,
+    c: Scalar,
+    gamma: Scalar,
+    lion_beta1: Scalar,
+    lion_beta2: Scalar,
+    eps: Scalar,
+    decay: Scalar,
+    mean_weight: Scalar,
+    bias_correction1: Scalar,
+    bias_correction2: Scalar,
+    bias_derivative1: Scalar,
+    bias_derivative2: Scalar,
 ) -> None:
-    """The reference: the equations of the module docstring, one tensor at a time.
+    """The reference: the equations of the module docstring, one tensor at a time; also the fused
+    update (the scalars then 0-dim tensors, see ``MADA._step_scalars``).
 
-    ``derivs[h][i]`` receives ``lr du/dh`` of tensor ``i`` for each learned coefficient ``h``.
-    ``lion_exp_avgs`` is ``None`` without the Lion interpolation (then ``gamma`` is 1).
+    ``d_h[i]`` receives ``lr du/dh`` of tensor ``i`` for each learned coefficient ``h`` (``None``:
+    not learned). ``lion_exp_avgs`` is ``None`` without the Lion interpolation (then ``gamma`` is 1).
+    ``decay`` is ``lr * weight_decay``, ``mean_weight`` is ``1 / t``, ``bias_derivative1`` is
+    ``t beta1^(t - 1) / bc1^2`` (likewise for ``beta2``).
     """
+    named = zip(DERIVATIVES, (d_beta1, d_beta2, d_beta3, d_rho, d_c, d_gamma), strict=True)
+    derivs = {h: out for h, out in named if out is not None}
+    bc1, bc2 = bias_correction1, bias_correction2
     for i, param in enumerate(params):
-        bound, t = _clip_bound(grads[i].dtype), steps[i]
+        bound = _clip_bound(grads[i].dtype)
         g = grads[i].clamp(-bound, bound)  # huge gradients: see _clip_bound
         m, v, v_avg, n, g_prev = (
             exp_avgs[i],
@@ -503,19 +567,18 @@ def _single_tensor_mada(
             prev_grads[i],
         )
         m_old, v_old = m.clone(), v.clone()
-        n_old = n.clone() if t > 1 else g * g  # the reference's start of n
+        n_old = g * g if first_step else n.clone()  # the reference's start of n
         d = g - g_prev
         g_hat = g + beta3 * d
         g_hat_sq = g_hat * g_hat
         sign = torch.sign(g_hat_sq - v_old)
         yogi = v_old + g_hat_sq * sign
         g2 = c * g_hat_sq + (1 - c) * yogi
-        m.mul_(beta1).add_(g, alpha=1 - beta1)
-        v.mul_(beta2).add_(g2, alpha=1 - beta2)
-        n.copy_(n_old.mul(beta3).add_(d, alpha=1 - beta3))
-        v_avg.add_(v - v_avg, alpha=1.0 / t)
+        m.mul_(beta1).add_(g, alpha=scalar_arg(1 - beta1))
+        v.mul_(beta2).add_(g2, alpha=scalar_arg(1 - beta2))
+        n.copy_(n_old.mul(beta3).add_(d, alpha=scalar_arg(1 - beta3)))
+        v_avg.add_(v - v_avg, alpha=scalar_arg(mean_weight))
         g_prev.copy_(g)
-        bc1, bc2 = bias_correction(beta1, t), bias_correction(beta2, t)
         v_mix = rho * v + (1 - rho) * v_avg
         root = (v_mix / bc2).sqrt()
         denom = root + eps
@@ -525,10 +588,9 @@ def _single_tensor_mada(
         if lion_exp_avgs is not None:
             # gdtuo.Meta: m_lion = b2 m_lion + (1 - b2) g, then sign(b1 m_lion + (1 - b1) g) with the
             # new m_lion (Lion's own code interpolates with the old one)
-            lion_beta1, lion_beta2 = lion_betas
             m_lion = lion_exp_avgs[i]
             m_lion.lerp_(g, 1 - lion_beta2)
-            lion_dir = torch.lerp(m_lion, g, 1 - lion_beta1).sign_()
+            lion_dir = m_lion.clone().lerp_(g, 1 - lion_beta1).sign_()
         if derivs:
             # u = N / D with D = sqrt(V) + eps:  du = dN / D - N / D^2 * dV / (2 sqrt(V))
             inv_d = denom.reciprocal()
@@ -537,14 +599,13 @@ def _single_tensor_mada(
             )
             for h, out in derivs.items():
                 if h == "gamma":  # the step is gamma u + (1 - gamma) sign(lion direction)
+                    assert lion_dir is not None  # gamma is learned only with lion=True
                     out[i].copy_(update).sub_(lion_dir).mul_(lr)
                     continue
                 if h == "beta1":
-                    du = inv_d * ((m_old - g) / bc1 + m * (t * beta1 ** (t - 1) / bc1**2))
+                    du = inv_d * ((m_old - g) / bc1 + m * bias_derivative1)
                 elif h == "beta2":
-                    du = dv_coef * (
-                        rho * (v_old - g2) / bc2 + v_mix * (t * beta2 ** (t - 1) / bc2**2)
-                    )
+                    du = dv_coef * (rho * (v_old - g2) / bc2 + v_mix * bias_derivative2)
                 elif h == "beta3":
                     du = inv_d * (n + beta3 * (n_old - d)) + dv_coef * (
                         rho * (1 - beta2) / bc2 * 2 * g_hat * (c + (1 - c) * sign) * d
@@ -554,11 +615,12 @@ def _single_tensor_mada(
                 else:  # c
                     du = dv_coef * (rho * (1 - beta2) / bc2 * (g_hat_sq - yogi))
                 out[i].copy_(du).mul_(lr * gamma)  # d x_{t+1} / dh = -lr gamma du/dh
-        decoupled_weight_decay_(param, lr * weight_decay)
+        decoupled_weight_decay_(param, decay)
         if lion_dir is None:
-            param.add_(update, alpha=-lr)
+            param.add_(update, alpha=scalar_arg(-lr))
         else:
-            param.add_(update, alpha=-lr * gamma).add_(lion_dir, alpha=-lr * (1 - gamma))
+            param.add_(update, alpha=scalar_arg(-lr * gamma))
+            param.add_(lion_dir, alpha=scalar_arg(-lr * (1 - gamma)))
 
 
 def _multi_tensor_mada(
