@@ -52,7 +52,9 @@ def _groups(info: Any, params: list[torch.nn.Parameter]) -> list[dict[str, Any]]
     half = len(params) // 2
     defaults = make(info, [torch.zeros(1)]).defaults
     first: dict[str, Any] = {"params": params[:half]}
-    second: dict[str, Any] = {"params": params[half:], "maximize": True}
+    second: dict[str, Any] = {"params": params[half:]}
+    if info.cls.supports_maximize:
+        second["maximize"] = True
     second["lr"] = 0.5 * info.test_kwargs.get("lr", defaults["lr"])
     if accepts(info, "weight_decay"):
         first["weight_decay"], second["weight_decay"] = 0.02, 0.05
@@ -86,7 +88,10 @@ def _train(
             sched.step()
     for step in steps:
         _grads(params, step)
-        opt.step()
+        if getattr(opt, "requires_closure", False):  # a loss for KOALA-like rules
+            opt.step(lambda step=step: torch.tensor(1.0 / (1 + step)))
+        else:
+            opt.step()
         sched.step()
     return opt
 
