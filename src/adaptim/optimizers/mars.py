@@ -47,9 +47,13 @@ optimizer-wide in the reference code and per param group here. MARS-Shampoo (New
 orthogonalization in bf16) is not implemented. If ``lr_0 = 0`` (the reference code would divide by
 zero) the ratio ``lr_1d / lr_0`` is taken as 1.
 
+``fused=True`` compiles the per-tensor update (core/fused.py): the MARS path over whole tensors (the
+clipping norm reduces over each), the AdamW fallback through Adam's own elementwise update.
+
 FSDP2 (DTensor parameters): the update runs on the local shards and the clipping norm of each tensor
-sums its squares over the shards (one collective per step for all tensors); checked against a
-single-process run in tests/test_fsdp2.py.
+sums its squares over the shards (one collective per step for all tensors; on the per-tensor and
+fused paths the norms are computed in an eager pass before the update, which then divides by them);
+checked against a single-process run in tests/test_fsdp2.py.
 
 Oracle: ``pytorch_optimizer.MARS`` (4.1.0) agrees except for eps placement, which it takes as
 ``(sqrt(v + 1e-15) + eps) / sqrt(1 - b2^t)`` instead of ``sqrt(v) / sqrt(1 - b2^t) + eps``: that is the
@@ -59,17 +63,25 @@ Oracle: ``pytorch_optimizer.MARS`` (4.1.0) agrees except for eps placement, whic
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 
 from adaptim.core.base import LOW_PRECISION, AdaptimOptimizer, TensorBatch
-from adaptim.core.distributed import all_reduce_many, any_dtensor, foreach_copy_, local_list
+from adaptim.core.distributed import (
+    all_reduce_many,
+    any_dtensor,
+    foreach_copy_,
+    local_list,
+    sharded_norms,
+)
 from adaptim.core.functional import (
+    Scalar,
     adam_denominator,
     bias_correction,
     decoupled_weight_decay_,
+    scalar_arg,
     scalars,
 )
 from adaptim.core.fused import run_elementwise
@@ -233,18 +245,25 @@ class MARS(AdaptimOptimizer):
 
     # -- the step ---------------------------------------------------------------------------------
 
+    def _complete_states(self, group: Mapping[str, Any], batch: TensorBatch) -> list[bool]:
+        """Create the states an option switched on mid-run needs (``amsgrad``: ``max_exp_avg_sq``;
+        ``optimize_1d``: ``last_grad`` of the vectors), before any update; returns, per tensor,
+        whether it takes the MARS path (else the AdamW fallback)."""
+        amsgrad, on_mars_path = group["amsgrad"], []
+        for p, s in zip(batch.params, batch.states, strict=True):
+            if amsgrad and "max_exp_avg_sq" not in s:
+                s["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            mars = self._on_mars_path(group, p)
+            if mars and "last_grad" not in s:
+                s["last_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            on_mars_path.append(mars)
+        return on_mars_path
+
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
         amsgrad = group["amsgrad"]
-        mars_idx, adam_idx = [], []
-        for i, (p, s) in enumerate(zip(batch.params, batch.states, strict=True)):
-            if amsgrad and "max_exp_avg_sq" not in s:  # amsgrad switched on mid-run
-                s["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if self._on_mars_path(group, p):
-                if "last_grad" not in s:  # optimize_1d switched on mid-run
-                    s["last_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                mars_idx.append(i)
-            else:
-                adam_idx.append(i)
+        on_mars_path = self._complete_states(group, batch)
+        mars_idx = [i for i, mars in enumerate(on_mars_path) if mars]
+        adam_idx = [i for i, mars in enumerate(on_mars_path) if not mars]
 
         # FSDP2: the update runs on the local shards; the clipping norms are summed over shards.
         sharded = any_dtensor(batch.params)
@@ -258,8 +277,7 @@ class MARS(AdaptimOptimizer):
 
         if mars_idx:
             beta1, beta2 = group["betas"]
-            fn = _multi_tensor_mars if foreach else _single_tensor_mars
-            fn(
+            _multi_tensor_mars(
                 view(pick(batch.params, mars_idx)),
                 view(pick(batch.grads, mars_idx)),
                 state("exp_avg", mars_idx),
@@ -277,7 +295,7 @@ class MARS(AdaptimOptimizer):
                 store_last_grad=group["is_approx"],
                 likes=pick(batch.params, mars_idx) if sharded else None,
             )
-        if adam_idx and foreach:
+        if adam_idx:
             beta1, beta2 = group["betas_1d"]
             _multi_tensor_adam(
                 view(pick(batch.params, adam_idx)),
@@ -293,17 +311,70 @@ class MARS(AdaptimOptimizer):
                 weight_decay=group["weight_decay_1d"],
                 decoupled_weight_decay=True,
             )
-        elif adam_idx:
+
+    # -- the per-tensor update: run eagerly (foreach=False) or compiled (fused=True) ---------------
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        """The MARS path's update, over whole tensors (the clipping norm is per tensor); the
+        tensors of the AdamW fallback take ``_single_tensor_adam`` (see ``_run_elementwise``)."""
+        amsgrad = "max_exp_avg_sq" if group["amsgrad"] else None
+        return _single_tensor_mars, ("exp_avg", "exp_avg_sq", amsgrad, "last_grad")
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        """The keyword arguments of ``_single_tensor_mars`` at step ``step``."""
+        beta1, beta2 = group["betas"]
+        return dict(
+            lr=float(group["lr"]),
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            correction=group["gamma"] * (beta1 / (1.0 - beta1)),
+            bias_correction1=bias_correction(beta1, step),
+            bias_correction2=bias_correction(beta2, step),
+            lion=group["mars_type"] == "mars-lion",
+            store_last_grad=group["is_approx"],
+        )
+
+    def _run_elementwise(self, group: dict[str, Any], batch: TensorBatch, *, fused: bool) -> None:
+        """The MARS path's tensors through ``_single_tensor_mars`` (whole tensors), the fallback's
+        through ``_single_tensor_adam`` (elementwise: flat pieces when fused), one batch each.
+
+        ``_single_tensor_mars`` takes a last list besides its states: each tensor's clipping norm
+        ``||c||`` computed beforehand, or ``None`` to compute it in the update. Under FSDP2 the
+        update sees local shards, so the norms are computed first, eagerly, and summed over the
+        shards (one collective per step for all tensors); the update then divides by them."""
+        on_mars_path = self._complete_states(group, batch)
+        mars = _sub_batch(batch, [i for i, m in enumerate(on_mars_path) if m])
+        adam = _sub_batch(batch, [i for i, m in enumerate(on_mars_path) if not m])
+        if mars.params:
+            fn, keys = self._elementwise_update(group)
+            lists = _local_lists(mars, keys)
+            clip_norms = None
+            if any_dtensor(mars.params):
+                _, grads, last_grads = mars.local("last_grad")
+                correction = self._step_scalars(group, 1)["correction"]
+                norms = [
+                    torch.linalg.vector_norm(_corrected_gradient(g, last, correction))
+                    for g, last in zip(grads, last_grads, strict=True)
+                ]
+                clip_norms = sharded_norms(norms, mars.params)
+            run_elementwise(
+                fn,
+                [*lists, clip_norms],
+                mars.steps,
+                lambda step: self._step_scalars(group, step),
+                fused=fused,
+                split=False,
+            )
+        if adam.params:
+            amsgrad = "max_exp_avg_sq" if group["amsgrad"] else None
             run_elementwise(
                 _single_tensor_adam,
-                [
-                    view(pick(batch.params, adam_idx)),
-                    view(pick(batch.grads, adam_idx)),
-                    state("exp_avg", adam_idx),
-                    state("exp_avg_sq", adam_idx),
-                    state("max_exp_avg_sq", adam_idx) if amsgrad else None,
-                ],
-                pick(batch.steps, adam_idx),
+                _local_lists(adam, ("exp_avg", "exp_avg_sq", amsgrad)),
+                adam.steps,
                 lambda step: adam_step_scalars(
                     self._lr_1d(group),
                     group["betas_1d"],
@@ -312,8 +383,36 @@ class MARS(AdaptimOptimizer):
                     True,
                     step,
                 ),
-                fused=False,
+                fused=fused,
             )
+
+
+def _local_lists(
+    batch: TensorBatch, keys: tuple[str | None, ...]
+) -> list[list[torch.Tensor] | None]:
+    """``[params, grads, *states]`` of ``batch`` (local shards under FSDP2), the states in the order
+    of ``keys`` (``None``: an optional state that is off, passed as ``None``)."""
+    lists = batch.local(*[k for k in keys if k is not None])
+    states = iter(lists[2:])
+    return [lists[0], lists[1], *(None if k is None else next(states) for k in keys)]
+
+
+def _sub_batch(batch: TensorBatch, idx: list[int]) -> TensorBatch:
+    """The tensors ``idx`` of ``batch`` (no originals: the whole batch is written back)."""
+    return TensorBatch(
+        [batch.params[i] for i in idx],
+        [batch.grads[i] for i in idx],
+        [batch.states[i] for i in idx],
+        [],
+        batch.copied,
+    )
+
+
+def _corrected_gradient(
+    grad: torch.Tensor, last_grad: torch.Tensor, correction: Scalar
+) -> torch.Tensor:
+    """A new ``c = g + correction * (g - g_last)``, ``correction = gamma * b1 / (1 - b1)``."""
+    return (grad - last_grad).mul_(correction).add_(grad)
 
 
 def _single_tensor_mars(
@@ -323,36 +422,37 @@ def _single_tensor_mars(
     exp_avg_sqs: list[torch.Tensor],
     max_exp_avg_sqs: list[torch.Tensor] | None,
     last_grads: list[torch.Tensor],
-    steps: list[int],
+    clip_norms: list[torch.Tensor] | None,
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    gamma: float,
-    mars_type: str,
+    lr: Scalar,
+    beta1: Scalar,
+    beta2: Scalar,
+    eps: Scalar,
+    weight_decay: Scalar,
+    correction: Scalar,
+    bias_correction1: Scalar,
+    bias_correction2: Scalar,
+    lion: bool,
     store_last_grad: bool,
-    likes: list[torch.Tensor] | None = None,
 ) -> None:
+    """One MARS step per (whole) tensor, all at the same step. ``clip_norms``: each tensor's
+    ``||c||`` computed beforehand (FSDP2: summed over the shards), or ``None``: computed here."""
     for i, param in enumerate(params):
         grad, exp_avg, exp_avg_sq = grads[i], exp_avgs[i], exp_avg_sqs[i]
-        c = (grad - last_grads[i]).mul_(gamma * (beta1 / (1.0 - beta1))).add_(grad)
-        norm = torch.linalg.vector_norm(c)
-        if likes is not None:  # FSDP2: ||c||^2 summed over the shards of the tensor
-            norm = all_reduce_many([norm.square()], [likes[i]])[0].sqrt()
+        c = _corrected_gradient(grad, last_grads[i], correction)
+        norm = torch.linalg.vector_norm(c) if clip_norms is None else clip_norms[i]
         c.div_(norm.clamp_min(1.0))  # c / ||c|| if ||c|| > 1 (no sync)
-        exp_avg.mul_(beta1).add_(c, alpha=1.0 - beta1)
-        if mars_type == "mars-lion":
+        exp_avg.mul_(beta1).add_(c, alpha=scalar_arg(1 - beta1))
+        if lion:
             update = exp_avg.sign()
         else:
-            exp_avg_sq.mul_(beta2).addcmul_(c, c, value=1.0 - beta2)
+            exp_avg_sq.mul_(beta2).addcmul_(c, c, value=scalar_arg(1 - beta2))
             if max_exp_avg_sqs is not None:
                 torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
                 exp_avg_sq = max_exp_avg_sqs[i]
-            denom = adam_denominator(exp_avg_sq, eps, bias_correction(beta2, steps[i]))
-            update = exp_avg / denom.mul_(bias_correction(beta1, steps[i]))
-        param.add_(param.mul(weight_decay).add_(update), alpha=-lr)
+            denom = adam_denominator(exp_avg_sq, eps, bias_correction2)
+            update = exp_avg / denom.mul_(bias_correction1)
+        param.add_(param.mul(weight_decay).add_(update), alpha=scalar_arg(-lr))
         if store_last_grad:
             last_grads[i].copy_(grad)
 
