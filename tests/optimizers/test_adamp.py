@@ -61,13 +61,24 @@ def test_sgdp_matches_official(kw, foreach):
 def test_projection_fires_on_the_test_network(name, foreach, monkeypatch):
     """The oracle comparisons above exercise the projection: bn_net's first weight is projected."""
     seen = []
-    original = adamp_module._project_
+    if foreach:
+        original = adamp_module._project_
 
-    def counting(u, p, norm, view, like, *rest):
-        seen.append((tuple(like.shape), view))
-        return original(u, p, norm, view, like, *rest)
+        def counting(u, p, norm, view, like, *rest):
+            seen.append((tuple(like.shape), view))
+            return original(u, p, norm, view, like, *rest)
 
-    monkeypatch.setattr(adamp_module, "_project_", counting)
+        monkeypatch.setattr(adamp_module, "_project_", counting)
+    else:  # the per-tensor update decides without a branch: read its decisions back
+        original_tangential = adamp_module._tangential_
+
+        def recording(u, p, *rest, **kw):
+            channel, layer = original_tangential(u, p, *rest, **kw)
+            if channel or layer:
+                seen.append((tuple(p.shape), "channel" if channel else "layer"))
+            return channel, layer
+
+        monkeypatch.setattr(adamp_module, "_tangential_", recording)
     lr = 1e-2 if name == "adamp" else 0.1
     trajectory(lambda p: adaptim.create(name, p, lr=lr, foreach=foreach), steps=10)
     assert seen.count(((8, 6), "channel")) == 10  # the weight before batch norm, every step

@@ -52,12 +52,19 @@ Differences from the reference code, none of which changes a trajectory beyond r
   (``adaptim.core.distributed``): two collectives per step for the decisions, plus one per
   projected tensor whose rows are split over ranks or that is projected in the layer view. A
   sharded update equals the unsharded one (tests/test_fsdp2.py).
+* The per-tensor path (``foreach=False``) and ``fused=True`` run one function, which never reads a
+  value back to the host: it computes the decisions as 0-dim boolean tensors and the coefficients of
+  both projections (from the same row sums, ``<p_i, u_i>`` included), and selects with
+  ``torch.where`` (an unprojected update subtracts ``p * 0``); likewise the decay factor. ``fused=True``
+  compiles it over whole tensors (``splits_tensors = False``). Under FSDP2 the per-tensor path
+  reduces each tensor's sums over its shards (three collectives per tensor); ``fused=True`` refuses
+  sharded parameters, since the compiled update sees one shard only.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -66,15 +73,20 @@ from adaptim.core.base import AdaptimOptimizer, TensorBatch, required
 from adaptim.core.distributed import (
     all_reduce_many,
     any_dtensor,
+    global_max,
     global_sum,
     local_list,
 )
 from adaptim.core.functional import (
+    Scalar,
     adam_denominator,
     bias_correction,
     decoupled_weight_decay_,
+    is_one,
+    scalar_arg,
     scalars,
 )
+from adaptim.core.fused import run_elementwise
 from adaptim.core.validation import NONNEGATIVE, UNIT_CLOSED, UNIT_HALF_OPEN, TupleOf
 from adaptim.registry import OptimInfo, register
 
@@ -83,12 +95,16 @@ __all__ = ["SGDP", "AdamP"]
 CHANNEL, LAYER = "channel", "layer"
 
 
-class _ProjectionMixin:
+class _ProjectionMixin(AdaptimOptimizer):
     """What AdamP and SGDP share: batch preparation (local shards of DTensors) and the rules."""
 
     cache_blocking = True  # the multi-tensor update is per tensor
-    #: the update reads its projection decisions back to the host
+    #: the multi-tensor update (the one torch.compile traces) reads its projection decisions back
+    #: to the host; the per-tensor one (also fused=True) does not
     traceable_update = False
+    #: the per-tensor update reduces over whole tensors (cosines per row and per tensor), so
+    #: fused=True compiles it over whole tensors, not flat pieces
+    splits_tensors = False
 
     supports_dtensor = True  # tests/test_fsdp2.py
 
@@ -102,8 +118,36 @@ class _ProjectionMixin:
             lists = [local_list(ts) for ts in lists]
         return tuple(lists)
 
+    def _check_gradients(self) -> None:
+        # The compiled update would see each tensor's local shard only, and its cosines and norms
+        # are sums over all shards: refused before anything changes.
+        for gi, group in enumerate(self.param_groups):
+            if group["fused"] and any_dtensor(p for p in group["params"] if p.grad is not None):
+                raise RuntimeError(
+                    f"{type(self).__name__}: fused=True does not support sharded (DTensor, FSDP2) "
+                    f"parameters (param group {gi}): the projection's cosines and norms are sums "
+                    "over all shards of a tensor, which the compiled update cannot take; use "
+                    "fused=None (the multi-tensor path) or fused=False"
+                )
+        super()._check_gradients()
 
-class AdamP(_ProjectionMixin, AdaptimOptimizer):
+    def _run_elementwise(self, group: dict[str, Any], batch: TensorBatch, *, fused: bool) -> None:
+        if not any_dtensor(batch.params):
+            super()._run_elementwise(group, batch, fused=fused)
+            return
+        # FSDP2 (never fused, see _check_gradients): the per-tensor update on the local shards,
+        # given the DTensors as ``likes`` to reduce its sums over the shards
+        fn, keys = self._elementwise_update(group)
+        run_elementwise(
+            fn,
+            [*batch.local(*[k for k in keys if k is not None]), batch.params],
+            batch.steps,
+            lambda step: self._step_scalars(group, step),
+            fused=False,
+        )
+
+
+class AdamP(_ProjectionMixin):
     """AdamP (Heo et al., ICLR 2021): Adam whose update of scale-invariant weights is made tangential.
 
     Args:
@@ -118,8 +162,9 @@ class AdamP(_ProjectionMixin, AdaptimOptimizer):
         nesterov: use the Nesterov momentum direction ``b1 m + (1 - b1) g``.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
-        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
-            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
+        fused: ``True`` runs the per-tensor update compiled (C++ on CPU, Triton on CUDA;
+            docs/fused.md) over whole tensors; refused for sharded (FSDP2) parameters. ``None``
+            and ``False``: the eager path.
     """
 
     hyperparameter_rules = {
@@ -160,9 +205,8 @@ class AdamP(_ProjectionMixin, AdaptimOptimizer):
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
         params, grads, exp_avgs, exp_avg_sqs = self._tensors(batch, "exp_avg", "exp_avg_sq")
-        fn = _multi_tensor_adamp if foreach else _single_tensor_adamp
         beta1, beta2 = group["betas"]
-        fn(
+        _multi_tensor_adamp(
             params,
             grads,
             exp_avgs,
@@ -179,8 +223,30 @@ class AdamP(_ProjectionMixin, AdaptimOptimizer):
             nesterov=group["nesterov"],
         )
 
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        return _single_tensor_adamp, self.state_keys
 
-class SGDP(_ProjectionMixin, AdaptimOptimizer):
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        lr, wd = float(group["lr"]), group["weight_decay"]
+        beta1, beta2 = group["betas"]
+        return dict(
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            delta=group["delta"],
+            nesterov=group["nesterov"],
+            bias_correction2=bias_correction(beta2, step),
+            step_size=lr / bias_correction(beta1, step),
+            # the decay as its factors, unprojected and projected (1 without decay): a group
+            # without decay compiles the same graph as one with it
+            keep=1.0 - lr * wd * 1.0,
+            keep_projected=1.0 - lr * wd * group["wd_ratio"],
+        )
+
+
+class SGDP(_ProjectionMixin):
     """SGDP (Heo et al., ICLR 2021): SGD with momentum whose update of scale-invariant weights is tangential.
 
     Args:
@@ -196,8 +262,9 @@ class SGDP(_ProjectionMixin, AdaptimOptimizer):
         wd_ratio: factor on the weight decay of projected tensors.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
-        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
-            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
+        fused: ``True`` runs the per-tensor update compiled (C++ on CPU, Triton on CUDA;
+            docs/fused.md) over whole tensors; refused for sharded (FSDP2) parameters. ``None``
+            and ``False``: the eager path.
     """
 
     hyperparameter_rules = {
@@ -241,8 +308,7 @@ class SGDP(_ProjectionMixin, AdaptimOptimizer):
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
         params, grads, bufs = self._tensors(batch, "momentum")
-        fn = _multi_tensor_sgdp if foreach else _single_tensor_sgdp
-        fn(
+        _multi_tensor_sgdp(
             params,
             grads,
             bufs,
@@ -255,6 +321,25 @@ class SGDP(_ProjectionMixin, AdaptimOptimizer):
             eps=group["eps"],
             delta=group["delta"],
             wd_ratio=group["wd_ratio"],
+        )
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        return _single_tensor_sgdp, self.state_keys
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        lr, wd, momentum = float(group["lr"]), group["weight_decay"], group["momentum"]
+        return dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+            eps=group["eps"],
+            delta=group["delta"],
+            # the decay as its factors, unprojected and projected (1 without decay)
+            keep=1.0 - lr * wd * 1.0 / (1 - momentum),
+            keep_projected=1.0 - lr * wd * group["wd_ratio"] / (1 - momentum),
         )
 
 
@@ -389,26 +474,74 @@ def _projection_decisions(
     return decisions
 
 
-def _projection_(
+def _tangential_(
+    u: torch.Tensor,
     p: torch.Tensor,
     g: torch.Tensor,
-    u: torch.Tensor,
-    like: torch.Tensor,
+    like: torch.Tensor | None,
     *,
-    delta: float,
-    wd_ratio: float,
-    eps: float,
-) -> float:
-    """The reference's ``_projection``: project ``u`` in place if ``p`` looks scale invariant.
+    delta: Scalar,
+    eps: Scalar,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's ``_projection`` without a branch on a value: ``u`` made tangential in place
+    (``u -= q <q, u>``, per row or over the tensor) where ``p`` looks scale invariant.
 
-    Returns the factor on the weight decay (``wd_ratio`` if projected, else 1).
+    Returns the decisions ``(channel, layer)`` as 0-dim booleans, at most one true (the tests of
+    :func:`_projection_decisions`). Both projections' coefficients come from the same per-row sums
+    ``<g_i, p_i>``, ``|g_i|^2``, ``|p_i|^2``, ``<p_i, u_i>``; the one decided is selected, 0 (an
+    exact no-op for finite ``p``) if none. ``p`` must be projectable (:func:`_projectable`).
+    ``like`` is the DTensor whose local shards ``p``, ``g``, ``u`` are (FSDP2: the sums are reduced
+    over its shards, three collectives), ``None`` for plain tensors.
     """
-    decision = _projection_decisions([p], [g], [like], delta=delta, eps=eps)[0]
-    if decision is None:
-        return 1.0
-    view, norm = decision
-    _project_(u, p, norm, view, like, eps)
-    return wd_ratio
+    gnorm = torch.linalg.vector_norm(_rows(g), dim=1)
+    pnorm = torch.linalg.vector_norm(_rows(p), dim=1)
+    dot, gg, pp, radial = _row_dot(g, p), gnorm.square(), pnorm.square(), _row_dot(p, u)
+    if like is not None:  # rows split over ranks (sharded along dim >= 1): sum the squares
+        dot, gg, pp, radial = global_sum(torch.stack([dot, gg, pp, radial]), like, along="rest")
+        gnorm, pnorm = gg.sqrt(), pp.sqrt()
+    cos = dot.abs() / (gnorm.clamp_min(eps) * pnorm.clamp_min(eps))
+    cos_max = cos.amax() if cos.numel() else cos.new_zeros(())  # cos >= 0: 0 is the empty max
+    layer_sums = torch.stack([dot.sum(), gg.sum(), pp.sum(), radial.sum()])
+    if like is not None:  # the ranks that hold other rows
+        cos_max = global_max(cos_max, like, along="first")
+        layer_sums = global_sum(layer_sums, like, along="first")
+    layer_dot, layer_gg, layer_pp, layer_radial = layer_sums
+    layer_norm = layer_pp.sqrt()
+    cos_layer = layer_dot.abs() / (layer_gg.sqrt().clamp_min(eps) * layer_norm.clamp_min(eps))
+    shape = p.shape if like is None else like.shape  # the thresholds use the global shape
+    numel = math.prod(shape)
+    channel = _below(cos_max, delta / math.sqrt(numel // shape[0]))
+    layer = _below(cos_layer, delta / math.sqrt(numel)) & ~channel
+    coef = torch.where(
+        channel,
+        radial / (pnorm + eps).square(),
+        torch.where(layer, layer_radial / (layer_norm + eps).square(), 0.0),
+    )
+    u.addcmul_(p, coef.view(-1, *([1] * (p.ndim - 1))), value=-1.0)
+    return channel, layer
+
+
+def _below(value: torch.Tensor, threshold: Scalar) -> torch.Tensor:
+    """``value < threshold`` in ``value``'s dtype (the reference's comparison with a Python float),
+    also where ``threshold`` is a float64 tensor (``fused=True``)."""
+    if isinstance(threshold, torch.Tensor):
+        threshold = threshold.to(value.dtype)
+    return value < threshold
+
+
+def _decay_(
+    param: torch.Tensor, projected: torch.Tensor | None, keep: Scalar, keep_projected: Scalar
+) -> None:
+    """``p *= keep_projected`` if ``projected`` (a 0-dim boolean; ``None``: never), else ``keep``."""
+    if projected is None:
+        if not is_one(keep):
+            param.mul_(keep)
+        return
+    if is_one(keep) and is_one(keep_projected):
+        return
+    if not isinstance(keep_projected, torch.Tensor):  # exact: no float32 tensor of a Python float
+        keep_projected = torch.full((), keep_projected, dtype=torch.float64, device=param.device)
+    param.mul_(torch.where(projected, keep_projected, keep))
 
 
 # -- AdamP ----------------------------------------------------------------------------------------
@@ -419,28 +552,34 @@ def _single_tensor_adamp(
     grads: list[torch.Tensor],
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
-    steps: list[int],
-    likes: Sequence[torch.Tensor],
+    likes: Sequence[torch.Tensor] | None = None,
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    delta: float,
-    wd_ratio: float,
+    beta1: Scalar,
+    beta2: Scalar,
+    eps: Scalar,
+    delta: Scalar,
     nesterov: bool,
+    bias_correction2: Scalar,
+    step_size: Scalar,
+    keep: Scalar,
+    keep_projected: Scalar,
 ) -> None:
+    """AdamP's step; ``keep``/``keep_projected`` are the decay factors ``1 - lr wd`` and
+    ``1 - lr wd wd_ratio``, ``likes`` the DTensors of local shards (FSDP2), else ``None``."""
     for i, param in enumerate(params):
         grad, exp_avg, exp_avg_sq = grads[i], exp_avgs[i], exp_avg_sqs[i]
         exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = adam_denominator(exp_avg_sq, eps, bias_correction(beta2, steps[i]))
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=scalar_arg(1 - beta2))
+        denom = adam_denominator(exp_avg_sq, eps, bias_correction2)
         numer = exp_avg.lerp(grad, 1 - beta1) if nesterov else exp_avg
         update = numer / denom
-        ratio = _projection_(param, grad, update, likes[i], delta=delta, wd_ratio=wd_ratio, eps=eps)
-        decoupled_weight_decay_(param, lr * weight_decay * ratio)
-        param.add_(update, alpha=-lr / bias_correction(beta1, steps[i]))
+        like = None if likes is None else likes[i]
+        if _projectable(param if like is None else like):
+            channel, layer = _tangential_(update, param, grad, like, delta=delta, eps=eps)
+            _decay_(param, channel | layer, keep, keep_projected)
+        else:
+            _decay_(param, None, keep, keep_projected)
+        param.add_(update, alpha=scalar_arg(-step_size))
 
 
 def _multi_tensor_adamp(
@@ -508,28 +647,32 @@ def _single_tensor_sgdp(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     bufs: list[torch.Tensor],
-    likes: Sequence[torch.Tensor],
+    likes: Sequence[torch.Tensor] | None = None,
     *,
-    lr: float,
-    momentum: float,
-    dampening: float,
-    weight_decay: float,
+    lr: Scalar,
+    momentum: Scalar,
+    dampening: Scalar,
     nesterov: bool,
-    eps: float,
-    delta: float,
-    wd_ratio: float,
+    eps: Scalar,
+    delta: Scalar,
+    keep: Scalar,
+    keep_projected: Scalar,
 ) -> None:
+    """SGDP's step; ``keep``/``keep_projected`` are the decay factors ``1 - lr wd / (1 - momentum)``
+    and ``1 - lr wd wd_ratio / (1 - momentum)``, ``likes`` as for :func:`_single_tensor_adamp`."""
     for i, param in enumerate(params):
         grad, buf = grads[i], bufs[i]
-        buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+        buf.mul_(momentum).add_(grad, alpha=scalar_arg(1 - dampening))
         # Without nesterov the direction IS the buffer (the reference aliases it): projecting the
         # direction projects the stored momentum too.
-        direction = grad.add(buf, alpha=momentum) if nesterov else buf
-        ratio = _projection_(
-            param, grad, direction, likes[i], delta=delta, wd_ratio=wd_ratio, eps=eps
-        )
-        decoupled_weight_decay_(param, lr * weight_decay * ratio / (1 - momentum))
-        param.add_(direction, alpha=-lr)
+        direction = grad + buf * momentum if nesterov else buf
+        like = None if likes is None else likes[i]
+        if _projectable(param if like is None else like):
+            channel, layer = _tangential_(direction, param, grad, like, delta=delta, eps=eps)
+            _decay_(param, channel | layer, keep, keep_projected)
+        else:
+            _decay_(param, None, keep, keep_projected)
+        param.add_(direction, alpha=scalar_arg(-lr))
 
 
 def _multi_tensor_sgdp(
