@@ -31,18 +31,25 @@ which equals ``p *= 1 - lr * wd`` before the step. Defaults: ``beta = 0.9``, ``l
 FSDP2 (DTensor parameters): the update runs on the local shards; ``max |m|`` of each tensor is the
 maximum over all its shards (one collective per batch; an empty shard contributes 0), so it equals a
 single process's (tests/test_fsdp2.py).
+
+The per-tensor path (``foreach=False``) and ``fused=True`` run one function, which keeps ``max |m|``
+on the device (the multi-tensor path reads the maxima back, one host synchronization per batch).
+``fused=True`` compiles it over whole tensors (``splits_tensors = False``: the maximum is over a
+tensor); under FSDP2 the per-tensor path takes each maximum over the shards (one collective per
+tensor), and ``fused=True`` refuses sharded parameters, since the compiled update sees one shard only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch, required
 from adaptim.core.distributed import all_reduce_many, any_dtensor, drop_empty, local_list
-from adaptim.core.functional import decoupled_weight_decay_, scalars
+from adaptim.core.functional import Scalar, decoupled_weight_decay_, scalar_arg, scalars
+from adaptim.core.fused import run_elementwise
 from adaptim.core.validation import POSITIVE, UNIT_CLOSED, UNIT_HALF_OPEN
 from adaptim.registry import OptimInfo, register
 
@@ -61,16 +68,21 @@ class AdaRem(AdaptimOptimizer):
         weight_decay: ``p *= 1 - lr * weight_decay`` (added to the update, unscaled by the factor).
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
-        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
-            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
+        fused: ``True`` runs the per-tensor update compiled (C++ on CPU, Triton on CUDA;
+            docs/fused.md) over whole tensors; refused for sharded (FSDP2) parameters. ``None``
+            and ``False``: the eager path.
     """
 
     # eps > 0: the first step divides by max|m_0| + eps with m_0 = 0
     hyperparameter_rules = {"beta": UNIT_HALF_OPEN, "lr_scaling": UNIT_CLOSED, "eps": POSITIVE}
     state_keys = ("exp_avg",)
     elementwise = False
-    #: the update reads each tensor's max |m| back to the host
+    #: the multi-tensor update (the one torch.compile traces) reads each tensor's max |m| back to
+    #: the host; the per-tensor one (also fused=True) does not
     traceable_update = False
+    #: the per-tensor update takes a maximum over each tensor: fused=True compiles it over whole
+    #: tensors, not flat pieces
+    splits_tensors = False
     supports_dtensor = True  # tests/test_fsdp2.py
 
     def __init__(
@@ -99,12 +111,11 @@ class AdaRem(AdaptimOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        fn = _multi_tensor_adarem if foreach else _single_tensor_adarem
         params, grads, exp_avgs, likes = batch.params, batch.grads, batch.state("exp_avg"), None
         if any_dtensor(params):  # FSDP2: run on the local shards; max |m| over all shards
             likes = params
             params, grads, exp_avgs = local_list(params), local_list(grads), local_list(exp_avgs)
-        fn(
+        _multi_tensor_adarem(
             params,
             grads,
             exp_avgs,
@@ -115,6 +126,48 @@ class AdaRem(AdaptimOptimizer):
             lr_scaling=group["lr_scaling"],
             eps=group["eps"],
             weight_decay=group["weight_decay"],
+        )
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        return _single_tensor_adarem, self.state_keys
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        lr = float(group["lr"])
+        return dict(
+            lr=lr,
+            beta=group["beta"],
+            eps=group["eps"],
+            resilience=group["lr_scaling"] ** (step - 1),
+            decay=lr * group["weight_decay"],
+        )
+
+    def _check_gradients(self) -> None:
+        # The compiled update would see each tensor's local shard only, and max |m| is over all
+        # shards: refused before anything changes.
+        for gi, group in enumerate(self.param_groups):
+            if group["fused"] and any_dtensor(p for p in group["params"] if p.grad is not None):
+                raise RuntimeError(
+                    f"{type(self).__name__}: fused=True does not support sharded (DTensor, FSDP2) "
+                    f"parameters (param group {gi}): max |m| is over all shards of a tensor, which "
+                    "the compiled update cannot take; use fused=None (the multi-tensor path) or "
+                    "fused=False"
+                )
+        super()._check_gradients()
+
+    def _run_elementwise(self, group: dict[str, Any], batch: TensorBatch, *, fused: bool) -> None:
+        if not any_dtensor(batch.params):
+            super()._run_elementwise(group, batch, fused=fused)
+            return
+        # FSDP2 (never fused, see _check_gradients): the per-tensor update on the local shards,
+        # given the DTensors as ``likes`` to take max |m| over the shards
+        run_elementwise(
+            _single_tensor_adarem,
+            [*batch.local("exp_avg"), batch.params],
+            batch.steps,
+            lambda step: self._step_scalars(group, step),
+            fused=False,
         )
 
 
@@ -135,18 +188,17 @@ def _single_tensor_adarem(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     exp_avgs: list[torch.Tensor],
-    steps: list[int],
+    likes: Sequence[torch.Tensor] | None = None,
     *,
-    likes: list[torch.Tensor] | None = None,
-    lr: float,
-    beta: float,
-    lr_scaling: float,
-    eps: float,
-    weight_decay: float,
+    lr: Scalar,
+    beta: Scalar,
+    eps: Scalar,
+    resilience: Scalar,
+    decay: Scalar,
 ) -> None:
-    for i, (param, grad, exp_avg, step) in enumerate(
-        zip(params, grads, exp_avgs, steps, strict=True)
-    ):
+    """AdaRem's step; ``resilience`` is ``lr_scaling^(t-1)``, ``decay`` is ``lr * weight_decay``,
+    ``likes`` the DTensors whose local shards the tensors are (FSDP2), else ``None``."""
+    for i, (param, grad, exp_avg) in enumerate(zip(params, grads, exp_avgs, strict=True)):
         if likes is not None:  # FSDP2: the largest |m| of all shards (an empty one counts 0)
             if likes[i].numel():
                 b = grad.sign() * exp_avg / (_max_abs([exp_avg], [likes[i]])[0] + eps)
@@ -156,9 +208,9 @@ def _single_tensor_adarem(
             b = grad.sign() * exp_avg / (exp_avg.abs().max() + eps)
         else:
             b = torch.zeros_like(grad)
-        factor = 1.0 + lr_scaling ** (step - 1) * b
-        decoupled_weight_decay_(param, lr * weight_decay)
-        param.add_(factor * grad, alpha=-lr)
+        factor = 1.0 + resilience * b
+        decoupled_weight_decay_(param, decay)
+        param.add_(factor * grad, alpha=scalar_arg(-lr))
         exp_avg.lerp_(grad, 1 - beta)
 
 
