@@ -51,6 +51,13 @@ Paper vs code, and what we follow:
 The update is not elementwise (RMS over the tensor, factored statistics): no complex parameters.
 Zero-size parameters have no RMS; they are left unchanged.
 
+``fused=True`` compiles the per-tensor update (``_single_tensor_adafactor``, also the ``foreach=False``
+path) over whole tensors (core/fused.py): matrices and vectors keep different states, so each kind
+runs on its own, and ``RMS(X)``, ``RMS(U)``, ``alpha_t`` and the clip factor stay 0-dim tensors (no
+read-back, no branch on their values). The multi-tensor path (the default, and what
+``torch.compile(opt.step)`` would trace) reads them back in one sync per batch, so its step runs
+eagerly under ``torch.compile`` (``traceable_update = False``).
+
 FSDP2 (DTensor parameters): the update runs on the local shards and equals a single process's up to
 rounding (tests/test_fsdp2.py). A rank holds whole rows of a parameter sharded along its
 second-to-last dimension (FSDP2's ``Shard(0)`` of a matrix): its row statistics are local, the column
@@ -60,13 +67,14 @@ need no reduction. ``R`` and ``C`` are DTensors sharded like the parameter's row
 (``reduced_zeros``). Means divide by global sizes, and ``RMS(X)``, ``RMS(U)`` sum squares over all
 shards. A rank whose shard is empty takes part in every collective. Each kind of reduction costs one
 collective per set of process groups and batch on the multi-tensor path, one per tensor on the
-per-tensor path.
+per-tensor path. ``fused=True`` refuses DTensor parameters (before the step changes anything): the
+compiled update would see the local shards only, without the sums over the others.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -84,7 +92,14 @@ from adaptim.core.distributed import (
     shard_groups,
     sharded_norms,
 )
-from adaptim.core.functional import clamp_finite_, decoupled_weight_decay_, scalars
+from adaptim.core.functional import (
+    Scalar,
+    clamp_finite_,
+    decoupled_weight_decay_,
+    is_zero,
+    scalars,
+)
+from adaptim.core.fused import run_elementwise
 from adaptim.core.validation import (
     BOOL,
     NONNEGATIVE,
@@ -121,12 +136,12 @@ class Adafactor(AdaptimOptimizer):
         decay_by_step_size: multiply ``weight_decay`` by ``alpha_t`` instead of ``lr`` (transformers).
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
-        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
-            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
+        fused: ``True`` runs the update compiled over whole tensors (C++ on CPU, Triton on CUDA;
+            docs/fused.md; not for DTensor parameters); ``None`` and ``False``: the eager path.
     """
 
     elementwise = False
-    #: the update reads each tensor's RMS (and with ``relative_step`` more) back to the host
+    #: the multi-tensor update reads each tensor's RMS and clip factor back to the host
     traceable_update = False
     supports_dtensor = True  # tests/test_fsdp2.py
     #: with ``beta1`` the first moment holds already lr-scaled updates (tensor2tensor, transformers),
@@ -201,21 +216,29 @@ class Adafactor(AdaptimOptimizer):
         if group["beta1"] is not None:
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
+    def _prepare_group(self, group: dict[str, Any]) -> list[TensorBatch]:
+        batches = super()._prepare_group(group)
+        if group["beta1"] is not None:  # beta1 switched on mid-run: its first moment starts at 0
+            for batch in batches:
+                for s, p in zip(batch.states, batch.params, strict=True):
+                    if "exp_avg" not in s:
+                        s["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return batches
+
+    def _check_gradients(self) -> None:
+        super()._check_gradients()
+        _refuse_fused_dtensors(self)
+
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        if group["beta1"] is not None:
-            for s, p in zip(batch.states, batch.params, strict=True):
-                if "exp_avg" not in s:  # beta1 switched on mid-run
-                    s["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         eps1, eps2 = group["eps"]
         placement = group["eps1_placement"]
         if eps1 is None:
             eps1 = torch.finfo(batch.params[0].dtype).eps if placement == "clamp" else _PAPER_EPS1
-        fn = _multi_tensor_adafactor if foreach else _single_tensor_adafactor
         params, grads, states, likes = batch.params, batch.grads, batch.states, None
         if any_dtensor(params):  # FSDP2: run on the local shards, reduce over the others
             likes, params, grads = params, local_list(params), local_list(grads)
             states = local_states(states)
-        fn(
+        _multi_tensor_adafactor(
             params,
             grads,
             states,
@@ -235,6 +258,90 @@ class Adafactor(AdaptimOptimizer):
             decay_by_step_size=group["decay_by_step_size"],
         )
 
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        # matrices keep row_var and col_var, vectors variance: _run_elementwise passes None for the
+        # states a kind of tensor lacks
+        exp_avg = "exp_avg" if group["beta1"] is not None else None
+        return _single_tensor_adafactor, ("row_var", "col_var", "variance", exp_avg)
+
+    def _run_elementwise(self, group: dict[str, Any], batch: TensorBatch, *, fused: bool) -> None:
+        _run_by_kind(self, group, batch, fused=fused)
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        """The keyword arguments of ``_single_tensor_adafactor`` at step ``step``: ``1 - b2_t``, the
+        relative step size ``rho_t``, and the hyperparameters as floats (``eps1=None``: the working
+        dtype's eps, resolved in the update)."""
+        lr = float(group["lr"])
+        eps1, eps2 = group["eps"]
+        add_eps1 = group["eps1_placement"] == "add"
+        if eps1 is None and add_eps1:
+            eps1 = _PAPER_EPS1
+        beta1 = group["beta1"]
+        return dict(
+            lr=lr,
+            one_minus_beta2=float(step ** group["beta2_decay"]),
+            rho=_relative_step_size(lr, step, group["relative_step"], group["warmup_init"]),
+            eps1=None if eps1 is None else float(eps1),
+            eps2=float(eps2),
+            d=float(group["d"]),
+            weight_decay=float(group["weight_decay"]),
+            beta1=0.0 if beta1 is None else float(beta1),
+            scale_parameter=group["scale_parameter"],
+            add_eps1=add_eps1,
+            decay_by_step_size=group["decay_by_step_size"],
+        )
+
+
+def _refuse_fused_dtensors(opt: AdaptimOptimizer) -> None:
+    """``fused=True`` on sharded (DTensor) parameters is refused before anything changes: the
+    compiled update sees local shards only, and its row/column means and RMS need sums over them."""
+    for gi, group in enumerate(opt.param_groups):
+        if group["fused"] and any_dtensor(p for p in group["params"] if p.grad is not None):
+            raise TypeError(
+                f"{type(opt).__name__}: fused=True does not support sharded (DTensor, FSDP2) "
+                f"parameters (param group {gi}): its row/column statistics and RMS are sums over "
+                "all shards, which the compiled update does not take; use fused=None or False"
+            )
+
+
+def _run_by_kind(
+    opt: AdaptimOptimizer, group: dict[str, Any], batch: TensorBatch, *, fused: bool
+) -> None:
+    """Run the per-tensor update over the batch's factored tensors (two dimensions or more), then
+    over the others: each kind keeps other states, and a state the kind lacks is passed as ``None``.
+    Under FSDP2 (eager only, see :func:`_refuse_fused_dtensors`) the DTensors are passed last, as
+    ``likes``, for the sums over shards; both kinds are global, so every rank runs the same
+    collectives in the same order."""
+    fn, keys = opt._elementwise_update(group)
+    sharded = any_dtensor(batch.params)
+    for factored in (True, False):
+        idx = [i for i, p in enumerate(batch.params) if (p.dim() >= 2) == factored]
+        if not idx:
+            continue
+        part = batch
+        if len(idx) < len(batch.params):
+            part = TensorBatch(
+                [batch.params[i] for i in idx],
+                [batch.grads[i] for i in idx],
+                [batch.states[i] for i in idx],
+            )
+        kind_keys = [k if k is not None and k in part.states[0] else None for k in keys]
+        lists = part.local(*[k for k in kind_keys if k is not None])
+        states = iter(lists[2:])
+        tensors = [lists[0], lists[1], *(None if k is None else next(states) for k in kind_keys)]
+        if sharded:
+            tensors.append(part.params)
+        run_elementwise(
+            fn,
+            tensors,
+            part.steps,
+            lambda step: opt._step_scalars(group, step),
+            fused=fused,
+            split=False,
+        )
+
 
 def _relative_step_size(lr: float, step: int, relative_step: bool, warmup_init: bool) -> float:
     """``rho_t``: the relative step size (Sec. 8 of the paper) or the manual ``lr``."""
@@ -244,12 +351,14 @@ def _relative_step_size(lr: float, step: int, relative_step: bool, warmup_init: 
     return min(rho, 1e-6 * step) if warmup_init else rho
 
 
-def _rms(x: torch.Tensor, like: torch.Tensor | None = None) -> float:
-    """RMS of ``x``; under FSDP2 ``x`` is a local shard of (or shaped like) ``like``: global RMS."""
+def _rms(x: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    """RMS of ``x`` as a 0-dim float64 tensor (no read-back to the host); under FSDP2 ``x`` is a
+    local shard of (or shaped like) ``like``: the global RMS. ``math.sqrt`` of a size (a symbolic
+    int when compiled), not of a float scalar."""
     if like is None:
-        return x.norm(2).item() / math.sqrt(x.numel())
+        return x.norm(2).double() / math.sqrt(x.numel())
     sq = all_reduce_(x.norm(2).square(), shard_groups(like))
-    return sq.sqrt().item() / math.sqrt(like.numel())
+    return sq.sqrt().double() / math.sqrt(like.numel())
 
 
 def _mean_(x: torch.Tensor, dim: int, like: torch.Tensor | None) -> torch.Tensor:
@@ -271,59 +380,68 @@ def _amin(x: torch.Tensor) -> torch.Tensor:
 def _single_tensor_adafactor(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
-    states: list[dict[str, Any]],
-    steps: list[int],
-    *,
+    row_vars: list[torch.Tensor] | None,
+    col_vars: list[torch.Tensor] | None,
+    variances: list[torch.Tensor] | None,
+    exp_avgs: list[torch.Tensor] | None,
     likes: list[torch.Tensor] | None = None,
-    lr: float,
-    beta2_decay: float,
-    eps1: float,
-    eps2: float,
-    d: float,
-    weight_decay: float,
-    beta1: float | None,
-    relative_step: bool,
+    *,
+    lr: Scalar,
+    one_minus_beta2: Scalar,
+    rho: Scalar,
+    eps1: Scalar | None,
+    eps2: Scalar,
+    d: Scalar,
+    weight_decay: Scalar,
+    beta1: Scalar,
     scale_parameter: bool,
-    warmup_init: bool,
     add_eps1: bool,
     decay_by_step_size: bool,
 ) -> None:
-    # Under FSDP2 (``likes``: the DTensors whose local shards the lists hold) sizes are global, means
-    # and RMS are summed over the shards; a rank with an empty shard takes part in every collective.
-    for i, (param, grad, state, step) in enumerate(zip(params, grads, states, steps, strict=True)):
+    """The per-tensor reference, also the fused update (over whole tensors, one kind at a time:
+    ``row_vars``/``col_vars`` for tensors of two dimensions or more, ``variances`` for the others,
+    ``None`` where absent; ``exp_avgs`` is ``None`` without ``beta1``). ``one_minus_beta2 = t^beta2_decay``,
+    ``rho`` is ``rho_t``, ``eps1=None`` the working dtype's eps. ``RMS(X)``, ``RMS(U)`` and
+    ``alpha_t`` stay 0-dim tensors: no read-back, no branch on their values. ``likes`` (eager only):
+    the DTensors whose local shards the lists hold, for the sums over shards (FSDP2); a rank with an
+    empty shard takes part in every collective."""
+    for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
         like = None if likes is None else likes[i]
-        if (param if like is None else like).numel() == 0:
+        if (param if like is None else like).numel() == 0:  # no RMS: left unchanged
             continue
-        one_minus_beta2 = step**beta2_decay  # 1 - b2_t
-        rho = _relative_step_size(lr, step, relative_step, warmup_init)
-        alpha = max(eps2, _rms(param, like)) * rho if scale_parameter else rho
-        decoupled_weight_decay_(param, (alpha if decay_by_step_size else lr) * weight_decay)
+        eps = torch.finfo(param.dtype).eps if eps1 is None else eps1
+        alpha = _rms(param, like).clamp(min=eps2) * rho if scale_parameter else rho
+        if not is_zero(weight_decay):
+            decoupled_weight_decay_(param, (alpha if decay_by_step_size else lr) * weight_decay)
         grad_sq = grad * grad
         if add_eps1:
-            grad_sq.add_(eps1)
-        if grad.dim() >= 2:
-            row_var, col_var = state["row_var"], state["col_var"]
+            grad_sq.add_(eps)
+        if param.dim() >= 2:
+            assert row_vars is not None and col_vars is not None
+            row_var, col_var = row_vars[i], col_vars[i]
             # Clamped: a lerp towards inf is NaN (gradients of 1e30 square to inf in float32);
             # mean(R) is summed in float64, since R may then be near the largest float32.
             row_var.lerp_(clamp_finite_(_mean_(grad_sq, -1, like)), one_minus_beta2)
             col_var.lerp_(clamp_finite_(_mean_(grad_sq, -2, like)), one_minus_beta2)
             row_mean = _mean_(row_var.double(), -2, like).to(row_var.dtype)
             if not add_eps1:
-                row_mean = row_mean.clamp(min=eps1)
+                row_mean = row_mean.clamp(min=eps)
             var = (row_var @ col_var).div_(row_mean)
+            if not add_eps1:
+                var.clamp_(min=eps * eps)
         else:
-            variance = state["variance"]
+            assert variances is not None
+            variance = variances[i]
             variance.lerp_(clamp_finite_(grad_sq), one_minus_beta2)
-            var = variance.clone()
-        if not add_eps1:
-            var.clamp_(min=eps1 * eps1)
+            var = variance.clone() if add_eps1 else variance.clamp(min=eps * eps)
         update = var.rsqrt_().mul_(grad)
-        update.div_(max(1.0, _rms(update, like) / d))
-        if beta1 is None:
-            param.add_(update, alpha=-alpha)
+        # U_hat = U / max(1, RMS(U) / d), and the step alpha_t U_hat, as one factor
+        scale = alpha / (_rms(update, like) / d).clamp(min=1.0)
+        if exp_avgs is None:
+            param.sub_(update.mul_(scale))
         else:
-            exp_avg = state["exp_avg"]
-            exp_avg.mul_(beta1).add_(update, alpha=(1.0 - beta1) * alpha)
+            exp_avg = exp_avgs[i]
+            exp_avg.mul_(beta1).add_(update.mul_((1 - beta1) * scale))
             param.sub_(exp_avg)
 
 
