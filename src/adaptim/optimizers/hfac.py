@@ -44,6 +44,10 @@ What was verified and what is our choice:
   (Nesterov-style) step ``lr (b1_t m + (1 - b1_t) g) / sqrt(v)``.
 
 The update is not elementwise (row/column statistics, RMS clipping): no complex parameters.
+``fused=True`` compiles the per-tensor update (``_single_tensor_hfac``, also the ``foreach=False``
+path) over whole tensors (core/fused.py), each kind (matrices, vectors) on its own; ``RMS(U)`` and the
+clip factor stay 0-dim tensors there. The multi-tensor path (the default) reads the update norms back
+in one sync per batch, so its step runs eagerly under ``torch.compile`` (``traceable_update = False``).
 
 FSDP2 (DTensor parameters): the update runs on the local shards and equals a single process's up to
 rounding (tests/test_fsdp2.py). Row means (``u``, ``r``) are summed over the ranks that hold other
@@ -52,12 +56,14 @@ and ``mean(r)`` over the ranks that hold other rows (sharded along the second-to
 ``Shard(0)`` of a matrix); shards along a leading (batch) dimension need none. The four vectors are
 DTensors sharded like the parameter's rows or columns. Means divide by global sizes and ``RMS(U)``
 sums squares over all shards; a rank whose shard is empty takes part in every collective.
+``fused=True`` refuses DTensor parameters (before the step changes anything): the compiled update
+would see the local shards only, without the sums over the others.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import torch
@@ -72,11 +78,17 @@ from adaptim.core.distributed import (
     local_list,
     local_states,
     reduced_zeros,
-    shard_groups,
     sharded_norms,
 )
-from adaptim.core.functional import clamp_finite_, decoupled_weight_decay_, scalars
+from adaptim.core.functional import (
+    Scalar,
+    clamp_finite_,
+    decoupled_weight_decay_,
+    scalar_arg,
+    scalars,
+)
 from adaptim.core.validation import NONNEGATIVE, UNIT_HALF_OPEN, Interval, TupleOf
+from adaptim.optimizers.adafactor import _refuse_fused_dtensors, _rms, _run_by_kind
 from adaptim.registry import OptimInfo, register
 
 __all__ = ["HFac"]
@@ -95,8 +107,8 @@ class HFac(AdaptimOptimizer):
         weight_decay: decoupled decay ``X *= 1 - lr * weight_decay``.
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
-        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
-            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
+        fused: ``True`` runs the update compiled over whole tensors (C++ on CPU, Triton on CUDA;
+            docs/fused.md; not for DTensor parameters); ``None`` and ``False``: the eager path.
     """
 
     elementwise = False
@@ -105,7 +117,7 @@ class HFac(AdaptimOptimizer):
     # over cache-sized chunks of whole tensors; chunks are cut by global sizes, so FSDP2 ranks issue
     # the same collectives.
     cache_blocking = True
-    #: the update reads each tensor's update norm back to the host
+    #: the multi-tensor update reads each tensor's update norm back to the host
     traceable_update = False
     hyperparameter_rules = {
         "betas": TupleOf((UNIT_HALF_OPEN, UNIT_HALF_OPEN)),
@@ -151,14 +163,17 @@ class HFac(AdaptimOptimizer):
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
+    def _check_gradients(self) -> None:
+        super()._check_gradients()
+        _refuse_fused_dtensors(self)
+
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        fn = _multi_tensor_hfac if foreach else _single_tensor_hfac
         beta1, beta2 = group["betas"]
         params, grads, states, likes = batch.params, batch.grads, batch.states, None
         if any_dtensor(params):  # FSDP2: run on the local shards, reduce over the others
             likes, params, grads = params, local_list(params), local_list(grads)
             states = local_states(states)
-        fn(
+        _multi_tensor_hfac(
             params,
             grads,
             states,
@@ -170,6 +185,36 @@ class HFac(AdaptimOptimizer):
             eps=group["eps"],
             d=group["d"],
             weight_decay=group["weight_decay"],
+        )
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        # _run_elementwise passes None for the states a kind of tensor lacks (matrices keep the
+        # first four, vectors the last two)
+        return _single_tensor_hfac, (
+            "exp_avg_row",
+            "exp_avg_col",
+            "exp_avg_sq_row",
+            "exp_avg_sq_col",
+            "exp_avg",
+            "exp_avg_sq",
+        )
+
+    def _run_elementwise(self, group: dict[str, Any], batch: TensorBatch, *, fused: bool) -> None:
+        _run_by_kind(self, group, batch, fused=fused)
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        """The keyword arguments of ``_single_tensor_hfac`` at step ``step``: the time-corrected
+        ``b1_t``, ``b2_t`` and the hyperparameters as floats."""
+        beta1, beta2 = group["betas"]
+        return dict(
+            lr=float(group["lr"]),
+            b1=time_corrected_beta(beta1, step),
+            b2=time_corrected_beta(beta2, step),
+            eps=float(group["eps"]),
+            d=float(group["d"]),
+            weight_decay=float(group["weight_decay"]),
         )
 
 
@@ -198,29 +243,37 @@ def _mean(x: torch.Tensor, dim: int, like: torch.Tensor | None) -> torch.Tensor:
 def _single_tensor_hfac(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
-    states: list[dict[str, Any]],
-    steps: list[int],
-    *,
+    exp_avg_rows: list[torch.Tensor] | None,
+    exp_avg_cols: list[torch.Tensor] | None,
+    exp_avg_sq_rows: list[torch.Tensor] | None,
+    exp_avg_sq_cols: list[torch.Tensor] | None,
+    exp_avgs: list[torch.Tensor] | None,
+    exp_avg_sqs: list[torch.Tensor] | None,
     likes: list[torch.Tensor] | None = None,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    d: float,
-    weight_decay: float,
+    *,
+    lr: Scalar,
+    b1: Scalar,
+    b2: Scalar,
+    eps: Scalar,
+    d: Scalar,
+    weight_decay: Scalar,
 ) -> None:
-    # Under FSDP2 (``likes``: the DTensors whose local shards the lists hold) sizes are global, means
-    # and the RMS are summed over the shards; a rank with an empty shard takes part in every collective.
-    for i, (param, grad, state, step) in enumerate(zip(params, grads, states, steps, strict=True)):
+    """The per-tensor reference, also the fused update (over whole tensors, one kind at a time:
+    ``u, v, r, s`` for tensors of two dimensions or more, ``m, v`` for the others, ``None`` where
+    absent); ``b1``, ``b2`` are the time-corrected ``b1_t``, ``b2_t``. ``RMS(U)`` stays a 0-dim
+    tensor: no read-back, no branch on its value. ``likes`` (eager only): the DTensors whose local
+    shards the lists hold, for the sums over shards (FSDP2); a rank with an empty shard takes part
+    in every collective."""
+    for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
         like = None if likes is None else likes[i]
         if (param if like is None else like).numel() == 0:
             continue
-        b1 = time_corrected_beta(beta1, step)
-        b2 = time_corrected_beta(beta2, step)
         grad_sq = grad * grad + eps
         if grad.dim() >= 2:
-            u, v = state["exp_avg_row"], state["exp_avg_col"]
-            r, s = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
+            assert exp_avg_rows is not None and exp_avg_cols is not None
+            assert exp_avg_sq_rows is not None and exp_avg_sq_cols is not None
+            u, v = exp_avg_rows[i], exp_avg_cols[i]
+            r, s = exp_avg_sq_rows[i], exp_avg_sq_cols[i]
             g_row, g_col = _mean(grad, -1, like), _mean(grad, -2, like)
             u.lerp_(g_row, 1 - b1)
             v.lerp_(g_col, 1 - b1)
@@ -233,19 +286,17 @@ def _single_tensor_hfac(
             psi = b1 * (v - g_col) / s.sqrt()
             momentum = 0.5 * (phi + psi)
         else:
-            m, v_hat = state["exp_avg"], state["exp_avg_sq"]
+            assert exp_avgs is not None and exp_avg_sqs is not None
+            m, v_hat = exp_avgs[i], exp_avg_sqs[i]
             m.lerp_(grad, 1 - b1)
             v_hat.lerp_(clamp_finite_(grad_sq), 1 - b2)  # lerp towards inf gives NaN
             momentum = b1 * (m - grad) / v_hat.sqrt()  # 0.5 (phi + psi) with phi = psi
         update = grad / v_hat.sqrt()
-        if like is None:
-            rms = update.norm(2).item() / math.sqrt(update.numel())
-        else:
-            sq = all_reduce_(update.norm(2).square(), shard_groups(like))
-            rms = sq.sqrt().item() / math.sqrt(like.numel())
-        update.div_(max(1.0, rms / d))
+        update.div_((_rms(update, like) / d).clamp(min=1.0))
         decoupled_weight_decay_(param, lr * weight_decay)
-        param.sub_(momentum + update, alpha=lr)
+        # add_(alpha=-lr), not sub_(alpha=lr): torch 2.13's compile bakes the first value of a
+        # 0-dim tensor alpha= of sub_ into the graph (add_ takes it as an input)
+        param.add_(momentum + update, alpha=scalar_arg(-lr))
 
 
 def _multi_tensor_hfac(
