@@ -535,8 +535,10 @@ class AdaptimOptimizer(Optimizer):
         ``None``, for an optional state that is off). The per-tensor path (``foreach=False``) calls
         it with Python floats, ``fused=True`` compiles it with the floats as 0-dim tensors, so its
         body must take either: no ``math``, no Python branch on a float, and a 0-dim tensor as
-        ``value=``/``alpha=`` only of an in-place op (torch 2.13's compile bakes the first value of
-        an out-of-place op's ``alpha=``/``value=`` tensor into the graph: write ``a + b * s``).
+        ``alpha=``/``value=``/weight only of ``add_``, ``addcmul_``, ``addcdiv_`` and ``lerp_``
+        (torch 2.13's compile bakes the first value of that tensor into the graph, unguarded, for
+        out-of-place ops and for ``sub_``: write ``a + b * s`` or ``add_(x, alpha=-s)``;
+        tests/test_fused.py varies every scalar between groups and steps to catch it).
         Without ``splits_tensors`` the function gets whole tensors (it may reduce over each);
         with it, flat pieces. Not overridden: the class has no such form (no ``fused=True``)."""
         raise NotImplementedError

@@ -125,9 +125,10 @@ def _whole(t: torch.Tensor) -> torch.Tensor:
 
 
 def _scratch_piece(like: torch.Tensor, slot: int) -> torch.Tensor:
-    """A padding piece shaped like ``like``'s kind (1-D, or every dimension 2 for a whole tensor of
-    that many dimensions) with storage of its own (distinct per slot, so no aliasing guards)."""
-    shape = (_ALIGN,) if like.dim() == 1 else (2,) * like.dim()
+    """A padding piece shaped like ``like``'s kind (1-D, or a whole tensor with every dimension 2
+    but those of size 1) with storage of its own (distinct per slot, so no aliasing guards)."""
+    # size-1 dimensions kept (Adafactor's (n, 1) row statistics): a 1 would specialize the graph
+    shape = (_ALIGN,) if like.dim() == 1 else tuple(1 if n == 1 else 2 for n in like.shape)
     key = (like.dtype, like.device, shape, slot)
     t = _scratch.get(key)
     if t is None:
