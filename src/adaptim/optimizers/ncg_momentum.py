@@ -34,6 +34,9 @@ weight decay FR recomputes ``g + wd * p`` per chunk in each pass instead of stor
 values come to the host once per step (the coefficient's restart is a branch, and ``grad_sq``, each
 tensor's ``||g_{k-1}||^2``, is kept as a Python float so that checkpoints keep their meaning).
 
+Given ``beta_k`` the update is elementwise: ``fused=True`` compiles it (core/fused.py), ``beta_k``
+passed to it as a scalar of the step, while the first pass stays eager.
+
 FSDP2 (DTensor parameters): the per-tensor squared norms (and PR's inner products) of the local shards
 are summed over the shards (one collective per step), so ``beta_k`` is the same on every rank and
 equals a single process's; the update then runs on the local shards (tests/test_fsdp2.py).
@@ -53,7 +56,7 @@ import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch, required
 from adaptim.core.distributed import all_reduce_many, any_dtensor, partition_sum
-from adaptim.core.functional import l2_weight_decay
+from adaptim.core.functional import Scalar, l2_weight_decay, scalar_arg
 from adaptim.core.validation import BOOL, UNIT_HALF_OPEN, OneOf
 from adaptim.registry import OptimInfo, register
 
@@ -201,18 +204,45 @@ class NCGMomentumSGD(AdaptimOptimizer):
             grad_sq, prev_sq, inner = partition_sum(partial, self.partition).tolist()
         self._sums = (grad_sq, prev_sq, inner if pr else None)
 
-    def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        beta = ncg_momentum(
+    def _momentum(self, group: Mapping[str, Any]) -> float:
+        """``beta_k`` of this step, from the global sums of the first pass."""
+        return ncg_momentum(
             *self._sums, group["beta_type"], group["max_momentum"], group["restart"]
         )
-        fn = _multi_tensor_ncg_sgd if foreach else _single_tensor_ncg_sgd
+
+    def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
         if group["beta_type"] == "pr":  # prev_grad holds g_k (L2 included) since the first pass
             params, _, bufs, grads = batch.local("momentum_buffer", "prev_grad")
             weight_decay = 0.0
         else:
             params, grads, bufs = batch.local("momentum_buffer")
             weight_decay = group["weight_decay"]
-        fn(params, grads, bufs, lr=float(group["lr"]), beta=beta, weight_decay=weight_decay)
+        _multi_tensor_ncg_sgd(
+            params,
+            grads,
+            bufs,
+            lr=float(group["lr"]),
+            beta=self._momentum(group),
+            weight_decay=weight_decay,
+        )
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        """The second pass, elementwise given ``beta_k`` (``_step_scalars``); PR reads ``g_k``
+        from ``prev_grad``, where the first pass stored it."""
+        prev_grad = "prev_grad" if group["beta_type"] == "pr" else None
+        return _single_tensor_ncg_sgd, ("momentum_buffer", prev_grad)
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        """The keyword arguments of ``_single_tensor_ncg_sgd``: ``beta_k`` is global, the same at
+        every step count."""
+        pr = group["beta_type"] == "pr"  # g_k in prev_grad has the L2 term already
+        return dict(
+            lr=float(group["lr"]),
+            beta=self._momentum(group),
+            weight_decay=0.0 if pr else group["weight_decay"],
+        )
 
 
 def _gather(taken: list[tuple[list[torch.Tensor], list[torch.Tensor]]]) -> list[float]:
@@ -302,16 +332,21 @@ def _single_tensor_ncg_sgd(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     bufs: list[torch.Tensor],
+    prev_grads: list[torch.Tensor] | None,
     *,
-    lr: float,
-    beta: float,
-    weight_decay: float,
+    lr: Scalar,
+    beta: Scalar,
+    weight_decay: Scalar,
 ) -> None:
-    for param, grad, buf in zip(params, grads, bufs, strict=True):
-        if weight_decay:
-            grad = grad.add(param, alpha=weight_decay)  # as in the first pass
-        buf.mul_(beta).add_(grad)  # d_k = g_k + beta_k d_{k-1}
-        param.add_(buf, alpha=-lr)
+    """One step per tensor. ``g_k`` is ``prev_grads[i]`` where the first pass stored it (PR, L2
+    included), else ``grad + weight_decay * p``, recomputed as in the first pass."""
+    for i, param in enumerate(params):
+        if prev_grads is not None:
+            grad = prev_grads[i]
+        else:
+            grad = l2_weight_decay(grads[i], param, weight_decay)
+        bufs[i].mul_(beta).add_(grad)  # d_k = g_k + beta_k d_{k-1}
+        param.add_(bufs[i], alpha=scalar_arg(-lr))
 
 
 def _multi_tensor_ncg_sgd(
