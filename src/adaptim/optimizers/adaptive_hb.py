@@ -64,6 +64,10 @@ parameters' device, and so does ``beta_k``: the only host synchronization is one
 lengths are written to the states as Python floats (``step_sq``, the ``||x_k - x_{k-1}||^2`` of each
 tensor, kept as a float so that checkpoints keep their meaning).
 
+Given ``beta_k`` the update is elementwise but for the norm of each tensor's step: ``fused=True``
+compiles it over whole tensors (core/fused.py), ``beta_k`` passed to it as a 0-dim tensor, each step
+norm written into a 0-dim tensor; the first pass stays eager.
+
 FSDP2 (DTensor parameters): the updates are elementwise given ``beta_k`` and run on the local shards;
 the norms of ``g_k - g_{k-1}`` (one collective per batch) and of the steps (one collective per step) sum
 their squares over the shards, so ``L_k`` and ``beta_k`` are the same on every rank and equal a single
@@ -85,7 +89,15 @@ import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch, required, run_eagerly
 from adaptim.core.distributed import any_dtensor, partition_sum, sharded_norms
-from adaptim.core.functional import adam_denominator, bias_correction, l2_weight_decay, scalars
+from adaptim.core.functional import (
+    Scalar,
+    adam_denominator,
+    bias_correction,
+    l2_weight_decay,
+    scalar_arg,
+    scalars,
+)
+from adaptim.core.fused import run_elementwise
 from adaptim.core.validation import POSITIVE, UNIT_HALF_OPEN, Interval
 from adaptim.registry import OptimInfo, register
 
@@ -203,7 +215,7 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
             grad_sq = torch.stack([t.to(device) for t in totals]).sum()
             self._curvature = grad_sq.sqrt() / (math.sqrt(step_sq) + eps)
 
-    def _momentum(self, group: dict[str, Any], like: torch.Tensor) -> Beta:
+    def _momentum(self, group: Mapping[str, Any], like: torch.Tensor) -> Beta:
         """``beta_k`` of ``group``: ``0.0``, or a 0-dim tensor on ``like``'s device, in its dtype."""
         if self._curvature is None:
             return 0.0
@@ -214,6 +226,40 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
             beta = adaptive_momentum(lr, self._curvature, delta)
             beta = self._betas[key] = beta.to(device=like.device, dtype=like.dtype)
         return beta
+
+    def _run_elementwise(self, group: dict[str, Any], batch: TensorBatch, *, fused: bool) -> None:
+        """The update (``_elementwise_update``) over whole tensors, with one more list after the
+        states: a 0-dim tensor per parameter into which the update writes the norm of its step
+        (``||m_k||`` or ``||update||``), recorded as the tensor's step length afterwards.
+
+        The update writes them with ``norms[i][()] = ...``: torch 2.13's compile silently drops a
+        ``copy_`` (or ``fill_``, ``mul_``, ...) into a 0-dim float64 CPU tensor that is a graph
+        input (dynamo's restart for float scalars traces it away), the indexed assignment is kept."""
+        fn, keys = self._elementwise_update(group)
+        lists = batch.local(*[k for k in keys if k is not None])
+        params = lists[0]
+        if not params:
+            return
+        self._like = params[0]  # beta_k is handed to the update on its device, in its dtype
+        norms = [torch.empty((), dtype=p.dtype, device=p.device) for p in params]
+        run_elementwise(
+            fn,
+            [*lists, norms],
+            batch.steps,
+            lambda step: self._step_scalars(group, step),
+            fused=fused,
+            split=False,
+        )
+        self._took(batch, norms, float(group["lr"]))
+
+    def _beta_scalar(self, group: Mapping[str, Any]) -> torch.Tensor:
+        """``beta_k`` for ``_step_scalars``: a 0-dim tensor on the batch's device, in its dtype, also
+        at the first step (its zero), so that the compiled update sees one kind of scalar."""
+        like = self._like
+        beta = self._momentum(group, like)
+        if isinstance(beta, torch.Tensor):
+            return beta
+        return torch.zeros((), dtype=like.dtype, device=like.device)
 
     def _took(self, batch: TensorBatch, norms: list[torch.Tensor], lr: float) -> None:
         """Remember the per-tensor norms of the step just taken (``||x_{k+1} - x_k|| / lr``)."""
@@ -290,14 +336,25 @@ class AdaptiveHeavyBallSGD(_AdaptiveHeavyBall):
         super().__init__(params, defaults)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        fn = _multi_tensor_ahb_sgd if foreach else _single_tensor_ahb_sgd
         # prev_grad holds g_k (with the L2 term) since the first pass
         params, _, bufs, grads = batch.local("momentum_buffer", "prev_grad")
         if not params:
             return
         lr = float(group["lr"])
-        norms = fn(params, grads, bufs, lr=lr, beta=self._momentum(group, params[0]))
+        norms = _multi_tensor_ahb_sgd(
+            params, grads, bufs, lr=lr, beta=self._momentum(group, params[0])
+        )
         self._took(batch, norms, lr)
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        return _single_tensor_ahb_sgd, ("momentum_buffer", "prev_grad")
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        """The keyword arguments of ``_single_tensor_ahb_sgd``: ``beta_k`` is global (a 0-dim
+        tensor on the device), the same at every step count."""
+        return dict(lr=float(group["lr"]), beta=self._beta_scalar(group))
 
 
 class AdaptiveHeavyBallAdam(_AdaptiveHeavyBall):
@@ -354,13 +411,12 @@ class AdaptiveHeavyBallAdam(_AdaptiveHeavyBall):
         super().__init__(params, defaults)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        fn = _multi_tensor_ahb_adam if foreach else _single_tensor_ahb_adam
         # prev_grad holds g_k (with the L2 term) since the first pass
         params, _, exp_avgs, exp_avg_sqs, grads = batch.local("exp_avg", "exp_avg_sq", "prev_grad")
         if not params:
             return
         lr = float(group["lr"])
-        norms = fn(
+        norms = _multi_tensor_ahb_adam(
             params,
             grads,
             exp_avgs,
@@ -372,6 +428,22 @@ class AdaptiveHeavyBallAdam(_AdaptiveHeavyBall):
             eps=group["eps"],
         )
         self._took(batch, norms, lr)
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        return _single_tensor_ahb_adam, ("exp_avg", "exp_avg_sq", "prev_grad")
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        """The keyword arguments of ``_single_tensor_ahb_adam`` at step ``step``; ``beta_k`` is
+        global (a 0-dim tensor on the device)."""
+        return dict(
+            lr=float(group["lr"]),
+            beta=self._beta_scalar(group),
+            beta2=group["beta2"],
+            eps=group["eps"],
+            bias_correction2=bias_correction(group["beta2"], step),
+        )
 
 
 # -- first pass: the change of the gradient -------------------------------------------------------
@@ -417,17 +489,19 @@ def _single_tensor_ahb_sgd(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     bufs: list[torch.Tensor],
+    prev_grads: list[torch.Tensor],
+    step_norms: list[torch.Tensor],
     *,
-    lr: float,
-    beta: Beta,
-) -> list[torch.Tensor]:
-    """One step per tensor; ``grads`` are ``g_k`` (L2 included). Returns each ``||m_k||``."""
-    norms = []
-    for param, grad, buf in zip(params, grads, bufs, strict=True):
-        buf.mul_(beta).add_(grad)  # m_k = beta_k m_{k-1} + g_k
-        param.add_(buf, alpha=-lr)  # x_{k+1} = x_k - lr m_k
-        norms.append(torch.linalg.vector_norm(buf))
-    return norms
+    lr: Scalar,
+    beta: Scalar,
+) -> None:
+    """One step per tensor. ``g_k`` is ``prev_grads[i]`` (stored by the first pass, L2 included);
+    ``grads`` are not read. Writes each ``||m_k||`` into the 0-dim ``step_norms[i]``."""
+    for i, param in enumerate(params):
+        buf = bufs[i]
+        buf.mul_(beta).add_(prev_grads[i])  # m_k = beta_k m_{k-1} + g_k
+        param.add_(buf, alpha=scalar_arg(-lr))  # x_{k+1} = x_k - lr m_k
+        step_norms[i][()] = torch.linalg.vector_norm(buf)  # not copy_: see _run_elementwise
 
 
 def _multi_tensor_ahb_sgd(
@@ -452,23 +526,24 @@ def _single_tensor_ahb_adam(
     grads: list[torch.Tensor],
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
-    steps: list[int],
+    prev_grads: list[torch.Tensor],
+    step_norms: list[torch.Tensor],
     *,
-    lr: float,
-    beta: Beta,
-    beta2: float,
-    eps: float,
-) -> list[torch.Tensor]:
-    """One step per tensor; ``grads`` are ``g_k`` (L2 included). Returns each ``||update||``."""
-    norms = []
+    lr: Scalar,
+    beta: Scalar,
+    beta2: Scalar,
+    eps: Scalar,
+    bias_correction2: Scalar,
+) -> None:
+    """One step per tensor, all at the same step. ``g_k`` is ``prev_grads[i]`` (stored by the first
+    pass, L2 included); ``grads`` are not read. Writes each ``||update||`` into ``step_norms[i]``."""
     for i, param in enumerate(params):
-        grad, exp_avg, exp_avg_sq = grads[i], exp_avgs[i], exp_avg_sqs[i]
+        grad, exp_avg, exp_avg_sq = prev_grads[i], exp_avgs[i], exp_avg_sqs[i]
         exp_avg.mul_(beta).add_(grad * (1.0 - beta))  # beta_1 = 0: no bias correction needed
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        update = exp_avg / adam_denominator(exp_avg_sq, eps, bias_correction(beta2, steps[i]))
-        param.add_(update, alpha=-lr)
-        norms.append(torch.linalg.vector_norm(update))
-    return norms
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=scalar_arg(1 - beta2))
+        update = exp_avg / adam_denominator(exp_avg_sq, eps, bias_correction2)
+        param.add_(update, alpha=scalar_arg(-lr))
+        step_norms[i][()] = torch.linalg.vector_norm(update)  # not copy_: _run_elementwise
 
 
 def _multi_tensor_ahb_adam(
