@@ -538,7 +538,9 @@ class AdaptimOptimizer(Optimizer):
         ``alpha=``/``value=``/weight only of ``add_``, ``addcmul_``, ``addcdiv_`` and ``lerp_``
         (torch 2.13's compile bakes the first value of that tensor into the graph, unguarded, for
         out-of-place ops and for ``sub_``: write ``a + b * s`` or ``add_(x, alpha=-s)``;
-        tests/test_fused.py varies every scalar between groups and steps to catch it).
+        tests/test_fused.py varies every scalar between groups and steps to catch it). It also
+        drops in-place writes into a 0-dim float64 CPU tensor given as an input (``copy_``,
+        ``fill_``): write such a per-tensor result with ``out[()] = value`` (adaptive_hb.py).
         Without ``splits_tensors`` the function gets whole tensors (it may reduce over each);
         with it, flat pieces. Not overridden: the class has no such form (no ``fused=True``)."""
         raise NotImplementedError
