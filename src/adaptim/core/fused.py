@@ -27,6 +27,7 @@ the same math (Adam, AdamW), which needs no compilation.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -79,7 +80,11 @@ def _compile(fn: Callable[..., None], device: torch.device) -> Callable[..., Non
         # recompile limit) is per algorithm; the graphs in it differ by dtype and by flags. On
         # CUDA, Inductor's combo kernels fuse the pieces' loops horizontally: a few launches per
         # call instead of one per piece.
-        options: dict[str, Any] | None = {"combo_kernels": True} if device.type == "cuda" else None
+        # dynamo's guards already check every input's size and stride: skip Inductor's own
+        # per-call asserts (one per tensor, a tenth of a small tensor's update)
+        options: dict[str, Any] = {"size_asserts": False}
+        if device.type == "cuda":
+            options["combo_kernels"] = True
         compiled = _compiled[key] = torch.compile(fn, dynamic=True, fullgraph=True, options=options)
     return compiled
 
@@ -106,9 +111,14 @@ def _piece(t: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     )
 
 
-def _cuts(numel: int, dtype: torch.dtype) -> list[tuple[int, int]]:
+@functools.cache
+def _per_piece(dtype: torch.dtype) -> int:
+    """Elements per piece: ``PIECE_ELEMENTS`` float32 elements' bytes, a multiple of 64."""
     per_piece = max(_ALIGN, PIECE_ELEMENTS * 4 // torch.empty(0, dtype=dtype).element_size())
-    per_piece -= per_piece % _ALIGN
+    return per_piece - per_piece % _ALIGN
+
+
+def _cuts(numel: int, per_piece: int) -> list[tuple[int, int]]:
     cuts = [(a, min(numel, a + per_piece)) for a in range(0, numel, per_piece)]
     if len(cuts) > 1 and cuts[-1][1] - cuts[-1][0] < _ALIGN:  # no short last piece
         cuts[-2:] = [(cuts[-2][0], numel)]
@@ -117,10 +127,11 @@ def _cuts(numel: int, dtype: torch.dtype) -> list[tuple[int, int]]:
 
 def _whole(t: torch.Tensor) -> torch.Tensor:
     """Contiguous ``t`` as a plain tensor of its shape on its storage: not an autograd view, not a
-    ``Parameter``, no ``requires_grad`` (dynamo guards on each). ``detach`` when ``t`` is not a
-    view (a quarter of the cost of ``set_``, which matters for 2,000 small tensors)."""
-    if not t._is_view():
-        return t.detach()
+    ``Parameter``, no ``requires_grad`` (dynamo guards on each). A plain tensor (a state, a
+    gradient) is itself; ``detach`` a parameter (a quarter of the cost of ``set_``, which matters
+    for 2,000 small tensors)."""
+    if t._base is None:
+        return t if type(t) is torch.Tensor and not t.requires_grad else t.detach()
     return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), t.shape, t.stride())
 
 
@@ -171,25 +182,33 @@ def _run_fused(
 ) -> None:
     present = [k for k, ts in enumerate(lists) if ts is not None]
     columns = [ts for ts in lists if ts is not None]
+    per_piece = _per_piece(columns[0][0].dtype)
     eager: list[int] = []  # tensors the compiled graph cannot take: of 0 or 1 element, or strided
-    # pieces by the numbers of dimensions of their tensors: one graph per kind
-    kinds: dict[tuple[int, ...], list[list[torch.Tensor]]] = {}
+    # pieces by the numbers of dimensions of their tensors (one graph per kind); each with the
+    # storages it shares with others (pieces of one tensor, views into one buffer), or None
+    kinds: dict[tuple[int, ...], list[tuple[list[torch.Tensor], set[int] | None]]] = {}
     for i, param in enumerate(columns[0]):
         row = [c[i] for c in columns]
         numel = param.numel()
         if numel < 2 or not all(t.is_contiguous() for t in row):
             eager.append(i)
-        elif not split:
-            kinds.setdefault(tuple(t.dim() for t in row), []).append([_whole(t) for t in row])
-        elif all(t.numel() == numel for t in row):
-            pieces = kinds.setdefault((1,) * len(row), [])
-            cuts = _cuts(numel, param.dtype)
-            if len(cuts) == 1 and all(t.dim() == 1 for t in row):
-                pieces.append([_whole(t) for t in row])
-            else:
-                pieces += [[_piece(t, a, b) for t in row] for a, b in cuts]
-        else:
+            continue
+        views = any(t._base is not None for t in row)
+        if not split:
+            shared = {t.untyped_storage().data_ptr() for t in row} if views else None
+            kinds.setdefault(tuple(t.dim() for t in row), []).append(
+                ([_whole(t) for t in row], shared)
+            )
+        elif any(t.numel() != numel for t in row):
             eager.append(i)
+        elif numel <= per_piece and all(t.dim() == 1 for t in row):
+            shared = {t.untyped_storage().data_ptr() for t in row} if views else None
+            kinds.setdefault((1,) * len(row), []).append(([_whole(t) for t in row], shared))
+        else:
+            shared = {t.untyped_storage().data_ptr() for t in row}
+            kinds.setdefault((1,) * len(row), []).extend(
+                ([_piece(t, a, b) for t in row], shared) for a, b in _cuts(numel, per_piece)
+            )
     if eager:
         fn(*[None if ts is None else [ts[i] for i in eager] for ts in lists], **scalars)
     if not kinds:
@@ -202,7 +221,7 @@ def _run_fused(
         torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=4096),
     ):
         for pieces in kinds.values():
-            first = pieces[0]
+            first = pieces[0][0]
             for call in _pack(pieces):
                 args: list[Any] = [None] * len(lists)
                 for col, k in enumerate(present):
@@ -214,21 +233,32 @@ def _run_fused(
                 compiled(*args, **tensor_scalars)
 
 
-def _pack(pieces: list[list[torch.Tensor]]) -> list[list[list[torch.Tensor]]]:
-    """Pieces into calls of at most ``ARITY``, no two pieces of a call sharing a storage."""
+def _pack(
+    pieces: list[tuple[list[torch.Tensor], set[int] | None]],
+) -> list[list[list[torch.Tensor]]]:
+    """Pieces into calls of at most ``ARITY``, no two pieces of a call sharing a storage (dynamo
+    would guard on their aliasing: a graph per pattern). Pieces of distinct plain tensors share
+    none and fill the calls in order."""
     calls: list[list[list[torch.Tensor]]] = []
     storages: list[set[int]] = []
     open_from = 0  # calls before this one are full
-    for piece in pieces:
-        ptrs = {t.untyped_storage().data_ptr() for t in piece}
-        for c in range(open_from, len(calls)):
-            if len(calls[c]) < ARITY and not ptrs & storages[c]:
+    for piece, shared in pieces:
+        if shared is None:
+            c = len(calls) - 1
+            if c < open_from:
+                calls.append([piece])
+                storages.append(set())
+            else:
                 calls[c].append(piece)
-                storages[c] |= ptrs
-                break
         else:
-            calls.append([piece])
-            storages.append(ptrs)
+            for c in range(open_from, len(calls)):
+                if len(calls[c]) < ARITY and not shared & storages[c]:
+                    calls[c].append(piece)
+                    storages[c] |= shared
+                    break
+            else:
+                calls.append([piece])
+                storages.append(set(shared))
         while open_from < len(calls) and len(calls[open_from]) == ARITY:
             open_from += 1
     return calls
