@@ -234,3 +234,45 @@ def test_no_compiler_is_refused_and_fused_none_runs_eagerly(
     p.grad = torch.ones(3)
     opt.step()
     assert not torch.equal(p.detach(), torch.ones(3))
+
+
+@pytest.mark.parametrize("name", ["adamp", "sgdp"])
+def test_fused_equals_eager_where_the_projection_fires(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AdamP/SGDP project only where gradient and weight are nearly orthogonal, which random
+    gradients never are: here every row of every matrix has a gradient orthogonal to it, so the
+    channel projection fires at every step (counted on the eager run), fused and eager alike."""
+    from adaptim.optimizers import adamp as adamp_module
+
+    info = next(i for i in FUSABLE if i.name == name)
+    fired: list[bool] = []
+    original = adamp_module._tangential_
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        channel, layer = original(*args, **kwargs)
+        if not torch.compiler.is_compiling():
+            fired.append(bool(channel | layer))
+        return channel, layer
+
+    def orthogonal_grads(params: list[torch.nn.Parameter], step: int) -> None:
+        _grads(params, step)
+        for p in params:
+            if p.dim() == 2 and p.is_contiguous():
+                rows, g = p.detach().double(), p.grad.double()
+                g -= rows * (g * rows).sum(1, keepdim=True) / (rows * rows).sum(1, keepdim=True)
+                p.grad = g.to(p.dtype)
+
+    def train(params: list[torch.nn.Parameter], **kwargs: Any) -> torch.optim.Optimizer:
+        opt = make(info, [{"params": params}], **kwargs)
+        for step in range(STEPS):
+            orthogonal_grads(params, step)
+            opt.step()
+        return opt
+
+    eager_params, fused_params = _params(), _params()
+    monkeypatch.setattr(adamp_module, "_tangential_", counting)
+    eager = train(eager_params, foreach=False, fused=False)
+    assert sum(fired) >= STEPS, f"the projection fired {sum(fired)} times"
+    fused = train(fused_params, fused=True)
+    _assert_same_run(fused_params, fused, eager_params, eager)
