@@ -271,6 +271,31 @@ def _refusal_case(mesh) -> dict[str, Any]:
     return dict(message=message, unchanged=unchanged, state_size=len(opt.state))
 
 
+FUSED_ON_SHARDS_REFUSED = ("adamp", "sgdp", "adarem", "adafactor", "hfac")
+
+
+def _fused_shards_refusal(mesh, name: str) -> dict[str, Any]:
+    """``fused=True`` on FSDP2 parameters for an update that reduces over whole tensors
+    (``fused_on_shards = False``): refused before anything changes."""
+    from torch.distributed.fsdp import fully_shard
+
+    model = make_model()
+    fully_shard(model, mesh=mesh)
+    opt = adaptim.create(name, model.parameters(), lr=1e-2, fused=True)
+    x, y = make_data(1)[0]
+    nn.functional.mse_loss(model(x), y).backward()
+    before = [p.to_local().detach().clone() for p in model.parameters()]
+    message = None
+    try:
+        opt.step()
+    except TypeError as err:
+        message = str(err)
+    unchanged = all(
+        torch.equal(p.to_local(), b) for p, b in zip(model.parameters(), before, strict=True)
+    )
+    return dict(message=message, unchanged=unchanged, state_size=len(opt.state))
+
+
 def _run_cases(rank: int) -> dict[str, Any]:
     """Every case on this rank (inside :func:`multiprocess.run_on_ranks`)."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -315,6 +340,11 @@ def _run_cases(rank: int) -> dict[str, Any]:
         results[REFUSAL] = _refusal_case(mesh)
     except Exception:
         results[REFUSAL] = dict(error=traceback.format_exc())
+    for name in FUSED_ON_SHARDS_REFUSED:
+        try:
+            results[f"{REFUSAL}fused-{name}"] = _fused_shards_refusal(mesh, name)
+        except Exception:
+            results[f"{REFUSAL}fused-{name}"] = dict(error=traceback.format_exc())
     return results
 
 
@@ -441,3 +471,13 @@ def test_unverified_optimizer_still_steps_plain_parameters():
     start = [p.detach().clone() for p in model.parameters()]
     train(model, lambda params: UnverifiedAdam(params, lr=1e-2))
     assert any(not torch.equal(p, s) for p, s in zip(model.parameters(), start, strict=True))
+
+
+@pytest.mark.parametrize("name", FUSED_ON_SHARDS_REFUSED)
+def test_fused_is_refused_on_shards_where_the_update_reduces_over_tensors(sharded_results, name):
+    result = sharded_results[f"{REFUSAL}fused-{name}"]
+    assert "error" not in result, result.get("error")
+    assert (
+        result["message"] is not None and "fused=True does not support sharded" in result["message"]
+    )
+    assert result["unchanged"] and result["state_size"] == 0

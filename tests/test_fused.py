@@ -10,6 +10,7 @@ that each graph compiles in seconds.
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from collections.abc import Callable
@@ -191,7 +192,7 @@ def test_no_recompiles(info: Any) -> None:
     assert counters["unique_graphs"] == late, "compiled again after step 10"
 
 
-def test_fused_is_refused_where_the_update_is_not_elementwise() -> None:
+def test_fused_is_refused_without_a_per_tensor_function() -> None:
     assert NOT_FUSABLE, "every optimizer fuses: drop this test"
     for info in NOT_FUSABLE:
         with pytest.raises(ValueError, match="fused=True is not available"):
@@ -226,6 +227,10 @@ def test_no_compiler_is_refused_and_fused_none_runs_eagerly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(fused_module.shutil, "which", lambda name: None)
+    # the lookup is cached per process: a fresh cache for this test only
+    monkeypatch.setattr(
+        fused_module, "_has_cxx", functools.cache(fused_module._has_cxx.__wrapped__)
+    )
     build = _compiled_optimizer()
     with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler"):
         build([torch.nn.Parameter(torch.zeros(3))], fused=True)

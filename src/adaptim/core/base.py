@@ -279,6 +279,10 @@ class AdaptimOptimizer(Optimizer):
     #: on computing with them in Python: after that graph break each new value would be a constant
     #: of the next graph, recompiled at every step. Such a step runs eagerly under torch.compile.
     traceable_update: ClassVar[bool] = True
+    #: ``fused=True`` is correct on FSDP2 local shards. False for an update that reduces over each
+    #: whole tensor inside the compiled function (norms, row and column statistics), which would see
+    #: one shard only: ``fused=True`` on DTensor parameters is then refused before anything changes
+    fused_on_shards: ClassVar[bool] = True
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         defaults.setdefault("maximize", False)
@@ -319,13 +323,15 @@ class AdaptimOptimizer(Optimizer):
             raise ValueError(f"{name}: fused=True and foreach=True cannot be set together")
         if not self.supports_fused():
             raise ValueError(
-                f"{name}: fused=True is not available yet, its update is not elementwise given "
-                "per-step scalars; use fused=None or False (the eager multi-tensor path)"
+                f"{name}: fused=True is not available yet: {name} has no per-tensor update "
+                "function to compile (supports_fused() is False); use fused=None or False (the "
+                "eager multi-tensor path)"
             )
 
     @classmethod
     def supports_fused(cls) -> bool:
-        """Whether ``fused=True`` is accepted: the class states an elementwise update."""
+        """Whether ``fused=True`` is accepted: the class states its update as a per-tensor function
+        (:meth:`_elementwise_update`)."""
         return cls._elementwise_update is not AdaptimOptimizer._elementwise_update
 
     def _validate_relations(self, values: Mapping[str, Any]) -> None:
@@ -578,6 +584,8 @@ class AdaptimOptimizer(Optimizer):
         dtensor = None if self.supports_dtensor else sys.modules.get("torch.distributed.tensor")
         strided, elementwise = torch.strided, self.elementwise
         for gi, group in enumerate(self.param_groups):
+            if not self.fused_on_shards and group["fused"]:
+                self._refuse_fused_shards(gi, group)
             for pi, p in enumerate(group["params"]):
                 grad = p.grad
                 if grad is None:
@@ -589,6 +597,15 @@ class AdaptimOptimizer(Optimizer):
                     or (dtensor is not None and isinstance(p, dtensor.DTensor))
                 ):
                     self._refuse(gi, pi, p)
+
+    def _refuse_fused_shards(self, gi: int, group: Mapping[str, Any]) -> None:
+        if any_dtensor([p for p in group["params"] if p.grad is not None]):
+            raise TypeError(
+                f"{type(self).__name__}: fused=True does not support sharded (DTensor, FSDP2) "
+                f"parameters (param group {gi}): its update reduces over each whole tensor, and "
+                "the compiled update would see one shard of it; use fused=None or False (the "
+                "eager paths reduce over the shards)"
+            )
 
     def _refuse(self, gi: int, pi: int, p: torch.Tensor) -> None:
         name = type(self).__name__

@@ -36,7 +36,7 @@ import torch
 import torch._dynamo
 from torch.fx.experimental import _config as fx_config
 
-__all__ = ["ARITY", "PIECE_ELEMENTS", "fused_unavailable_reason", "run_elementwise"]
+__all__ = ["ARITY", "PIECE_ELEMENTS", "by_step", "fused_unavailable_reason", "run_elementwise"]
 
 #: elements per flat piece: about 8 MB of float32; a compiled Adam over 2 MB pieces ran at 1.5x
 #: torch's fused AdamW per byte, over 8 MB pieces at 1.15-1.2x (benchmarks/step_time.py)
@@ -54,11 +54,17 @@ _compiled: dict[tuple[Callable[..., None], str], Callable[..., None]] = {}
 _scratch: dict[tuple[torch.dtype, torch.device, tuple[int, ...], int], torch.Tensor] = {}
 
 
+@functools.cache
+def _has_cxx() -> bool:
+    """A C++ compiler is on PATH (looked up once: a fused step checks its device every step)."""
+    compilers = [torch._inductor.config.cpp.cxx[1], "g++", "clang++", "c++"]
+    return any(shutil.which(c) for c in compilers if c)
+
+
 def fused_unavailable_reason(device: torch.device) -> str | None:
     """Why ``fused=True`` cannot run on ``device`` here, or ``None`` if it can."""
     if device.type == "cpu":
-        compilers = [torch._inductor.config.cpp.cxx[1], "g++", "clang++", "c++"]
-        if not any(shutil.which(c) for c in compilers if c):
+        if not _has_cxx():
             return (
                 "Inductor's CPU backend needs a C++ compiler (g++ or clang++), and none is on PATH"
             )
@@ -147,6 +153,14 @@ def _scratch_piece(like: torch.Tensor, slot: int) -> torch.Tensor:
     return t
 
 
+def by_step(steps: Sequence[int]) -> dict[int, list[int]]:
+    """The indices of the tensors at each step count (usually one: a group steps together)."""
+    groups: dict[int, list[int]] = {}
+    for i, step in enumerate(steps):
+        groups.setdefault(step, []).append(i)
+    return groups
+
+
 def run_elementwise(
     fn: Callable[..., None],
     tensors: Sequence[Sequence[torch.Tensor | None] | None],
@@ -165,10 +179,7 @@ def run_elementwise(
     whole tensors, calls grouped by their numbers of dimensions.
     """
     lists = [list(ts) if ts is not None else None for ts in tensors]
-    by_step: dict[int, list[int]] = {}
-    for i, s in enumerate(steps):
-        by_step.setdefault(s, []).append(i)
-    for step, idx in by_step.items():
+    for step, idx in by_step(steps).items():
         scalars = step_scalars(step)
         picked = [None if ts is None else [ts[i] for i in idx] for ts in lists]
         if fused:

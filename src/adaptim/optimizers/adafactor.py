@@ -143,6 +143,7 @@ class Adafactor(AdaptimOptimizer):
     elementwise = False
     #: the multi-tensor update reads each tensor's RMS and clip factor back to the host
     traceable_update = False
+    fused_on_shards = False  # its reductions over each tensor would see one shard
     supports_dtensor = True  # tests/test_fsdp2.py
     #: with ``beta1`` the first moment holds already lr-scaled updates (tensor2tensor, transformers),
     #: so the weights keep moving while it decays after the lr drops to 0
@@ -225,10 +226,6 @@ class Adafactor(AdaptimOptimizer):
                         s["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return batches
 
-    def _check_gradients(self) -> None:
-        super()._check_gradients()
-        _refuse_fused_dtensors(self)
-
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
         eps1, eps2 = group["eps"]
         placement = group["eps1_placement"]
@@ -294,24 +291,12 @@ class Adafactor(AdaptimOptimizer):
         )
 
 
-def _refuse_fused_dtensors(opt: AdaptimOptimizer) -> None:
-    """``fused=True`` on sharded (DTensor) parameters is refused before anything changes: the
-    compiled update sees local shards only, and its row/column means and RMS need sums over them."""
-    for gi, group in enumerate(opt.param_groups):
-        if group["fused"] and any_dtensor(p for p in group["params"] if p.grad is not None):
-            raise TypeError(
-                f"{type(opt).__name__}: fused=True does not support sharded (DTensor, FSDP2) "
-                f"parameters (param group {gi}): its row/column statistics and RMS are sums over "
-                "all shards, which the compiled update does not take; use fused=None or False"
-            )
-
-
 def _run_by_kind(
     opt: AdaptimOptimizer, group: dict[str, Any], batch: TensorBatch, *, fused: bool
 ) -> None:
     """Run the per-tensor update over the batch's factored tensors (two dimensions or more), then
     over the others: each kind keeps other states, and a state the kind lacks is passed as ``None``.
-    Under FSDP2 (eager only, see :func:`_refuse_fused_dtensors`) the DTensors are passed last, as
+    Under FSDP2 (eager only: ``fused_on_shards = False``) the DTensors are passed last, as
     ``likes``, for the sums over shards; both kinds are global, so every rank runs the same
     collectives in the same order."""
     fn, keys = opt._elementwise_update(group)

@@ -36,7 +36,7 @@ from adaptim.core.functional import (
     scalar_arg,
     scalars,
 )
-from adaptim.core.fused import run_elementwise
+from adaptim.core.fused import by_step, run_elementwise
 from adaptim.core.validation import UNIT_HALF_OPEN, TupleOf
 from adaptim.registry import OptimInfo, register
 
@@ -150,13 +150,9 @@ class Adam(AdaptimOptimizer):
         # torch's CPU kernel walks the raw memory of param, grad and states in step: a tensor whose
         # layouts differ (a transposed parameter with a contiguous gradient) takes the eager update
         lists = [params, grads, exp_avgs, exp_avg_sqs, *rest]
-        by_step: dict[int, list[int]] = {}
-        odd: list[int] = []
-        for i, step in enumerate(batch.steps):
-            if all(ts[i].is_contiguous() for ts in lists):
-                by_step.setdefault(step, []).append(i)
-            else:
-                odd.append(i)
+        same_layout = [all(ts[i].is_contiguous() for ts in lists) for i in range(len(params))]
+        odd = [i for i, ok in enumerate(same_layout) if not ok]
+        kept = [i for i, ok in enumerate(same_layout) if ok]
         if odd:
             run_elementwise(
                 _single_tensor_adam,
@@ -165,7 +161,8 @@ class Adam(AdaptimOptimizer):
                 lambda step: self._step_scalars(group, step),
                 fused=False,
             )
-        for step, idx in by_step.items():
+        for step, positions in by_step([batch.steps[i] for i in kept]).items():
+            idx = [kept[j] for j in positions]
 
             def pick(ts: list[torch.Tensor], idx: list[int] = idx) -> list[torch.Tensor]:
                 return ts if len(idx) == len(ts) else [ts[i] for i in idx]

@@ -102,6 +102,7 @@ class _ProjectionMixin(AdaptimOptimizer):
     #: the multi-tensor update (the one torch.compile traces) reads its projection decisions back
     #: to the host; the per-tensor one (also fused=True) does not
     traceable_update = False
+    fused_on_shards = False  # its reductions over each tensor would see one shard
     #: the per-tensor update reduces over whole tensors (cosines per row and per tensor), so
     #: fused=True compiles it over whole tensors, not flat pieces
     splits_tensors = False
@@ -118,24 +119,11 @@ class _ProjectionMixin(AdaptimOptimizer):
             lists = [local_list(ts) for ts in lists]
         return tuple(lists)
 
-    def _check_gradients(self) -> None:
-        # The compiled update would see each tensor's local shard only, and its cosines and norms
-        # are sums over all shards: refused before anything changes.
-        for gi, group in enumerate(self.param_groups):
-            if group["fused"] and any_dtensor(p for p in group["params"] if p.grad is not None):
-                raise RuntimeError(
-                    f"{type(self).__name__}: fused=True does not support sharded (DTensor, FSDP2) "
-                    f"parameters (param group {gi}): the projection's cosines and norms are sums "
-                    "over all shards of a tensor, which the compiled update cannot take; use "
-                    "fused=None (the multi-tensor path) or fused=False"
-                )
-        super()._check_gradients()
-
     def _run_elementwise(self, group: dict[str, Any], batch: TensorBatch, *, fused: bool) -> None:
         if not any_dtensor(batch.params):
             super()._run_elementwise(group, batch, fused=fused)
             return
-        # FSDP2 (never fused, see _check_gradients): the per-tensor update on the local shards,
+        # FSDP2 (never fused: fused_on_shards = False): the per-tensor update on the local shards,
         # given the DTensors as ``likes`` to reduce its sums over the shards
         fn, keys = self._elementwise_update(group)
         run_elementwise(

@@ -88,7 +88,7 @@ from adaptim.core.functional import (
     scalars,
 )
 from adaptim.core.validation import NONNEGATIVE, UNIT_HALF_OPEN, Interval, TupleOf
-from adaptim.optimizers.adafactor import _refuse_fused_dtensors, _rms, _run_by_kind
+from adaptim.optimizers.adafactor import _rms, _run_by_kind
 from adaptim.registry import OptimInfo, register
 
 __all__ = ["HFac"]
@@ -119,6 +119,7 @@ class HFac(AdaptimOptimizer):
     cache_blocking = True
     #: the multi-tensor update reads each tensor's update norm back to the host
     traceable_update = False
+    fused_on_shards = False  # its reductions over each tensor would see one shard
     hyperparameter_rules = {
         "betas": TupleOf((UNIT_HALF_OPEN, UNIT_HALF_OPEN)),
         "eps": NONNEGATIVE,
@@ -162,10 +163,6 @@ class HFac(AdaptimOptimizer):
         else:
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-
-    def _check_gradients(self) -> None:
-        super()._check_gradients()
-        _refuse_fused_dtensors(self)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
         beta1, beta2 = group["betas"]
