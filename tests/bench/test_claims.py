@@ -12,9 +12,56 @@ import torch
 
 import adaptim
 from adaptim import registry
-from adaptim.bench import claims, claims_more
+from adaptim.bench import (
+    claims,
+    claims_adam_family,
+    claims_factored,
+    claims_lr_adaptation,
+    claims_momentum,
+    claims_wrappers_tools,
+)
 from adaptim.bench.claims import CLAIMS, Claim, ClaimResult, format_table, run_claims
-from adaptim.bench.claims_more import MORE_CLAIMS, ToolClaim
+from adaptim.bench.claims_common import ToolClaim
+
+# every claim module and its list (a claim module missing here fails test_every_claim_is_in_the_suite)
+_MODULE_LISTS = {
+    claims_adam_family: claims_adam_family.ADAM_FAMILY_CLAIMS,
+    claims_momentum: claims_momentum.MOMENTUM_CLAIMS,
+    claims_factored: claims_factored.FACTORED_CLAIMS,
+    claims_lr_adaptation: claims_lr_adaptation.LR_ADAPTATION_CLAIMS,
+    claims_wrappers_tools: claims_wrappers_tools.WRAPPERS_TOOLS_CLAIMS,
+}
+
+# the suite's order when its claims lived in two modules by date of arrival (claims_first.py, then
+# claims_more.py): splitting them by topic must not reorder the report
+_ORDER_BEFORE_THE_SPLIT = [
+    "diffgrad-f1-global-min",
+    "adabelief-abs-faster",
+    "adamp-norm-growth",
+    "sgdp-norm-growth",
+    "lookahead-noisy-quadratic",
+    "adamw-uniform-decay",
+    "radam-bounded-variance",
+    "gensignsgd-x4-no-divergence",
+    "ahb-larger-lr",
+    "ahb-faster-than-fixed-momentum",
+    "gadam-iterate-averaging",
+    "adafactor-sublinear-memory",
+    "adan-larger-lr",
+    "pnm-larger-noise",
+    "mars-beats-adamw",
+    "koala-no-lr-tuning",
+    "adai-flat-minima",
+    "acprop-reddi-counterexample",
+    "gradinit-first-step",
+    "adadagrad-batch-growth",
+    "activelr-lr-robustness",
+    "hfac-sublinear-memory",
+    "ncg-larger-lr-faster",
+    "adarem-faster-than-adam",
+    "mada-best-member",
+    "padam-between-sgd-and-adam",
+]
 
 
 def _check_result(r: ClaimResult) -> None:
@@ -233,26 +280,38 @@ def test_do_nothing_diffgrad_makes_the_claim_fail(monkeypatch: pytest.MonkeyPatc
     assert r.numbers["diffgrad_x_mean"] == -1.0
 
 
-# -- the claims of claims_more.py: each verdict can flip ------------------------------------------
+# -- the suite is the union of the topic modules, in the report's order -----------------------------
 
 
-def test_more_claims_are_in_the_suite() -> None:
+def test_every_claim_is_in_the_suite_once() -> None:
+    from_modules = [c for claim_list in _MODULE_LISTS.values() for c in claim_list]
+    assert sorted(c.name for c in from_modules) == sorted(c.name for c in CLAIMS)
+    assert all(c in CLAIMS for c in from_modules)
+    # no claim module beside the ones above (a new one must be imported by claims.py and listed here)
+    import pkgutil
+
+    import adaptim.bench
+
+    modules = {m.name for m in pkgutil.iter_modules(adaptim.bench.__path__)}
+    topic_modules = {m for m in modules if m.startswith("claims_") and m != "claims_common"}
+    assert topic_modules == {m.__name__.rsplit(".", 1)[1] for m in _MODULE_LISTS}
+
+
+def test_the_split_kept_the_order_of_the_claims() -> None:
     names = [c.name for c in CLAIMS]
-    assert len(MORE_CLAIMS) == 10
-    assert all(c in CLAIMS for c in MORE_CLAIMS)
-    for required in (
-        "adai-flat-minima",
-        "acprop-reddi-counterexample",
-        "gradinit-first-step",
-        "adadagrad-batch-growth",
-        "activelr-lr-robustness",
-        "hfac-sublinear-memory",
-        "ncg-larger-lr-faster",
-        "adarem-faster-than-adam",
-        "mada-best-member",
-        "padam-between-sgd-and-adam",
-    ):
-        assert names.count(required) == 1
+    assert [n for n in names if n in _ORDER_BEFORE_THE_SPLIT] == _ORDER_BEFORE_THE_SPLIT
+    assert names == list(claims.REPORT_ORDER)
+
+
+def test_a_claim_left_out_of_the_report_order_is_an_error() -> None:
+    a, b = CLAIMS[0], CLAIMS[1]
+    assert claims._in_report_order([b, a], (a.name, b.name)) == [a, b]
+    with pytest.raises(ValueError, match=f"missing from REPORT_ORDER: \\['{b.name}'\\]"):
+        claims._in_report_order([a, b], (a.name,))
+    with pytest.raises(ValueError, match="names without a claim: \\['no-such-claim'\\]"):
+        claims._in_report_order([a], (a.name, "no-such-claim"))
+    with pytest.raises(ValueError, match="unique"):
+        claims._in_report_order([a, a], (a.name,))
 
 
 def _one(name: str) -> ClaimResult:
@@ -329,7 +388,7 @@ def test_gradinit_criterion(
 ) -> None:
     # the real set-up does not hold at seed 0, so the criterion is checked on stand-in measurements
     monkeypatch.setattr(
-        claims_more, "_gradinit_run", lambda seed, use: rescaled if use else default
+        claims_wrappers_tools, "_gradinit_run", lambda seed, use: rescaled if use else default
     )
     r = _one("gradinit-first-step")
     assert r.holds is holds

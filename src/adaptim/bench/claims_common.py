@@ -1,11 +1,15 @@
 """The claims suite's framework: a claim, its result, the verdict table, and shared toy-problem helpers.
 
-See :mod:`adaptim.bench.claims` for the suite and its conventions; the claims themselves live in
-:mod:`adaptim.bench.claims_first` (the first sixteen) and :mod:`adaptim.bench.claims_more`.
+See :mod:`adaptim.bench.claims` for the suite and its conventions. The claims live in one module per
+family of methods: :mod:`~adaptim.bench.claims_adam_family`, :mod:`~adaptim.bench.claims_momentum`,
+:mod:`~adaptim.bench.claims_factored`, :mod:`~adaptim.bench.claims_lr_adaptation` and
+:mod:`~adaptim.bench.claims_wrappers_tools`; the toy problems more than one of them uses are here.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import inspect
 import math
 import statistics
@@ -18,7 +22,7 @@ from torch import nn
 
 from adaptim import registry
 
-__all__ = ["Claim", "ClaimResult", "format_table"]
+__all__ = ["Claim", "ClaimResult", "ToolClaim", "format_table"]
 
 F64 = torch.float64
 
@@ -75,6 +79,27 @@ class Claim:
 
     def result(self, holds: bool | None, numbers: dict[str, float], detail: str) -> ClaimResult:
         return ClaimResult(self.name, self.paper, self.statement, holds, numbers, detail)
+
+
+@dataclass(frozen=True)
+class ToolClaim(Claim):
+    """A claim about a tool (a function, not a registered optimizer).
+
+    Each entry of ``needs`` is ``"module:attribute"``; the claim is skipped when the module cannot be
+    imported or lacks the attribute.
+    """
+
+    def missing(self) -> list[str]:
+        out = []
+        for need in self.needs:
+            module, _, attr = need.partition(":")
+            try:
+                found = hasattr(importlib.import_module(module), attr) if attr else True
+            except ImportError:
+                found = False
+            if not found:
+                out.append(need)
+        return out
 
 
 def format_table(results: Sequence[ClaimResult], brief: bool = True) -> str:
@@ -190,3 +215,81 @@ def _kwarg(cls: type, *names: str) -> str:
 def _noisy_quadratic(dim: int = 20) -> torch.Tensor:
     """Curvatures of the noisy quadratic model: logspace(-2, 0) (spec sections 3 and 15i)."""
     return torch.logspace(-2, 0, dim, dtype=F64)
+
+
+def _named(claims: Sequence[Claim], name: str) -> Claim:
+    """The claim called ``name`` in ``claims`` (a module's run function labels its result with it)."""
+    for c in claims:
+        if c.name == name:
+            return c
+    raise KeyError(name)
+
+
+def _all(pairs: Iterable[tuple[float, float]], ok: Callable[[float, float], bool]) -> bool:
+    return all(ok(a, b) for a, b in pairs)
+
+
+def _nqm_excess(
+    seed: int,
+    make_opt: Callable[[list[torch.Tensor]], Any],
+    steps: int,
+    burn_in: int,
+    every: int,
+    x0_scale: float = 1.0,
+    salt: int = 4,
+) -> float:
+    """Noisy quadratic 0.5 * sum h_i (x_i - c_i)^2, c ~ N(0, I) fresh each step; the mean excess
+    expected loss 0.5 * sum h_i x_i^2 at steps ``burn_in + every, ...`` (x* = 0)."""
+    h = _noisy_quadratic()
+    gen = _gen(seed, salt)
+    x0 = x0_scale * torch.randn(h.numel(), generator=gen, dtype=F64)
+    noise = torch.randn(steps, h.numel(), generator=gen, dtype=F64)
+    x = x0.clone().requires_grad_(True)
+    opt = make_opt([x])
+    losses = []
+    for t in range(1, steps + 1):
+        x.grad = h * (x.detach() - noise[t - 1])
+        opt.step()
+        if t > burn_in and t % every == 0:
+            losses.append(0.5 * float((h * x.detach() ** 2).sum()))
+    return statistics.fmean(losses)
+
+
+def _mlp_regression(seed: int, make_opt: Callable, steps: int = 400) -> float:
+    """20-64-64-1 tanh MLP regressing a random tanh teacher (1024 points), batches of 64; the final
+    full-data MSE (inf if it diverged)."""
+    gen = _gen(seed, 11)
+    x = torch.randn(1024, 20, generator=gen, dtype=F64)
+    w1 = torch.randn(20, 32, generator=gen, dtype=F64) / math.sqrt(20)
+    w2 = torch.randn(32, 1, generator=gen, dtype=F64) / math.sqrt(32)
+    y = torch.tanh(x @ w1) @ w2
+    net = _seeded_module(
+        seed,
+        lambda: nn.Sequential(
+            nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)
+        ),
+    )
+    opt = make_opt(net.parameters())
+    for _ in range(steps):
+        idx = torch.randint(0, 1024, (64,), generator=gen)
+        opt.zero_grad(set_to_none=True)
+        ((net(x[idx]) - y[idx]) ** 2).mean().backward()
+        opt.step()
+    with torch.no_grad():
+        f = float(((net(x) - y) ** 2).mean())
+    return f if math.isfinite(f) else math.inf
+
+
+# the lr grid over which plain Adam's best run is the baseline (AdaRem, Padam)
+_ADAM_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
+
+
+@functools.lru_cache(maxsize=64)
+def _adam_mlp(seed: int, lr: float) -> float:
+    """torch.optim.Adam on the MLP regression of adan-larger-lr, 400 steps (cached: the baseline does
+    not depend on the registry)."""
+    return _mlp_regression(seed, lambda p: torch.optim.Adam(p, lr=lr))
+
+
+def _adam_best(seed: int) -> float:
+    return min(_adam_mlp(seed, lr) for lr in _ADAM_LRS)
