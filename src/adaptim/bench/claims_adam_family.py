@@ -1,8 +1,8 @@
 """Claims about Adam's variants: what each changes in Adam's moments, denominator, step or decay.
 
-Conventions (float64, every draw from a seeded ``torch.Generator``, ``torch.optim`` baselines, a criterion fixed in
-the code before the result was looked at): :mod:`adaptim.bench.claims`; set-ups and the last run's
-numbers: ``docs/claims.md``.
+Conventions (float64, every draw from a seeded ``torch.Generator``, ``torch.optim`` baselines, a
+criterion fixed in the code before the result was looked at): :mod:`adaptim.bench.claims`; set-ups
+and the last run's numbers: ``docs/claims.md``.
 
 * ``diffgrad-f1-global-min``: diffGrad, Dubey et al., IEEE TNNLS 2020, arXiv:1909.11015.
 * ``adabelief-abs-faster``: AdaBelief, Zhuang et al., NeurIPS 2020, arXiv:2010.07468.
@@ -59,7 +59,6 @@ def _claim(name: str) -> Claim:
 
 # -- diffGrad: F1 ---------------------------------------------------------------------------------
 
-
 _DIFFGRAD = "diffGrad (Dubey et al., IEEE TNNLS 2020, arXiv:1909.11015)"
 
 
@@ -88,7 +87,6 @@ def _run_diffgrad_f1(seeds: int) -> ClaimResult:
 
 
 # -- AdaBelief: |x| + |y| -------------------------------------------------------------------------
-
 
 _ADABELIEF = "AdaBelief (Zhuang et al., NeurIPS 2020, arXiv:2010.07468)"
 
@@ -123,7 +121,6 @@ def _run_adabelief_abs(seeds: int) -> ClaimResult:
 
 
 # -- AdamP / SGDP: norm growth of scale-invariant weights -----------------------------------------
-
 
 _ADAMP = "AdamP/SGDP (Heo et al., ICLR 2021, arXiv:2006.08217)"
 
@@ -195,7 +192,6 @@ def _run_sgdp_norm(seeds: int) -> ClaimResult:
 
 # -- AdamW: decoupled decay -----------------------------------------------------------------------
 
-
 _ADAMW = "AdamW (Loshchilov & Hutter, ICLR 2019, arXiv:1711.05101)"
 
 
@@ -237,7 +233,6 @@ def _run_adamw(seeds: int) -> ClaimResult:
 
 
 # -- RAdam: variance of the adaptive learning rate ------------------------------------------------
-
 
 _RADAM = "RAdam (Liu et al., ICLR 2020, arXiv:1908.03265)"
 
@@ -307,9 +302,7 @@ def _run_radam(seeds: int) -> ClaimResult:
 
 # -- Generalized signSGD: x^4 from x0 = 20 --------------------------------------------------------
 
-
 _GENSIGN = "Generalized SignSGD (Crawshaw et al., NeurIPS 2022, arXiv:2208.11195)"
-
 _GENSIGN_NAMES = "gensignsgd|generalized_signsgd|generalized-signsgd|*gen*sign*sgd*"
 
 
@@ -359,9 +352,7 @@ def _run_gensignsgd(seeds: int) -> ClaimResult:
 
 # -- Adan: prefers a larger learning rate ---------------------------------------------------------
 
-
 _ADAN = "Adan (Xie et al., TPAMI 2024, arXiv:2208.06677)"
-
 _ADAN_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
@@ -397,7 +388,6 @@ def _run_adan(seeds: int) -> ClaimResult:
 
 # -- MARS: variance reduction beats AdamW at equal steps ------------------------------------------
 
-
 _MARS = "MARS (Yuan, Liu, Wu, Zhou, Gu, ICML 2025, arXiv:2411.10438)"
 
 
@@ -425,9 +415,7 @@ def _run_mars(seeds: int) -> ClaimResult:
 
 # -- ACProp: converges on Reddi et al.'s counter-example ------------------------------------------
 
-
 _ACPROP = "ACProp (Zhuang et al., NeurIPS 2021, arXiv:2110.05454)"
-
 _REDDI_B2 = (0.01, 0.1)
 
 
@@ -489,9 +477,7 @@ def _run_acprop(seeds: int) -> ClaimResult:
 
 # -- MADA: at least as good as the best member it interpolates ------------------------------------
 
-
 _MADA = "MADA (Ozkara et al., ICML 2024, arXiv:2401.08893)"
-
 _FROZEN = (0.0, 0.0, 0.0, 0.0, 0.0)
 
 
@@ -530,9 +516,7 @@ def _run_mada(seeds: int) -> ClaimResult:
 
 # -- Padam: between SGD with momentum and Adam, as fast as Adam -----------------------------------
 
-
 _PADAM = "Padam (Chen, Zhou, Tang, Yang, Cao, Gu, IJCAI 2020, arXiv:1806.06763)"
-
 _PADAM_LRS = (0.1, 0.3, 1.0, 3.0)
 
 

@@ -1,9 +1,9 @@
 """Claims about factored second moments: sublinear optimizer memory that still trains like Adam
 (Adafactor, H-Fac).
 
-Conventions (float64, every draw from a seeded ``torch.Generator``, ``torch.optim`` baselines, a criterion fixed in
-the code before the result was looked at): :mod:`adaptim.bench.claims`; set-ups and the last run's
-numbers: ``docs/claims.md``.
+Conventions (float64, every draw from a seeded ``torch.Generator``, ``torch.optim`` baselines, a
+criterion fixed in the code before the result was looked at): :mod:`adaptim.bench.claims`; set-ups
+and the last run's numbers: ``docs/claims.md``.
 
 * ``adafactor-sublinear-memory``: Adafactor, Shazeer & Stern, ICML 2018, arXiv:1804.04235.
 * ``hfac-sublinear-memory``: H-Fac, Nguyen, Chen, Liu & Liu, AISTATS 2025, arXiv:2406.09958 (no code).
@@ -39,7 +39,6 @@ def _claim(name: str) -> Claim:
 
 
 # -- Adafactor: sublinear memory ------------------------------------------------------------------
-
 
 _ADAFACTOR = "Adafactor (Shazeer & Stern, ICML 2018, arXiv:1804.04235)"
 
@@ -112,7 +111,6 @@ def _run_adafactor(seeds: int) -> ClaimResult:
 
 
 # -- H-Fac: sublinear memory ----------------------------------------------------------------------
-
 
 _HFAC = "H-Fac (Nguyen, Chen, Liu, Liu, AISTATS 2025, arXiv:2406.09958)"
 

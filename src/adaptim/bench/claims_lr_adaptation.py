@@ -2,9 +2,9 @@
 ActiveLR (robust to the initial lr), AdaRem (per-parameter lr from the agreement of past and present
 directions).
 
-Conventions (float64, every draw from a seeded ``torch.Generator``, ``torch.optim`` baselines, a criterion fixed in
-the code before the result was looked at): :mod:`adaptim.bench.claims`; set-ups and the last run's
-numbers: ``docs/claims.md``.
+Conventions (float64, every draw from a seeded ``torch.Generator``, ``torch.optim`` baselines, a
+criterion fixed in the code before the result was looked at): :mod:`adaptim.bench.claims`; set-ups
+and the last run's numbers: ``docs/claims.md``.
 
 * ``koala-no-lr-tuning``: KOALA, Davtyan et al., AAAI 2022, arXiv:2107.03331.
 * ``activelr-lr-robustness``: ActiveLR, Wadi, Fredette & Senecal, arXiv:2301.10133; github.com/
@@ -46,11 +46,8 @@ def _claim(name: str) -> Claim:
 
 # -- KOALA: no learning-rate tuning ---------------------------------------------------------------
 
-
 _KOALA = "KOALA (Davtyan et al., AAAI 2022, arXiv:2107.03331)"
-
 _KOALA_V = "koala_v|koala-v|koalav|koala"
-
 _KOALA_M = "koala_m|koala-m|koalam"
 
 
@@ -118,9 +115,7 @@ def _run_koala(seeds: int) -> ClaimResult:
 
 # -- ActiveLR: robust to the initial learning rate ------------------------------------------------
 
-
 _ACTIVELR = "ActiveLR (Wadi, Fredette, Senecal, arXiv:2301.10133)"
-
 _ACTIVE_LRS = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
@@ -189,9 +184,7 @@ def _run_activelr(seeds: int) -> ClaimResult:
 
 # -- AdaRem: faster training than adaptive methods ------------------------------------------------
 
-
 _ADAREM = "AdaRem (Liu, Lin, Li, Sheng, Sun, Yan, Ouyang, arXiv:2010.11041)"
-
 _ADAREM_LRS = (0.03, 0.1, 0.3)
 
 

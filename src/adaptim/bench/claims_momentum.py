@@ -1,9 +1,9 @@
 """Claims about SGD's momentum made adaptive, two-signed or inertial: adaptive heavy ball, PNM, Adai,
 NCG-style momentum.
 
-Conventions (float64, every draw from a seeded ``torch.Generator``, ``torch.optim`` baselines, a criterion fixed in
-the code before the result was looked at): :mod:`adaptim.bench.claims`; set-ups and the last run's
-numbers: ``docs/claims.md``.
+Conventions (float64, every draw from a seeded ``torch.Generator``, ``torch.optim`` baselines, a
+criterion fixed in the code before the result was looked at): :mod:`adaptim.bench.claims`; set-ups
+and the last run's numbers: ``docs/claims.md``.
 
 * ``ahb-larger-lr``, ``ahb-faster-than-fixed-momentum``: adaptive heavy-ball momentum, Sun, Ling, Shi,
   Li & Wang, arXiv:2110.09057.
@@ -47,11 +47,8 @@ def _claim(name: str) -> Claim:
 
 # -- Adaptive heavy-ball momentum: larger lr, faster ----------------------------------------------
 
-
 _AHB = "Adaptive heavy-ball momentum (Sun, Ling, Shi, Li, Wang, arXiv:2110.09057)"
-
 _AHB_NAMES = "ahb_sgd|ahb-sgd|adahb_sgd|ahbsgd|*heavy*ball*sgd*|ahb*sgd*"
-
 _AHB_LRS = (0.5, 1.0, 1.5, 1.9, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0)
 
 
@@ -152,7 +149,6 @@ def _run_ahb_faster(seeds: int) -> ClaimResult:
 
 # -- PNM: enlarged noise at the same effective learning rate --------------------------------------
 
-
 _PNM = "PNM (Xie, Yuan, Zhu, Sugiyama, ICML 2021, arXiv:2103.17182)"
 
 
@@ -193,9 +189,7 @@ def _run_pnm(seeds: int) -> ClaimResult:
 
 # -- Adai: favours flat minima as SGD does --------------------------------------------------------
 
-
 _ADAI = "Adai (Xie, Wang, Zhang, Sato, Sugiyama, ICML 2022, arXiv:2006.15815)"
-
 _ADAI_H = (1.0, 1.0 / 16)  # sharp and flat curvature
 
 
@@ -250,9 +244,7 @@ def _run_adai(seeds: int) -> ClaimResult:
 
 # -- NCG-style momentum: larger lr, faster --------------------------------------------------------
 
-
 _NCG = "SGD with NCG-style adaptive momentum (Wang & Ye, arXiv:2012.02188)"
-
 _NCG_FAST_LRS = (0.5, 1.0, 1.9)
 
 

@@ -1,9 +1,9 @@
 """Claims about wrappers and tools around an optimizer: Lookahead's slow weights, iterate averaging,
 GradInit's initialisation, AdAdaGrad's growing batch.
 
-Conventions (float64, every draw from a seeded ``torch.Generator``, ``torch.optim`` baselines, a criterion fixed in
-the code before the result was looked at): :mod:`adaptim.bench.claims`; set-ups and the last run's
-numbers: ``docs/claims.md``.
+Conventions (float64, every draw from a seeded ``torch.Generator``, ``torch.optim`` baselines, a
+criterion fixed in the code before the result was looked at): :mod:`adaptim.bench.claims`; set-ups
+and the last run's numbers: ``docs/claims.md``.
 
 * ``lookahead-noisy-quadratic``: Lookahead, Zhang, Lucas, Hinton & Ba, NeurIPS 2019, arXiv:1907.08610.
 * ``gadam-iterate-averaging``: Gadam, Granziol et al., arXiv:2003.01247.
@@ -53,7 +53,6 @@ def _claim(name: str) -> Claim:
 
 # -- Lookahead: noisy quadratic -------------------------------------------------------------------
 
-
 _LOOKAHEAD = "Lookahead (Zhang, Lucas, Hinton, Ba, NeurIPS 2019, arXiv:1907.08610)"
 
 
@@ -96,7 +95,6 @@ def _run_lookahead(seeds: int) -> ClaimResult:
 
 # -- Gadam: iterate averaging ---------------------------------------------------------------------
 
-
 _GADAM = "Gadam, iterate averaging (Granziol et al., arXiv:2003.01247)"
 
 
@@ -129,9 +127,7 @@ def _run_gadam(seeds: int) -> ClaimResult:
 
 # -- GradInit: the first SGD step of a deep unnormalised MLP --------------------------------------
 
-
 _GRADINIT = "GradInit (Zhu, Ni, Xu, Kong, Huang, Goldstein, NeurIPS 2021, arXiv:2102.08098)"
-
 _GI_LR = 0.3
 
 
@@ -227,7 +223,6 @@ def _run_gradinit(seeds: int) -> ClaimResult:
 
 
 # -- AdAdaGrad: the batch grows, far fewer steps --------------------------------------------------
-
 
 _ADADAGRAD = "AdAdaGrad (Lau, Liu, Kolar, arXiv:2402.11215)"
 
