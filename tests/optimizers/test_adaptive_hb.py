@@ -32,7 +32,7 @@ def grads_at(w, u, wd):
     return gw + wd * w.detach(), gu + wd * u.detach()
 
 
-def expected_trajectory(lr, steps, *, adam, wd=0.0, beta2=0.999, eps=1e-8, delta=1e-2, ceps=1e-6):
+def expected_trajectory(lr, steps, *, adam, wd=0.0, beta2=0.999, eps=1e-8, delta=1e-3, ceps=1e-6):
     w = torch.tensor([[0.5, -0.3], [0.2, 0.1]], dtype=torch.float64)
     u = torch.tensor([[-1.0, 0.4], [0.3, 0.8]], dtype=torch.float64)
     m = [torch.zeros(2, 2, dtype=torch.float64) for _ in range(2)]
@@ -89,7 +89,7 @@ def assert_close_trajectories(a, b):
     "kw", [dict(lr=0.1), dict(lr=0.3, weight_decay=0.05), dict(lr=0.2, delta=0.2)]
 )
 def test_sgd_matches_hand_computed_steps(kw, foreach):
-    wd, delta = kw.get("weight_decay", 0.0), kw.get("delta", 1e-2)
+    wd, delta = kw.get("weight_decay", 0.0), kw.get("delta", 1e-3)
     expected = expected_trajectory(kw["lr"], 8, adam=False, wd=wd, delta=delta)
     ours = our_trajectory(lambda p: adaptim.AdaptiveHeavyBallSGD(p, foreach=foreach, **kw), 8)
     assert_close_trajectories(ours, expected)
@@ -118,6 +118,19 @@ def test_first_step_is_plain_sgd():
     x.grad = torch.tensor([0.5, 0.25], dtype=torch.float64)
     opt.step()
     torch.testing.assert_close(x.detach(), torch.tensor([0.95, -2.025], dtype=torch.float64))
+
+
+def test_default_delta_is_the_authors_1e_3():
+    # a constant gradient has no curvature: beta_2 = clip((1 - 0)^2, 0, 1 - delta) = 1 - delta, the
+    # clip of eq. (17) of the authors' restatement (Nguyen et al., MSML 2022), delta = 1e-3
+    x = torch.nn.Parameter(torch.tensor([0.0], dtype=torch.float64))
+    opt = adaptim.AdaptiveHeavyBallSGD([x], lr=0.1)
+    for _ in range(2):
+        x.grad = torch.tensor([1.0], dtype=torch.float64)
+        opt.step()
+    # m_1 = g, m_2 = beta_2 m_1 + g
+    assert x.item() == pytest.approx(-0.1 * (1.0 + (1.0 - 1e-3) + 1.0), rel=1e-12)
+    assert adaptim.AdaptiveHeavyBallAdam([x]).defaults["delta"] == 1e-3
 
 
 # -- the paper's claim at toy scale: robust to large learning rates, faster than fixed momentum -------
