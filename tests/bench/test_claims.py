@@ -4,7 +4,9 @@ can fail (a broken or wrong optimizer registered under a claim's name makes the 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
+import pkgutil
 from typing import Any
 
 import pytest
@@ -12,25 +14,9 @@ import torch
 
 import adaptim
 from adaptim import registry
-from adaptim.bench import (
-    claims,
-    claims_adam_family,
-    claims_factored,
-    claims_lr_adaptation,
-    claims_momentum,
-    claims_wrappers_tools,
-)
+from adaptim.bench import claims, claims_wrappers_tools
 from adaptim.bench.claims import CLAIMS, Claim, ClaimResult, format_table, run_claims
 from adaptim.bench.claims_common import ToolClaim
-
-# every claim module and its list (a claim module missing here fails test_every_claim_is_in_the_suite)
-_MODULE_LISTS = {
-    claims_adam_family: claims_adam_family.ADAM_FAMILY_CLAIMS,
-    claims_momentum: claims_momentum.MOMENTUM_CLAIMS,
-    claims_factored: claims_factored.FACTORED_CLAIMS,
-    claims_lr_adaptation: claims_lr_adaptation.LR_ADAPTATION_CLAIMS,
-    claims_wrappers_tools: claims_wrappers_tools.WRAPPERS_TOOLS_CLAIMS,
-}
 
 # the suite's order when its claims lived in two modules by date of arrival (claims_first.py, then
 # claims_more.py): splitting them by topic must not reorder the report
@@ -224,6 +210,7 @@ def test_adamw_claim_holds_with_the_real_optimizers() -> None:
         "acprop-reddi-counterexample",
         "hfac-sublinear-memory",
         "adadagrad-batch-growth",
+        "ahb-ratio-finds-lambda-min",
     ],
 )
 def test_fast_real_claims(name: str) -> None:
@@ -283,18 +270,33 @@ def test_do_nothing_diffgrad_makes_the_claim_fail(monkeypatch: pytest.MonkeyPatc
 # -- the suite is the union of the topic modules, in the report's order -----------------------------
 
 
+def _claims_of_every_module() -> dict[str, list[Claim]]:
+    """Every ``adaptim.bench.claims_*`` module (but the framework, ``claims_common``) and the claims
+    in its module-level lists of claims."""
+    package = importlib.import_module("adaptim.bench")
+    found: dict[str, list[Claim]] = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("claims_") or info.name == "claims_common":
+            continue
+        module = importlib.import_module(f"adaptim.bench.{info.name}")
+        found[info.name] = [
+            c
+            for value in vars(module).values()
+            if isinstance(value, list) and value and all(isinstance(c, Claim) for c in value)
+            for c in value
+        ]
+    return found
+
+
 def test_every_claim_is_in_the_suite_once() -> None:
-    from_modules = [c for claim_list in _MODULE_LISTS.values() for c in claim_list]
-    assert sorted(c.name for c in from_modules) == sorted(c.name for c in CLAIMS)
-    assert all(c in CLAIMS for c in from_modules)
-    # no claim module beside the ones above (a new one must be imported by claims.py and listed here)
-    import pkgutil
-
-    import adaptim.bench
-
-    modules = {m.name for m in pkgutil.iter_modules(adaptim.bench.__path__)}
-    topic_modules = {m for m in modules if m.startswith("claims_") and m != "claims_common"}
-    assert topic_modules == {m.__name__.rsplit(".", 1)[1] for m in _MODULE_LISTS}
+    # a claim module that claims.py does not import (or whose claims REPORT_ORDER leaves out) would
+    # silently drop out of the suite
+    per_module = _claims_of_every_module()
+    assert all(per_module.values()), per_module
+    left_out = {m: [c.name for c in cs if c not in CLAIMS] for m, cs in per_module.items()}
+    assert not any(left_out.values()), f"not in claims.CLAIMS: {left_out}"
+    from_modules = {c.name for cs in per_module.values() for c in cs}
+    assert sorted(from_modules) == sorted(c.name for c in CLAIMS)
 
 
 def test_the_split_kept_the_order_of_the_claims() -> None:
@@ -503,3 +505,35 @@ def test_padam_step_exponent(monkeypatch: pytest.MonkeyPatch) -> None:
     r = _one("padam-between-sgd-and-adam")
     assert r.holds is False
     assert r.numbers["padam_exponent_mean"] == pytest.approx(0.0, abs=1e-3)
+
+
+class FixedMomentum09(torch.optim.SGD):
+    """Heavy ball with the fixed momentum 0.9 under the adaptive heavy ball's name."""
+
+    def __init__(self, params: Any, lr: float) -> None:
+        super().__init__(params, lr=lr, momentum=0.9)
+
+
+class PlainGradientDescent(torch.optim.SGD):
+    """Gradient descent (momentum 0) under the adaptive heavy ball's name."""
+
+    def __init__(self, params: Any, lr: float) -> None:
+        super().__init__(params, lr=lr)
+
+
+def test_ahb_restated_claim_fails_on_each_of_its_two_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # gradient descent: the ratio still finds lambda_min = 0.01 (its slowest mode dominates), but the
+    # error contracts by 1 - lr lambda_min = 0.99 per step at lr 1, not 1 - sqrt(lr lambda_min) = 0.9
+    _replace(monkeypatch, "ahb_sgd", PlainGradientDescent)
+    r = _one("ahb-ratio-finds-lambda-min")
+    assert r.holds is False
+    assert r.numbers["ratio_over_lambda_min_lr1_mean"] == pytest.approx(1.0, abs=0.05)
+    assert r.numbers["contraction_lr1_mean"] == pytest.approx(0.99, abs=1e-3)
+    assert r.numbers["theory_contraction_lr1"] == pytest.approx(0.9, abs=1e-12)
+    # fixed momentum 0.9 above the critical (1 - sqrt(0.01))^2 = 0.81: every mode rotates with the
+    # modulus sqrt(0.9), and the ratio stays far above lambda_min
+    _replace(monkeypatch, "ahb_sgd", FixedMomentum09)
+    r = _one("ahb-ratio-finds-lambda-min")
+    assert r.holds is False
+    assert r.numbers["ratio_over_lambda_min_lr1_mean"] > 2
+    assert r.numbers["contraction_lr1_mean"] == pytest.approx(0.9**0.5, abs=0.01)

@@ -37,7 +37,8 @@ from adaptim.bench.claims_wrappers_tools import WRAPPERS_TOOLS_CLAIMS
 __all__ = ["CLAIMS", "REPORT_ORDER", "Claim", "ClaimResult", "format_table", "run_claims"]
 
 # The order of the report (and of docs/claims.md): the eight headline claims first, then the
-# others in the order they joined the suite. Every claim of the modules above appears here once.
+# others in the order they joined the suite, a later claim about a method next to its earlier ones.
+# Every claim of the modules above appears here once.
 REPORT_ORDER: tuple[str, ...] = (
     "diffgrad-f1-global-min",
     "adabelief-abs-faster",
@@ -49,6 +50,7 @@ REPORT_ORDER: tuple[str, ...] = (
     "gensignsgd-x4-no-divergence",
     "ahb-larger-lr",
     "ahb-faster-than-fixed-momentum",
+    "ahb-ratio-finds-lambda-min",
     "gadam-iterate-averaging",
     "adafactor-sublinear-memory",
     "adan-larger-lr",

@@ -7,6 +7,9 @@ and the last run's numbers: ``docs/claims.md``.
 
 * ``ahb-larger-lr``, ``ahb-faster-than-fixed-momentum``: adaptive heavy-ball momentum, Sun, Ling, Shi,
   Li & Wang, arXiv:2110.09057.
+* ``ahb-ratio-finds-lambda-min``: the same method as its authors restate it (Nguyen, Baraniuk,
+  Kirby, Osher & Wang, "Momentum Transformer", MSML 2022, PMLR 190:189-204, Sec. 3.2.1: Theorem 2,
+  Proposition 3, eq. (17)).
 * ``pnm-larger-noise``: PNM, Xie, Yuan, Zhu & Sugiyama, ICML 2021, arXiv:2103.17182.
 * ``adai-flat-minima``: Adai, Xie et al., ICML 2022, arXiv:2006.15815; github.com/zeke-xie/
   adaptive-inertia-adai.
@@ -143,6 +146,91 @@ def _run_ahb_faster(seeds: int) -> ClaimResult:
     detail = (
         f"steps to 1e-6 of the initial loss (cap 3000, inf = not reached), adaptive HB vs SGD "
         f"momentum 0.9, mean: {shown}; holds if adaptive HB needs fewer steps at every lr in every seed"
+    )
+    return c.result(holds, nums, detail)
+
+
+# -- Adaptive heavy ball as its authors restate it: the ratio finds lambda_min ------------------
+
+_AHB_RESTATED = (
+    "Adaptive heavy-ball momentum as restated by its authors (Nguyen, Baraniuk, Kirby, Osher, Wang, "
+    "Momentum Transformer, MSML 2022, PMLR 190:189-204, Sec. 3.2.1, Theorem 2, Prop. 3, eq. (17))"
+)
+_AHB_THEORY_LRS = (0.25, 1.0)  # the theory's range: lr <= 1 / lambda_max = 1
+# ||x_k - x_{k-1}|| stays above 1e-4 down to the stopping error, so the optimizer's curvature_eps
+# (1e-6, added to it) biases its own estimate by at most about 1%
+_AHB_X0_SCALE = 1e3
+
+
+def _ratio_and_rate(seed: int, make_opt: Callable, cap: int = 3000) -> tuple[float, float, int]:
+    """Run on :func:`_quad_problem` (x* = 0) from ``_AHB_X0_SCALE`` x its start until ||x_k|| <= 1e-6
+    ||x_0|| (or ``cap`` steps); (median of the last 10 ratios ||g_k - g_{k-1}|| / ||x_k - x_{k-1}||
+    measured on the trajectory, the mean contraction of ||x_k|| per step over the second half of the
+    run, the steps taken)."""
+    hmat, x0 = _quad_problem(seed)
+    x = (_AHB_X0_SCALE * x0).requires_grad_(True)
+    opt = make_opt([x])
+    errors = [float(x.detach().norm())]
+    ratios: list[float] = []
+    g_prev = x_prev = None
+    for _ in range(cap):
+        xk = x.detach().clone()
+        g = hmat @ xk
+        if g_prev is not None and x_prev is not None:
+            moved = float((xk - x_prev).norm())
+            ratios.append(float((g - g_prev).norm()) / moved if moved > 0 else math.inf)
+        g_prev, x_prev = g, xk
+        x.grad = g.clone()
+        opt.step()
+        errors.append(float(x.detach().norm()))
+        if not math.isfinite(errors[-1]) or errors[-1] <= 1e-6 * errors[0]:
+            break
+    steps = len(errors) - 1
+    half = steps // 2
+    if not (math.isfinite(errors[-1]) and errors[half] > 0 and steps > half and ratios):
+        return math.nan, math.inf, steps
+    rate = (errors[-1] / errors[half]) ** (1 / (steps - half))
+    return statistics.median(ratios[-10:]), rate, steps
+
+
+def _run_ahb_restated(seeds: int) -> ClaimResult:
+    c = _claim("ahb-ratio-finds-lambda-min")
+    lam_min = float(_noisy_quadratic().min())
+    ratio: dict[float, list[float]] = {lr: [] for lr in _AHB_THEORY_LRS}
+    rate: dict[float, list[float]] = {lr: [] for lr in _AHB_THEORY_LRS}
+    steps: dict[float, list[float]] = {lr: [] for lr in _AHB_THEORY_LRS}
+    for s in range(seeds):
+        for lr in _AHB_THEORY_LRS:
+            r, q, n = _ratio_and_rate(s, lambda p, lr=lr: _make(_AHB_NAMES, p, lr=lr))
+            ratio[lr].append(r / lam_min)
+            rate[lr].append(q)
+            steps[lr].append(n)
+
+    def exponent_ratio(q: float, lr: float) -> float:
+        # -log(measured contraction) / -log(1 - sqrt(lr lambda_min)): 1 when the rate is the theory's
+        return math.log(q) / math.log(1 - math.sqrt(lr * lam_min)) if q > 0 else math.nan
+
+    holds = all(
+        abs(r - 1) <= 0.1 and abs(exponent_ratio(q, lr) - 1) <= 0.25
+        for lr in _AHB_THEORY_LRS
+        for r, q in zip(ratio[lr], rate[lr], strict=True)
+    )
+    nums: dict[str, float] = {}
+    for lr in _AHB_THEORY_LRS:
+        nums.update(_stats(f"ratio_over_lambda_min_lr{lr:g}", ratio[lr]))
+        nums.update(_stats(f"contraction_lr{lr:g}", rate[lr]))
+        nums[f"theory_contraction_lr{lr:g}"] = 1 - math.sqrt(lr * lam_min)
+        nums.update(_stats(f"steps_lr{lr:g}", steps[lr]))
+    shown = ", ".join(
+        f"lr {lr:g}: ratio/lambda_min {statistics.fmean(ratio[lr]):.3f}, contraction "
+        f"{statistics.fmean(rate[lr]):.4f} vs theory {1 - math.sqrt(lr * lam_min):.4f}"
+        for lr in _AHB_THEORY_LRS
+    )
+    detail = (
+        f"quadratic of ahb-larger-lr (lambda 1e-2..1), start x {_AHB_X0_SCALE:g}, run to 1e-6 of the "
+        f"initial error (mean): {shown}; holds if in every seed and lr the ratio "
+        "||g_k - g_{k-1}||/||x_k - x_{k-1}|| ends within 10% of lambda_min and -log(contraction) is "
+        "within 25% of -log(1 - sqrt(lr lambda_min))"
     )
     return c.result(holds, nums, detail)
 
@@ -327,6 +415,23 @@ MOMENTUM_CLAIMS: list[Claim] = [
         "lr < 2); steps until loss <= 1e-6 x initial (cap 3000); baseline "
         "torch.optim.SGD(momentum=0.9)",
         criterion="adaptive HB needs fewer steps than fixed momentum 0.9 at every lr, in every seed",
+    ),
+    Claim(
+        name="ahb-ratio-finds-lambda-min",
+        paper=_AHB_RESTATED,
+        statement="On a quadratic with lr <= 1/lambda_max, the ratio ||g_k - g_{k-1}|| / "
+        "||x_k - x_{k-1}|| tends to the smallest eigenvalue lambda_min, and heavy ball with the "
+        "momentum (1 - sqrt(lr * ratio))^2 contracts the error by about 1 - sqrt(lr * lambda_min) per "
+        "step.",
+        needs=(_AHB_NAMES,),
+        run=_run_ahb_restated,
+        setup="the quadratic of ahb-larger-lr (20-d, eigenvalues logspace(-2,0), so lambda_min 0.01 "
+        "and 1/lambda_max = 1), start 1000 x its random start, lr in {0.25, 1}, defaults otherwise, "
+        "until ||x_k - x*|| <= 1e-6 ||x_0 - x*|| (cap 3000 steps); the ratio is measured on the "
+        "trajectory (median of its last 10 values), the contraction is the mean per-step factor of "
+        "||x_k - x*|| over the second half of the run",
+        criterion="in every seed and at both lr the ratio ends within 10% of lambda_min, and "
+        "-log(contraction) is within 25% of -log(1 - sqrt(lr * lambda_min))",
     ),
     Claim(
         name="pnm-larger-noise",
