@@ -2,9 +2,13 @@
 
 Paper: Jie Liu, Chen Lin, Chuming Li, Lu Sheng, Ming Sun, Junjie Yan, Wanli Ouyang, "Adaptive Gradient
 Method with Resilience and Momentum", arXiv:2010.11041 (2020). Reference code: none published by the
-authors. The only implementation found is a third-party Flax optimizer (``AdaRem`` in Nestor Demeure's
-flaxOptimizers, citing arXiv:2010.11041v1), whose author notes it "is not guaranteed to be correct due
-to the limited information present in the current draft of the paper".
+authors. The only implementation found is a third-party Flax optimizer, ``AdaRem`` in Nestor Demeure's
+flaxOptimizers (github.com/nestordemeure/flaxOptimizers, ``flaxOptimizers/adarem.py``, citing
+arXiv:2010.11041v1), and its author does not stand by it: its docstring says "this implementation is not
+garanteed [sic] to be correct due to the limited information present in the current draft of the
+paper", a TODO asks "should there be a projection here ?", and commit 808d553 ("commented out adarem",
+2020-11-13) withdrew it from the package's exports and README, where it stays only as "work in
+progress". Our rule therefore follows an implementation that its own author did not finish.
 
 **RECONSTRUCTED.** The paper's equations could not be retrieved. The abstract: for each parameter AdaRem
 scales the learning rate up when the direction in which the parameter changed in the past agrees with
@@ -250,7 +254,8 @@ register(
         "Momentum, arXiv 2020",
         paper_url="https://arxiv.org/abs/2010.11041",
         reference="no official code; rule RECONSTRUCTED after the only third-party implementation "
-        "(Flax, flaxOptimizers AdaRem)",
+        "(Flax, flaxOptimizers AdaRem), which its author marks 'not guaranteed to be correct' and "
+        "withdrew from that package's exports",
         description="SGD with a per-parameter factor 1 + lr_scaling^t * sign(g) m / max|m| that "
         "rewards agreement with past movement.",
         test_kwargs={"lr": 0.05},
