@@ -15,6 +15,10 @@ such as Adam (new in that paper)::
 The derivation holds while the batch noise dominates the batch Hessian's outliers, i.e. for batches
 small compared with the dataset; for very large batches the maximal lr saturates (the batch Hessian
 approaches the empirical one), so do not extrapolate far beyond the batch sizes you validated.
+
+See also :mod:`adaptim.tools.momentum_scaling` (momentum as a function of the learning rate) and
+:mod:`adaptim.tools.lanczos` (the same paper's on-the-fly lr/momentum learner from Lanczos estimates of
+the Hessian's spectrum).
 """
 
 from __future__ import annotations
