@@ -1,11 +1,13 @@
 """SGD with a nonlinear-conjugate-gradient-style adaptive momentum.
 
-Paper: Bao Wang, Qiang Ye, "Stochastic Gradient Descent with Nonlinear Conjugate Gradient-Style Adaptive
-Momentum", arXiv:2012.02188 (2020). Reference code: none published (PapersWithCode lists no code);
-optimizer catalogues list the method as "FRSGD" (Fletcher-Reeves SGD).
+Paper: Bao Wang, Qiang Ye, "Improving Deep Neural Networks' Training for Image Classification With
+Nonlinear Conjugate Gradient-Style Adaptive Momentum", IEEE Transactions on Neural Networks and Learning
+Systems 35(9):12288-12300 (2024); preprint "Stochastic Gradient Descent with Nonlinear Conjugate
+Gradient-Style Adaptive Momentum", arXiv:2012.02188 (2020). Reference code: none published
+(PapersWithCode lists no code); optimizer catalogues list the method as "FRSGD" (Fletcher-Reeves SGD).
 
-**RECONSTRUCTED.** The paper's equations could not be retrieved (only the abstract and a copy with the
-mathematics stripped). The abstract: the momentum coefficient is set at each step like a nonlinear
+**RECONSTRUCTED.** The paper's equations could not be retrieved, in either version (only the abstracts,
+which agree, and a copy of the preprint with the mathematics stripped). The abstract: the momentum coefficient is set at each step like a nonlinear
 conjugate gradient ``beta`` and needs no momentum hyperparameter. What follows is the most defensible
 reading: heavy-ball momentum written as a CG direction, with the Fletcher-Reeves coefficient (the name
 the method goes by), global over all parameters, and the classical NCG safeguard of a restart when the
@@ -371,8 +373,9 @@ register(
         name="ncg_sgd",
         verified="hand-computed steps (rule RECONSTRUCTED); behaviour; FSDP2",
         cls=NCGMomentumSGD,
-        paper="Wang & Ye, Stochastic Gradient Descent with Nonlinear Conjugate Gradient-Style "
-        "Adaptive Momentum, arXiv 2020",
+        paper="Wang & Ye, Improving Deep Neural Networks' Training for Image Classification With "
+        "Nonlinear Conjugate Gradient-Style Adaptive Momentum, IEEE TNNLS 35(9), 2024 (arXiv "
+        "2012.02188)",
         paper_url="https://arxiv.org/abs/2012.02188",
         reference="no official code; rule RECONSTRUCTED (Fletcher-Reeves coefficient with restart)",
         description="SGD whose momentum is the Fletcher-Reeves (or PR+) nonlinear-CG coefficient, "
