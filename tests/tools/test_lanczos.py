@@ -46,6 +46,22 @@ def test_hvp_of_a_quadratic_is_its_matrix():
     torch.testing.assert_close(hvp(2 * v), 2 * (a @ v), rtol=1e-12, atol=1e-12)  # reusable graph
 
 
+def test_hvp_with_unused_and_linear_parameters():
+    """Rows of the Hessian for a parameter used linearly (b) or not at all (c) are zero."""
+    a = _spd([1.0, 2.0, 3.0], seed=6)
+    x = torch.ones(3, dtype=F64, requires_grad=True)
+    b = torch.ones(2, dtype=F64, requires_grad=True)
+    c = torch.ones(4, dtype=F64, requires_grad=True)
+    hvp = hessian_vector_product(0.5 * x @ a @ x + b.sum(), [x, b, c])
+    v = torch.arange(1.0, 10.0, dtype=F64)
+    expected = torch.cat([a @ v[:3], torch.zeros(6, dtype=F64)])
+    torch.testing.assert_close(hvp(v), expected, rtol=1e-12, atol=1e-12)
+    flat = hessian_vector_product(b.sum(), [b, c])
+    torch.testing.assert_close(flat(torch.ones(6, dtype=F64)), torch.zeros(6, dtype=F64))
+    with pytest.raises(ValueError, match="shape"):
+        hvp(torch.ones(3, dtype=F64))
+
+
 def test_full_lanczos_gives_every_eigenvalue_of_a_quadratic():
     lam = torch.tensor([-2.0, -0.5, 0.1, 0.3, 1.0, 1.7, 2.5, 4.0, 7.0, 11.0, 13.0, 20.0], dtype=F64)
     a = _spd(lam, seed=4)

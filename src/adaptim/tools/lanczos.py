@@ -88,7 +88,10 @@ def hessian_vector_product(loss: torch.Tensor, params: Iterable[torch.Tensor]) -
             "hessian_vector_product: params must be a non-empty list of tensors with "
             "requires_grad=True"
         )
-    grads = torch.autograd.grad(loss, params, create_graph=True)
+    # a parameter the loss does not use, or uses linearly, has a gradient without a graph: its rows
+    # of the Hessian are zero, and autograd refuses to differentiate it again, so leave it out
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    curved = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
     sizes = [p.numel() for p in params]
     dim = sum(sizes)
 
@@ -100,8 +103,22 @@ def hessian_vector_product(loss: torch.Tensor, params: Iterable[torch.Tensor]) -
         pieces = [
             piece.view_as(p).to(p.dtype) for piece, p in zip(v.split(sizes), params, strict=True)
         ]
-        hv = torch.autograd.grad(grads, params, grad_outputs=pieces, retain_graph=True)
-        return torch.cat([h.reshape(-1) for h in hv]).to(v.dtype)
+        hv: list[torch.Tensor | None] = [None] * len(params)
+        if curved:
+            found = torch.autograd.grad(
+                [grads[i] for i in curved],
+                params,
+                grad_outputs=[pieces[i] for i in curved],
+                retain_graph=True,
+                allow_unused=True,
+            )
+            hv = list(found)
+        return torch.cat(
+            [
+                (torch.zeros_like(p) if h is None else h).reshape(-1)
+                for h, p in zip(hv, params, strict=True)
+            ]
+        ).to(v.dtype)
 
     return matvec
 
@@ -162,7 +179,7 @@ def lanczos(
     dim = _check_int(fn, "dim", dim)
     num_steps = min(_check_int(fn, "num_steps", num_steps), dim)
     if start is None:
-        start = torch.randn(dim, generator=generator, dtype=dtype, device=device)
+        start = torch.randn(dim, generator=generator, dtype=dtype).to(device)
     elif start.shape != (dim,):
         raise ValueError(f"{fn}: start must have shape ({dim},); got {tuple(start.shape)}")
     q = start.to(dtype=dtype, device=device)
@@ -249,7 +266,7 @@ def stochastic_lanczos_quadrature(
     num_probes = _check_int(fn, "num_probes", num_probes)
     rows = []
     for _ in range(num_probes):
-        probe = torch.randint(0, 2, (dim,), generator=generator, dtype=dtype, device=device) * 2 - 1
+        probe = (torch.randint(0, 2, (dim,), generator=generator, dtype=dtype) * 2 - 1).to(device)
         result = lanczos(matvec, dim, num_steps, start=probe, dtype=dtype, device=device)
         theta, vectors = result.ritz()
         rows.append((theta, vectors[0] ** 2))
