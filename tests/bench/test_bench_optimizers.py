@@ -86,3 +86,44 @@ def test_resolve_names_patterns_and_errors(monkeypatch):
         O.resolve_optimizers(["adamww"])
     with pytest.raises(ValueError, match="is a wrapper, not an optimizer"):
         O.resolve_optimizers(["zz-fake-wrapper"])
+
+
+# -- an entry that is another's optimizer at the bench's settings is not run twice ------------------
+
+
+def test_default_set_leaves_out_entries_that_repeat_another():
+    defaults = O.default_optimizers()
+    assert "adaiv2" not in defaults and "adai" in defaults
+    assert set(O.SAME_AS_AT_DEFAULTS).isdisjoint(defaults)
+    assert set(O.SAME_AS_AT_DEFAULTS.values()) <= set(defaults)
+    # still there when asked for by name, and in "all"
+    assert O.resolve_optimizers(["adaiv2"]) == ["adaiv2"]
+    assert "adaiv2" in O.resolve_optimizers(["all"])
+    assert set(O.default_optimizers()) | set(O.SAME_AS_AT_DEFAULTS) == set(O.all_optimizers())
+
+
+@pytest.mark.parametrize(("name", "twin"), sorted(O.SAME_AS_AT_DEFAULTS.items()))
+def test_a_left_out_entry_steps_exactly_as_its_twin(name, twin):
+    # the reason to leave it out: as the bench builds them, the two take the same steps
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    b0 = torch.randn(4, generator=gen, dtype=torch.float64)
+    grads = [
+        (torch.randn(6, 4, generator=gen, dtype=torch.float64), torch.randn(4, generator=gen))
+        for _ in range(5)
+    ]
+
+    def trajectory(which):
+        w = torch.nn.Parameter(w0.clone())
+        b = torch.nn.Parameter(b0.clone())
+        opt = O.make_optimizer(which, [w, b], 0.1)
+        out = []
+        for gw, gb in grads:
+            w.grad, b.grad = gw.clone(), gb.to(torch.float64)
+            opt.step()
+            out.append(torch.cat([w.detach().flatten(), b.detach()]))
+        return torch.stack(out)
+
+    ours, theirs = trajectory(name), trajectory(twin)
+    assert not torch.equal(ours[-1], torch.cat([w0.flatten(), b0]))  # it moved
+    assert torch.equal(ours, theirs)

@@ -23,6 +23,7 @@ from adaptim.registry import closest
 
 __all__ = [
     "BASELINES",
+    "SAME_AS_AT_DEFAULTS",
     "BenchOptimizer",
     "all_optimizers",
     "bench_kwargs",
@@ -97,9 +98,23 @@ def all_optimizers() -> dict[str, BenchOptimizer]:
     return out
 
 
+#: Registry entries that, at the class defaults the bench runs them with, take exactly the steps of
+#: another entry: the default set leaves them out, so that the bench does not run one configuration
+#: twice (a run that names them, or ``all``, still includes them; tests/bench/test_bench_optimizers.py
+#: checks that the two step alike).
+#:
+#: * ``adaiv2``: the authors' AdaiV2 defaults (zeke-xie/adaptive-inertia-adai ``adai_optim/adaiv2.py``
+#:   @ e6c1b9d: ``betas=(0.1, 0.99)``, ``eps=1e-3``, ``weight_decay=0``, ``dampening=1``,
+#:   ``decoupled=True``) are Adai's but for the weight-decay mode, which does nothing without weight
+#:   decay; their README: "Adai is a special case of AdaiV2 with dampening=1", and it recommends no
+#:   dampening below 1 ("AdaiV2 is in testing phase").
+SAME_AS_AT_DEFAULTS: dict[str, str] = {"adaiv2": "adai"}
+
+
 def default_optimizers() -> list[str]:
-    """What ``adaptim bench`` compares when ``--optimizers`` is not given: everything registered."""
-    return list(all_optimizers())
+    """What ``adaptim bench`` compares when ``--optimizers`` is not given: everything registered,
+    less the entries of :data:`SAME_AS_AT_DEFAULTS`."""
+    return [name for name in all_optimizers() if name not in SAME_AS_AT_DEFAULTS]
 
 
 def resolve_optimizers(names: Iterable[str]) -> list[str]:
