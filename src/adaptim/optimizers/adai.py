@@ -345,6 +345,13 @@ class Adai(AdaptimOptimizer):
 class AdaiV2(Adai):
     """AdaiV2: Adai with momentum ``dampening`` (reference code ``adaiv2.py``); ``dampening=1`` is Adai.
 
+    The defaults are the authors' (``adaiv2.py`` @ e6c1b9d), and they are Adai's but for the
+    weight-decay mode (decoupled here, L2 in Adai), which does nothing at the default
+    ``weight_decay=0``: with its defaults AdaiV2 takes Adai's steps exactly. The authors' README
+    says "Adai is a special case of AdaiV2 with dampening=1", and it recommends no ``dampening``
+    below 1 ("AdaiV2 is in testing phase"). So the bench leaves ``adaiv2`` out of its default set
+    (``adaptim.bench.optimizers.SAME_AS_AT_DEFAULTS``); choose ``dampening < 1`` to get something else.
+
     Args:
         params: parameters or param groups.
         lr: learning rate (required).
