@@ -33,6 +33,7 @@ from adaptim.optimizers.ncg_momentum import NCGMomentumSGD
 from adaptim.optimizers.padam import Padam
 from adaptim.optimizers.pnm import PNM, AdaPNM
 from adaptim.optimizers.radam import RAdam
+from adaptim.optimizers.sgdhess import SGDHess
 from adaptim.optimizers.signgrad_friction import SigSignGrad, TanhSignGrad
 from adaptim.optimizers.signsgd import GenSignSGD
 from adaptim.param_groups import layerwise_lr_groups, param_groups
@@ -85,6 +86,7 @@ __all__ = [
     "OptimInfo",
     "Padam",
     "RAdam",
+    "SGDHess",
     "SigSignGrad",
     "TanhSignGrad",
     "VanillaKOALA",
