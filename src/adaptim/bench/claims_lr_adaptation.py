@@ -9,7 +9,8 @@ and the last run's numbers: ``docs/claims.md``.
 * ``koala-no-lr-tuning``: KOALA, Davtyan et al., AAAI 2022, arXiv:2107.03331.
 * ``activelr-lr-robustness``: ActiveLR, Wadi, Fredette & Senecal, arXiv:2301.10133; github.com/
   davoodwadi/ConsciousLR.
-* ``adarem-faster-than-adam``: AdaRem, Liu et al., arXiv:2010.11041 (no code; RECONSTRUCTED).
+* ``adarem-faster-than-adam``: AdaRem, Liu et al., arXiv:2010.11041 (no authors' code; RECONSTRUCTED
+  after a Flax reading whose author marks it not guaranteed and withdrew it).
 """
 
 from __future__ import annotations

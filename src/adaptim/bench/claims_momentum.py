@@ -13,7 +13,8 @@ and the last run's numbers: ``docs/claims.md``.
 * ``pnm-larger-noise``: PNM, Xie, Yuan, Zhu & Sugiyama, ICML 2021, arXiv:2103.17182.
 * ``adai-flat-minima``: Adai, Xie et al., ICML 2022, arXiv:2006.15815; github.com/zeke-xie/
   adaptive-inertia-adai.
-* ``ncg-larger-lr-faster``: Wang & Ye, arXiv:2012.02188 (no code; our rule is RECONSTRUCTED).
+* ``ncg-larger-lr-faster``: Wang & Ye, IEEE TNNLS 35(9), 2024 (preprint arXiv:2012.02188; no code;
+  our rule is RECONSTRUCTED).
 """
 
 from __future__ import annotations
@@ -332,7 +333,7 @@ def _run_adai(seeds: int) -> ClaimResult:
 
 # -- NCG-style momentum: larger lr, faster --------------------------------------------------------
 
-_NCG = "SGD with NCG-style adaptive momentum (Wang & Ye, arXiv:2012.02188)"
+_NCG = "SGD with NCG-style adaptive momentum (Wang & Ye, IEEE TNNLS 2024, arXiv:2012.02188)"
 _NCG_FAST_LRS = (0.5, 1.0, 1.9)
 
 
@@ -350,9 +351,9 @@ def _sgdm_quad(seed: int, lr: float, what: str) -> float:
 
 
 def _run_ncg(seeds: int) -> ClaimResult:
-    """NCG-style momentum (Wang & Ye, arXiv:2012.02188; no reference code, rule reconstructed in
-    ``optimizers/ncg_momentum.py``): no momentum hyperparameter, a larger usable lr and faster
-    convergence than a constant momentum."""
+    """NCG-style momentum (Wang & Ye, IEEE TNNLS 2024, arXiv:2012.02188; no reference code, rule
+    reconstructed in ``optimizers/ncg_momentum.py``): no momentum hyperparameter, a larger usable lr
+    and faster convergence than a constant momentum."""
     c = _claim("ncg-larger-lr-faster")
     ncg_lr, hb_lr = [], []
     ncg_steps: dict[float, list[float]] = {lr: [] for lr in _NCG_FAST_LRS}
