@@ -5,15 +5,25 @@
 ``adaptim list``    tasks and optimizers, one line each
 
 Run ``adaptim bench --help`` for the options; ``docs/bench.md`` explains the protocol and the report.
+
+``bench`` and ``report`` need the ``[bench]`` extra and say so at once when it is missing; a bad
+``--db`` (a directory, a damaged file) is refused before anything runs; SIGTERM stops a bench the way
+Ctrl-C does: its workers stop with it and the next run resumes (:mod:`adaptim.bench.runner`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
 import os
+import signal
+import sqlite3
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +41,63 @@ QUICK_TASKS = (
 )
 
 
+# The modules of the `[bench]` extra each command imports (module -> its package on PyPI).
+EXTRA_MODULES = {
+    "bench": {
+        "matplotlib": "matplotlib",
+        "rich": "rich",
+        "scipy": "scipy",
+        "sklearn": "scikit-learn",
+    },
+    "report": {"matplotlib": "matplotlib"},
+}
+
+
 class UsageError(Exception):
     """A bad command line: printed with the usage hint, exit status 2."""
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that a bench stops the way Ctrl-C stops it.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: a run executing in this process records what
+    its code raises (``except Exception``) and must not swallow this.
+    """
+
+
+def _missing_packages(command: str) -> list[str]:
+    """The packages of the ``[bench]`` extra that ``command`` needs and cannot find."""
+    needed = EXTRA_MODULES.get(command, {})
+    return [
+        package for module, package in needed.items() if importlib.util.find_spec(module) is None
+    ]
+
+
+def _require_extra(command: str) -> None:
+    missing = _missing_packages(command)
+    if missing:
+        raise UsageError(
+            f"`adaptim {command}` needs the bench extra; missing: {', '.join(missing)}. "
+            'Install it with: pip install "adaptim[bench]"'
+        )
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`_Terminated` while the block runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _cores() -> int:
@@ -78,6 +143,37 @@ def _resolve_optimizers(text: str | None) -> list[str]:
     try:
         return resolve_optimizers(_split(text))
     except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+_LRS_FORMAT = "lo:hi:n (e.g. 1e-4:1e-1:7) or a comma list of learning rates (e.g. 1e-3,3e-3)"
+
+
+def _parse_lrs_option(text: str) -> list[float]:
+    """``--lrs``: finite positive learning rates, ``lo:hi:n`` or a comma list; else a UsageError."""
+    from adaptim.bench.optimizers import parse_lrs
+
+    is_range = ":" in text
+    parts = text.split(":") if is_range else [p for p in text.split(",") if p.strip()]
+    if is_range and len(parts) != 3:
+        raise UsageError(f"--lrs {text!r}: expected {_LRS_FORMAT}")
+    for part in parts[:2] if is_range else parts:
+        try:
+            value = float(part)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):  # float() accepts "nan" and "inf"
+            raise UsageError(
+                f"--lrs {text!r}: {part.strip()!r} is not a finite number; expected {_LRS_FORMAT}"
+            )
+    if is_range and not parts[2].strip().isdigit():
+        raise UsageError(
+            f"--lrs {text!r}: n = {parts[2].strip()!r} is not a positive integer; "
+            f"expected {_LRS_FORMAT}"
+        )
+    try:
+        return parse_lrs(text)
+    except ValueError as err:  # lo > hi, n = 0, a learning rate <= 0
         raise UsageError(str(err)) from None
 
 
@@ -183,11 +279,17 @@ def _cmd_list() -> int:
     from adaptim.bench.optimizers import all_optimizers
     from adaptim.bench.tasks import TASKS
 
+    missing_extra = _missing_packages("bench")
+    if missing_extra:
+        print(
+            f"note: the bench extra is not installed (missing: {', '.join(missing_extra)}); "
+            'install it with: pip install "adaptim[bench]"\n'
+        )
     print("Tasks (adaptim bench --tasks NAME,...):")
     width = max(len(n) for n in TASKS)
     for name, task in TASKS.items():
         missing = task.missing_data()
-        note = f"  [data missing: {missing}]" if missing else ""
+        note = f"  [cannot run: {missing}]" if missing else ""
         print(f"  {name:<{width}}  {task.description} [{task.steps} steps]{note}")
     print()
     opts = all_optimizers()
@@ -206,7 +308,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from adaptim.bench.report import render_report
     from adaptim.bench.store import Store
 
-    if not Path(args.db).is_file():
+    _require_extra("report")
+    if not Path(args.db).exists():
         raise UsageError(
             f"no results database at {args.db}; run `adaptim bench` first (or pass --db)"
         )
@@ -240,6 +343,7 @@ def _cmd_claims(args: argparse.Namespace) -> int:
 
     only = _split(args.claims) or None
     seeds = args.seeds or 3
+    Store(args.db).close()  # a bad --db is refused now, not after the claims have run
     start = time.perf_counter()
     try:
         results = claims_mod.run_claims(
@@ -279,21 +383,16 @@ def _cmd_claims(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    _require_extra("bench")
     if args.suite == "claims":
         return _cmd_claims(args)
     from adaptim.bench.env import describe
-    from adaptim.bench.optimizers import parse_lrs
-    from adaptim.bench.runner import make_plan, run_plan
+    from adaptim.bench.runner import RUN_ELSEWHERE, make_plan, run_plan
     from adaptim.bench.store import Store
 
     tasks = _resolve_tasks(args.tasks, args.quick)
     optimizers = _resolve_optimizers(args.optimizers)
-    lrs = None
-    if args.lrs:
-        try:
-            lrs = parse_lrs(args.lrs)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
+    lrs = _parse_lrs_option(args.lrs) if args.lrs else None
     seeds = args.seeds or (1 if args.quick else 3)
     jobs = args.jobs or _cores()
     plan = make_plan(
@@ -309,7 +408,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for task, why in plan.skipped_tasks.items():
         print(f"skipping task {task}: {why}", file=sys.stderr)
     if not plan.groups:
-        print("adaptim: nothing to run (every chosen task's data is missing)", file=sys.stderr)
+        print(
+            "adaptim: nothing to run (every chosen task lacks its data or packages)",
+            file=sys.stderr,
+        )
         return 1
 
     store = Store(args.db)
@@ -349,28 +451,34 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     counts: dict[str, int] = {}
     try:
-        if args.no_progress or not sys.stderr.isatty():
-            counts = run_plan(
-                plan,
-                store,
-                jobs=jobs,
-                env_id=env_id,
-                on_start=on_start,
-                progress=_line_progress(start),
-            )
-        else:
-            counts = _run_with_bar(plan, store, jobs, env_id, on_start)
-    except KeyboardInterrupt:
+        with _sigterm_raises():
+            if args.no_progress or not sys.stderr.isatty():
+                counts = run_plan(
+                    plan,
+                    store,
+                    jobs=jobs,
+                    env_id=env_id,
+                    on_start=on_start,
+                    progress=_line_progress(start),
+                )
+            else:
+                counts = _run_with_bar(plan, store, jobs, env_id, on_start)
+    except (KeyboardInterrupt, _Terminated) as stop:
+        # run_plan has stopped its workers and freed the runs they had in progress.
         done = store.counts()
         store.close()
+        what = "terminated" if isinstance(stop, _Terminated) else "interrupted"
         print(
-            f"\ninterrupted; finished runs are stored in {args.db} ({done.get('done', 0)} done). "
+            f"\n{what}; finished runs are stored in {args.db} ({done.get('done', 0)} done). "
             "Run the same command again to resume.",
             file=sys.stderr,
         )
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT)
     elapsed = time.perf_counter() - start
+    elsewhere = counts.pop(RUN_ELSEWHERE, 0)
     status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing new to run"
+    if elsewhere:
+        status += f" ({elsewhere} runs left to another bench on this database)"
     print(f"finished in {_fmt_minutes(elapsed)}: {status}", flush=True)
     if not args.no_report:
         from adaptim.bench.report import render_report
@@ -472,6 +580,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from adaptim.bench.store import StoreError
+
     try:
         if args.command == "list":
             return _cmd_list()
@@ -480,6 +590,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_bench(args)
     except UsageError as err:
         print(f"adaptim {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except StoreError as err:
+        print(f"adaptim {args.command}: error: --db: {err}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as err:  # damaged or locked after it was opened
+        print(
+            f"adaptim {args.command}: error: the results database failed: {err}",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -49,6 +49,13 @@ def test_console_entry_point_runs():
         (["bench", "--tasks", "fmnist-mpl"], "did you mean 'fmnist-mlp'"),
         (["bench", "--lrs", "1e-3:1e-1"], "expected lo:hi:n"),
         (["bench", "--lrs", "1e-1:1e-3:3"], "0 < lo <= hi"),
+        (["bench", "--lrs", "nan"], "--lrs 'nan': 'nan' is not a finite number"),
+        (["bench", "--lrs", "1e-3,inf"], "--lrs '1e-3,inf': 'inf' is not a finite number"),
+        (["bench", "--lrs", "1e-3:inf:3"], "--lrs '1e-3:inf:3': 'inf' is not a finite number"),
+        (["bench", "--lrs=-inf:1e-1:3"], "'-inf' is not a finite number"),
+        (["bench", "--lrs", "1e-3:1e-1:2.5"], "--lrs '1e-3:1e-1:2.5': n = '2.5' is not a positive"),
+        (["bench", "--lrs", "fast"], "--lrs 'fast': 'fast' is not a finite number"),
+        (["bench", "--lrs", "0,1e-3"], "--lrs '0,1e-3': learning rates must be positive"),
         (["bench", "--optimizers", "zzz*"], "no optimizer matches"),
     ],
 )

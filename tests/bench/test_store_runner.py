@@ -1,14 +1,10 @@
-"""The results store and the runner: statuses, the tune protocol, resume after a killed bench."""
+"""The results store and the runner: statuses, the tune protocol, the worker processes.
+
+A killed bench, its resume and two benches on one database: ``test_robustness.py``."""
 
 from __future__ import annotations
 
 import math
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -30,7 +26,7 @@ def test_store_round_trip(tmp_path):
     with Store(tmp_path / "r.db") as store:
         env = store.add_environment({"cpu": "test"})
         spec = _spec().as_dict()
-        store.mark_running(spec, env)
+        assert store.claim_run(spec, env, lease_seconds=60)
         assert store.finished_keys([spec["key"]]) == set()
         result = {
             "status": "done",
@@ -158,67 +154,6 @@ def test_all_lrs_diverged_runs_no_seeds(tmp_path):
     assert seen[-1] == (2, 2)  # the total shrank: no seed runs for a sweep where nothing finished
 
 
-def _db_rows(path):
-    conn = sqlite3.connect(path, timeout=30)
-    try:
-        return conn.execute("SELECT key, status, id, finished FROM runs").fetchall()
-    finally:
-        conn.close()
-
-
-def test_resume_after_killed_bench(tmp_path):
-    """Kill a bench (with its worker processes) after some runs finished; the re-run skips them."""
-    db = tmp_path / "kill.db"
-    args = [
-        "bench",
-        "--optimizers",
-        "torch-sgdm,adam",
-        "--tasks",
-        "noisy-quadratic",
-        "--steps",
-        "2000",
-        "--seeds",
-        "2",
-        "--db",
-        str(db),
-        "--no-report",
-        "--no-progress",
-    ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "adaptim.cli", *args, "--jobs", "2"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 120
-        done_before = []
-        while time.time() < deadline and proc.poll() is None:
-            if db.exists():
-                try:
-                    done_before = [r for r in _db_rows(db) if r[1] == "done"]
-                except sqlite3.OperationalError:
-                    done_before = []
-                if done_before:
-                    break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert done_before, "no run finished within 120 s"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    rows = _db_rows(db)
-    done_before = {r[0]: r for r in rows if r[1] == "done"}
-    assert 0 < len(done_before) < 8  # killed mid-bench: some runs done, others not
-    from adaptim.cli import main
-
-    assert main([*args, "--jobs", "1"]) == 0
-    after = {r[0]: r for r in _db_rows(db)}
-    assert len(after) == 8 and all(r[1] == "done" for r in after.values())  # 2 x (3 lrs + 1 seed)
-    for key, row in done_before.items():
-        assert after[key] == row  # same row id and finish time: not run again
-
-
 @pytest.mark.parametrize("jobs", [2])
 def test_worker_pool_gives_the_same_results_as_in_process(tmp_path, jobs):
     plan = R.make_plan(
@@ -232,3 +167,16 @@ def test_worker_pool_gives_the_same_results_as_in_process(tmp_path, jobs):
     assert ra.keys() == rb.keys() and len(ra) == 12
     for k in ra:  # one thread per run: deterministic
         assert ra[k] == rb[k], k
+
+
+def test_a_worker_that_dies_fails_its_own_run_only(tmp_path):
+    workers = R._Workers()
+    try:
+        workers.submit(_spec(steps=10_000_000))  # long enough to be killed while it runs
+        (worker,) = workers.busy
+        worker.process.kill()
+        ((spec, result),) = workers.wait()
+        assert spec.steps == 10_000_000 and result["status"] == "failed"
+        assert f"exit code {-9}" in result["error"] and not workers.busy and not workers.idle
+    finally:
+        workers.close()

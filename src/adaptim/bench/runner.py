@@ -8,8 +8,14 @@ Protocol (``"tune"``, the default): for each task and optimizer, sweep the learn
 seed 0, pick the lr with the best final metric, then run seeds 1..N-1 at that lr. (``"grid"``: every
 lr with every seed.) Every run trains on one thread (``torch.set_num_threads(1)``); runs are spread
 over ``jobs`` worker processes. Each finished run is written to the database in one transaction by the
-parent process; a run is marked ``running`` when it is handed to a worker, so a killed bench loses at
-most the runs in progress, and re-running the same command skips the finished ones.
+parent process.
+
+A run is claimed in the database (:meth:`Store.claim_run`) before it is handed to a worker, so a second
+bench on the same database skips what this one holds, and a killed bench loses at most the runs in
+progress: re-running the same command skips the finished ones and takes over the stale claims. The
+workers are this bench's own: stopped when it stops (an exception, Ctrl-C, the SIGTERM the CLI turns
+into an exception), and each one exits by itself within ``PARENT_POLL_SECONDS`` of its parent's death
+(even by SIGKILL), so no worker outlives its bench.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ import heapq
 import json
 import math
 import os
+import sqlite3
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -39,6 +48,7 @@ from adaptim.bench.tasks import TASKS, Task
 
 __all__ = [
     "BENCH_VERSION",
+    "RUN_ELSEWHERE",
     "Plan",
     "RunSpec",
     "execute_run",
@@ -49,6 +59,11 @@ __all__ = [
 BENCH_VERSION = 3  # bump when a task changes, so old results are not mixed in
 DIVERGED_LOSS = 1e12  # |loss| above this (or NaN/inf) marks the run as diverged
 TIME_LIMIT_FACTOR = 20.0  # a run is stopped after this many times its task's estimated seconds
+# A claim's lease is the run's time limit plus this (a worker's start-up, a busy machine): a claim
+# older than that is taken over even if its owner seems alive.
+CLAIM_GRACE_SECONDS = 120.0
+PARENT_POLL_SECONDS = 0.2  # how often a worker checks that its bench is still alive
+RUN_ELSEWHERE = "run by another bench"  # a key of run_plan's counts
 
 
 def config_hash(task: Task, steps: int) -> str:
@@ -338,8 +353,112 @@ def _worker_init() -> None:
         pass
 
 
-def _worker_run(spec: dict[str, Any], time_limit: float) -> dict[str, Any]:
-    return execute_run(spec, time_limit=time_limit)
+# The first lines a worker process runs, before its slow imports (torch: seconds on a busy machine),
+# so that from its first moment it exits when its bench dies (even by SIGKILL, which leaves the bench
+# no chance to stop it: the orphan is re-parented, which the thread notices) and ignores Ctrl-C,
+# which a terminal sends to the whole process group: the bench alone decides, and stops its workers.
+_WORKER_BOOT = """
+import json, os, signal, sys, threading, time
+parent, fd, poll = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+sys.path[:] = json.loads(sys.argv[4])
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+def exit_with_parent():
+    while os.getppid() == parent:
+        time.sleep(poll)
+    os._exit(1)
+threading.Thread(target=exit_with_parent, daemon=True).start()
+from multiprocessing.connection import Connection
+from adaptim.bench.runner import _worker_main
+_worker_main(Connection(fd))
+"""
+
+
+def _worker_main(conn: Any) -> None:
+    """A worker process: run the ``(spec, time_limit)`` the parent sends, one at a time, until the
+    parent sends ``None`` or goes away."""
+    _worker_init()
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        spec, time_limit = job
+        conn.send(execute_run(spec, time_limit=time_limit))
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: subprocess.Popen
+    conn: Any  # multiprocessing.connection.Connection: the bench's end of the worker's pipe
+
+
+class _Workers:
+    """The bench's worker processes (fresh interpreters, POSIX), one run at a time each, started as
+    they are needed (the scheduler keeps at most ``jobs`` busy).
+
+    Our own processes rather than a ``concurrent.futures`` pool: :meth:`close` terminates the busy
+    ones (a pool lets running tasks finish), a worker that dies fails its own run only, and a worker
+    watches for its bench's death from its first line (``_WORKER_BOOT``), not after its imports.
+    """
+
+    def __init__(self) -> None:
+        self.idle: list[_Worker] = []
+        self.busy: dict[_Worker, RunSpec] = {}
+
+    def submit(self, spec: RunSpec) -> None:
+        worker = self.idle.pop() if self.idle else self._start()
+        worker.conn.send((spec.as_dict(), spec.time_limit))
+        self.busy[worker] = spec
+
+    def _start(self) -> _Worker:
+        from multiprocessing import Pipe
+
+        ours, theirs = Pipe()
+        fd = theirs.fileno()
+        argv = [str(os.getpid()), str(fd), str(PARENT_POLL_SECONDS), json.dumps(sys.path)]
+        process = subprocess.Popen([sys.executable, "-c", _WORKER_BOOT, *argv], pass_fds=[fd])
+        theirs.close()  # the worker holds the only other end: its death reads as end of file here
+        return _Worker(process, ours)
+
+    def wait(self) -> list[tuple[RunSpec, dict[str, Any]]]:
+        """Wait until at least one busy worker has a result or has died; those runs' results."""
+        from multiprocessing.connection import wait
+
+        by_conn = {worker.conn: worker for worker in self.busy}
+        out = []
+        for ready in wait(list(by_conn)):
+            worker = by_conn[ready]
+            spec = self.busy.pop(worker)
+            try:
+                result = worker.conn.recv()
+            except (EOFError, OSError):  # killed, out of memory, a crash in C code
+                worker.conn.close()
+                code = worker.process.wait()
+                result = {
+                    "status": "failed",
+                    "error": f"the worker process died (exit code {code})",
+                }
+            else:
+                self.idle.append(worker)
+            out.append((spec, result))
+        return out
+
+    def close(self) -> None:
+        """Stop every worker, busy or idle, and wait for them."""
+        workers = [*self.idle, *self.busy]
+        for worker in workers:
+            worker.process.terminate()
+        for worker in workers:
+            try:
+                worker.process.wait(5.0)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+            worker.conn.close()
+        self.idle.clear()
+        self.busy.clear()
 
 
 # -- the scheduler ------------------------------------------------------------------------------
@@ -398,6 +517,9 @@ def run_plan(
     on_start: Callable[[int, int, float], None] | None = None,
 ) -> dict[str, int]:
     """Run every unfinished run of ``plan``; returns counts by status of the runs done now.
+
+    Runs that another bench on the same database finished or holds meanwhile are not run; their
+    number is under ``RUN_ELSEWHERE``.
 
     ``on_start(n_to_run, n_already_finished, estimated_cost)`` is called once the resume state is
     known, before any run starts.
@@ -476,70 +598,71 @@ def run_plan(
         release_phase2(g)
 
     counts: dict[str, int] = {}
-    done_runs, cost_done = 0, 0.0
+    done_runs, cost_done, elsewhere = 0, 0.0, 0
+
+    def sweep_run_ended(spec: RunSpec) -> None:
+        """A seed-0 run ended (here or in another bench): the seed runs may be due."""
+        nonlocal total_runs, cost_total
+        g = by_group[(spec.task, spec.optimizer)]
+        queued = release_phase2(g)
+        if queued is not None:
+            # The totals assumed seeds-1 seed runs; a sweep where nothing finished queues none,
+            # and seed runs already in the database are not repeated.
+            missing = g.seeds - 1 - max(queued, 0)
+            total_runs -= missing
+            cost_total -= missing * g.cost
+
+    def take_next() -> RunSpec | None:
+        """The next run of the queue that this bench may run now (claimed), or ``None``."""
+        nonlocal total_runs, cost_total, elsewhere
+        while queue:
+            _, _, spec = heapq.heappop(queue)
+            if store.claim_run(spec.as_dict(), env_id, spec.time_limit + CLAIM_GRACE_SECONDS):
+                return spec
+            # Another bench on this database has finished it or is running it.
+            elsewhere += 1
+            total_runs -= 1
+            cost_total -= spec.cost
+            if spec.seed == 0:
+                sweep_run_ended(spec)
+        return None
 
     def finish(spec: RunSpec, result: dict[str, Any]) -> None:
-        nonlocal done_runs, cost_done, total_runs, cost_total
+        nonlocal done_runs, cost_done
         store.write_result(spec.as_dict(), result, env_id)
         counts[result["status"]] = counts.get(result["status"], 0) + 1
         done_runs += 1
         cost_done += spec.cost
         if spec.seed == 0:
-            g = by_group[(spec.task, spec.optimizer)]
-            queued = release_phase2(g)
-            if queued is not None:
-                # The totals assumed seeds-1 seed runs; a sweep where nothing finished queues none,
-                # and seed runs already in the database are not repeated.
-                missing = g.seeds - 1 - max(queued, 0)
-                total_runs -= missing
-                cost_total -= missing * g.cost
+            sweep_run_ended(spec)
         if progress is not None:
             progress(Progress(done_runs, total_runs, cost_done, cost_total, spec, result["status"]))
 
-    if jobs <= 1:
-        _worker_init()
-        while queue:
-            _, _, spec = heapq.heappop(queue)
-            store.mark_running(spec.as_dict(), env_id)
-            finish(spec, execute_run(spec))
-        return counts
-
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")  # inherited by the spawned workers before numpy loads
-
-    def new_pool() -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(
-            max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init
-        )
-
-    pool = new_pool()
-    in_flight: dict[cf.Future, RunSpec] = {}
+    workers = _Workers() if jobs > 1 else None
     try:
-        while queue or in_flight:
-            while queue and len(in_flight) < jobs:
-                _, _, spec = heapq.heappop(queue)
-                store.mark_running(spec.as_dict(), env_id)
-                in_flight[pool.submit(_worker_run, spec.as_dict(), spec.time_limit)] = spec
-            done, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
-            broken = False
-            for fut in done:
-                spec = in_flight.pop(fut)
-                try:
-                    result = fut.result()
-                except Exception as err:  # the worker died (killed, out of memory, ...)
-                    broken = broken or isinstance(err, cf.process.BrokenProcessPool)
-                    result = {"status": "failed", "error": f"worker process failed: {err!r}"}
-                finish(spec, result)
-            if broken:
-                for spec in in_flight.values():
-                    store.mark_running(spec.as_dict(), env_id)
-                    push(spec)
-                in_flight.clear()
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool = new_pool()
+        if workers is None:
+            _worker_init()
+            while (spec := take_next()) is not None:
+                finish(spec, execute_run(spec))
+        else:
+            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ.setdefault(
+                    var, "1"
+                )  # inherited by the spawned workers before numpy loads
+            while True:
+                while len(workers.busy) < jobs and (spec := take_next()) is not None:
+                    workers.submit(spec)
+                if not workers.busy:
+                    break
+                for spec, result in workers.wait():
+                    finish(spec, result)
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        if workers is not None:
+            workers.close()
+        try:  # an interrupted bench frees its runs in progress for the next one
+            store.release_claims()
+        except sqlite3.Error:  # the database itself failed: the claims lapse with this process
+            pass
+    if elsewhere:
+        counts[RUN_ELSEWHERE] = elsewhere
     return counts

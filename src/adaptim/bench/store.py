@@ -7,29 +7,40 @@ Tables:
 * ``runs``: one row per (task, optimizer, lr, seed, config hash): the configuration (JSON), status
   (``running`` / ``done`` / ``diverged`` / ``timeout`` / ``failed``), final metrics, steps and seconds to target,
   wall time, error text, and the environment it ran in. ``key`` is unique, so running the same command
-  again finds the finished runs and skips them.
+  again finds the finished runs and skips them. A ``running`` row is a claim: ``owner`` names the
+  bench process that runs it (host, pid) and ``lease_until`` when the claim lapses at the latest.
 * ``metrics``: per-step series of a run (``train_loss`` every few steps, the task metric at every
   evaluation), with the training seconds elapsed at that step.
 * ``series``: arrays too long for rows (the 2-D / 1-D trajectories), as float32 blobs.
 * ``claims``: verdicts of ``adaptim bench --suite claims``.
 
-A run's results are written in one transaction when it finishes; a run that was in progress when the
-process was killed stays ``running`` and is run again by the next invocation.
+A run is claimed (:meth:`Store.claim_run`, one ``BEGIN IMMEDIATE`` transaction) before it starts, so two
+benches on one database never run the same configuration twice: the second skips what the first has
+finished or holds. A claim whose owner process is dead (same host) or whose lease has lapsed is stale
+and taken over, so a run that was in progress when its bench was killed is run again by the next
+invocation. Its results are written in one transaction when it finishes.
+
+Opening the database runs ``PRAGMA quick_check``: a damaged file is refused with :class:`StoreError`
+at once, not met halfway through a bench (or never, when the damaged page is not read).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["FINISHED", "RunRecord", "Store"]
+__all__ = ["FINISHED", "RunRecord", "Store", "StoreError"]
 
 FINISHED = ("done", "diverged", "timeout")  # a re-run skips these; "failed", "running" are retried
 
@@ -61,7 +72,9 @@ CREATE TABLE IF NOT EXISTS runs (
     final_loss REAL,
     steps_to_target INTEGER,
     seconds_to_target REAL,
-    error TEXT
+    error TEXT,
+    owner TEXT,
+    lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS runs_group ON runs(task, config_hash, optimizer);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -125,20 +138,106 @@ class RunRecord:
     )  # name -> (n, 3): step, seconds, value
 
 
+class StoreError(Exception):
+    """The results database cannot be used: a directory, not an SQLite file, or damaged."""
+
+
+# The owners (``Store.owner``) of the stores open in this process: a claim made by this process is
+# live only while the store that made it is open.
+_OPEN_OWNERS: set[str] = set()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _claim_is_live(owner: str | None, lease_until: float | None, now: float) -> bool:
+    """Whether a ``running`` row still belongs to a bench that will finish it."""
+    if owner is None or lease_until is None or now > lease_until:
+        return False  # an older bench's row, or a lapsed lease (a hung bench, a reused pid)
+    host, pid, _ = owner.rsplit(":", 2)
+    if host != socket.gethostname():
+        return True  # that machine's processes are out of sight: the lease decides
+    if int(pid) == os.getpid():
+        return owner in _OPEN_OWNERS
+    return _pid_alive(int(pid))
+
+
 class Store:
-    """A connection to the results database (created on first use)."""
+    """A connection to the results database (created on first use; checked when opened).
+
+    Raises :class:`StoreError` when ``path`` is a directory, not an SQLite database, or fails
+    ``PRAGMA quick_check``.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if self.path.parent and not self.path.parent.exists():
+        if self.path.is_dir():
+            raise StoreError(
+                f"{self.path} is a directory, not a results database file; "
+                f"pass a file path such as {self.path / 'adaptim-results.db'}"
+            )
+        # host:pid:token; the token tells two stores of one process apart.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        conn = None
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(self.path), timeout=60)
-        self.conn.execute("PRAGMA foreign_keys = ON")
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.executescript(SCHEMA)
-        self.conn.commit()
+            conn = sqlite3.connect(str(self.path), timeout=60)
+            self.conn = conn
+            self._check_integrity()
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.executescript(SCHEMA)
+            conn.commit()
+            self._add_missing_columns()
+        except (sqlite3.DatabaseError, OSError, StoreError) as err:
+            if conn is not None:
+                conn.close()
+            if isinstance(err, StoreError):
+                raise
+            raise StoreError(
+                f"{self.path} cannot be used as a results database ({err}); "
+                "pass another --db, or move this file aside"
+            ) from None
+        _OPEN_OWNERS.add(self.owner)
+
+    def _check_integrity(self) -> None:
+        # quick_check reads every page (without integrity_check's cross-checks of the indexes): a
+        # damaged page is found now, not when a report or a resume happens to read it, or never.
+        try:
+            problems = [row[0] for row in self.conn.execute("PRAGMA quick_check")]
+        except sqlite3.DatabaseError as err:  # a damaged header or b-tree: no list of problems
+            problems = [str(err)]
+        if problems != ["ok"]:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise StoreError(
+                f"{self.path} is damaged or not an SQLite database (PRAGMA quick_check: "
+                f"{'; '.join(problems[:3])}{more}); its results cannot be trusted: restore a "
+                "backup, or move it aside and run again"
+            )
+
+    def _add_missing_columns(self) -> None:
+        """Databases written before run claims existed lack ``owner`` and ``lease_until``."""
+        wanted = {"owner": "TEXT", "lease_until": "REAL"}
+        if wanted.keys() <= self._run_columns():
+            return
+        with self._write() as conn:
+            have = self._run_columns()  # again, under the lock: another bench may have added them
+            for name, kind in wanted.items():
+                if name not in have:
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+
+    def _run_columns(self) -> set[str]:
+        return {row[1] for row in self.conn.execute("PRAGMA table_info(runs)")}
 
     def close(self) -> None:
+        _OPEN_OWNERS.discard(self.owner)
         self.conn.close()
 
     def __enter__(self) -> Store:
@@ -147,18 +246,33 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction that takes the write lock as it begins (``BEGIN IMMEDIATE``).
+
+        What it reads cannot change before it commits, so a check-then-write (a claim) is atomic
+        between processes; a second writer waits for the lock up to the connection's timeout.
+        """
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.rollback()
+            raise
+        self.conn.commit()
+
     # -- writing ------------------------------------------------------------------------------
 
     def add_environment(self, info: dict[str, Any]) -> int:
-        with self.conn:
-            cur = self.conn.execute(
+        with self._write() as conn:
+            cur = conn.execute(
                 "INSERT INTO environments (created, info) VALUES (?, ?)",
                 (time.time(), json.dumps(info, sort_keys=True)),
             )
         return int(cur.lastrowid)
 
     def finished_keys(self, keys: Iterable[str]) -> set[str]:
-        """The keys among ``keys`` whose run is done or diverged."""
+        """The keys among ``keys`` whose run is done, diverged or timed out."""
         keys = list(keys)
         out: set[str] = set()
         for i in range(0, len(keys), 500):
@@ -171,13 +285,31 @@ class Store:
             out.update(r[0] for r in rows)
         return out
 
-    def mark_running(self, spec: dict[str, Any], env_id: int | None) -> None:
-        """Record that a run has started (replacing a stale ``running`` / ``failed`` row)."""
-        with self.conn:
-            self.conn.execute("DELETE FROM runs WHERE key = ?", (spec["key"],))
-            self.conn.execute(
-                "INSERT INTO runs (key, task, optimizer, lr, seed, config_hash, config, status, env_id,"
-                " started) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+    def claim_run(self, spec: dict[str, Any], env_id: int | None, lease_seconds: float) -> bool:
+        """Claim a run for this bench: ``True`` when it is ours to run now.
+
+        ``False`` when the run is finished or another bench holds it (a live owner, within its
+        lease). Otherwise a ``running`` row owned by this store replaces what was there (nothing, a
+        failed run, a stale claim). The lease must cover the run's time limit: a claim past its
+        lease is taken over even when its owner seems alive.
+        """
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT status, owner, lease_until FROM runs WHERE key = ?", (spec["key"],)
+            ).fetchone()
+            if row is not None:
+                status, owner, lease_until = row
+                if status in FINISHED:
+                    return False
+                held = status == "running" and owner != self.owner
+                if held and _claim_is_live(owner, lease_until, now):
+                    return False
+            conn.execute("DELETE FROM runs WHERE key = ?", (spec["key"],))
+            conn.execute(
+                "INSERT INTO runs (key, task, optimizer, lr, seed, config_hash, config, status,"
+                " env_id, started, owner, lease_until)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
                 (
                     spec["key"],
                     spec["task"],
@@ -187,15 +319,26 @@ class Store:
                     spec["config_hash"],
                     json.dumps(spec, sort_keys=True),
                     env_id,
-                    time.time(),
+                    now,
+                    self.owner,
+                    now + lease_seconds,
                 ),
             )
+        return True
+
+    def release_claims(self) -> int:
+        """Drop this store's unfinished claims (a bench that stops early); returns how many."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "DELETE FROM runs WHERE status = 'running' AND owner = ?", (self.owner,)
+            )
+        return cur.rowcount
 
     def write_result(
         self, spec: dict[str, Any], result: dict[str, Any], env_id: int | None
     ) -> None:
         """Store a finished run (status, finals, per-step metrics, series) in one transaction."""
-        with self.conn:
+        with self._write():
             self.conn.execute("DELETE FROM runs WHERE key = ?", (spec["key"],))
             cur = self.conn.execute(
                 "INSERT INTO runs (key, task, optimizer, lr, seed, config_hash, config, status, env_id,"
@@ -245,7 +388,7 @@ class Store:
 
     def add_claims(self, results: Sequence[Any], env_id: int | None) -> None:
         now = time.time()
-        with self.conn:
+        with self._write():
             for r in results:
                 verdict = getattr(r, "verdict", None) or (
                     "holds" if r.holds else "skipped" if r.holds is None else "does not hold"

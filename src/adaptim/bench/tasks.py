@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import importlib.util
 import math
 import os
 import shutil
@@ -118,10 +119,12 @@ class Task:
     seconds: float = 1.0
     group: str = "training"  # "2d" | "1d" | "training"
     log_every: int = 0  # 0: steps // 50
-    requires: Callable[[], None] | None = None  # raises DataMissing when the data is absent
+    # Raises DataMissing when the data, or a package the task needs, is absent.
+    requires: Callable[[], None] | None = None
 
     def missing_data(self) -> str | None:
-        """``None`` when the task can run, else a message saying what is missing and how to get it."""
+        """``None`` when the task can run, else a message saying what is missing (data or a package)
+        and how to get it."""
         if self.requires is None:
             return None
         try:
@@ -253,6 +256,16 @@ def _build_nqm(seed: int, steps: int) -> Problem:
 
 LOGREG_L2 = 1e-3
 LOGREG_BATCH = 64
+
+
+def _require_digits() -> None:
+    # Without them a run would fail on its import: the task is skipped instead, saying why.
+    modules = {"scipy": "scipy", "sklearn": "scikit-learn"}
+    missing = [pkg for mod, pkg in modules.items() if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise DataMissing(
+            f'needs {" and ".join(missing)} (not installed): pip install "adaptim[bench]"'
+        )
 
 
 @functools.lru_cache(maxsize=1)
@@ -649,6 +662,7 @@ def _task_list() -> list[Task]:
             lr_scale=LR_SCALE["digits-logreg"],
             schedule="cosine",
             seconds=0.1,
+            requires=_require_digits,
         ),
         Task(
             name="fmnist-mlp",
