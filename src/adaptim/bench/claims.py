@@ -32,6 +32,7 @@ from adaptim.bench.claims_common import Claim, ClaimResult, format_table
 from adaptim.bench.claims_factored import FACTORED_CLAIMS
 from adaptim.bench.claims_lr_adaptation import LR_ADAPTATION_CLAIMS
 from adaptim.bench.claims_momentum import MOMENTUM_CLAIMS
+from adaptim.bench.claims_training_dynamics import CLAIMS as TRAINING_DYNAMICS_CLAIMS
 from adaptim.bench.claims_wrappers_tools import WRAPPERS_TOOLS_CLAIMS
 
 __all__ = ["CLAIMS", "REPORT_ORDER", "Claim", "ClaimResult", "format_table", "run_claims"]
@@ -47,6 +48,7 @@ REPORT_ORDER: tuple[str, ...] = (
     "lookahead-noisy-quadratic",
     "adamw-uniform-decay",
     "radam-bounded-variance",
+    "radam-replaces-warmup",
     "gensignsgd-x4-no-divergence",
     "ahb-larger-lr",
     "ahb-faster-than-fixed-momentum",
@@ -67,6 +69,9 @@ REPORT_ORDER: tuple[str, ...] = (
     "adarem-faster-than-adam",
     "mada-best-member",
     "padam-between-sgd-and-adam",
+    "preln-no-warmup",
+    "weights-not-stationary",
+    "adam-smaller-rmed",
 )
 
 
@@ -92,6 +97,7 @@ CLAIMS: list[Claim] = _in_report_order(
         *FACTORED_CLAIMS,
         *LR_ADAPTATION_CLAIMS,
         *WRAPPERS_TOOLS_CLAIMS,
+        *TRAINING_DYNAMICS_CLAIMS,
     ],
     REPORT_ORDER,
 )
