@@ -354,7 +354,7 @@ def _full_batch(model: nn.Module, data: torch.Tensor) -> tuple[float, float]:
     params = [p for p in model.parameters() if p.requires_grad]
     loss = _lm_loss(model, data)
     grads = torch.autograd.grad(loss, params)
-    return float(loss), float(torch.sqrt(sum((g * g).sum() for g in grads)))
+    return float(loss.detach()), float(torch.sqrt(sum((g * g).sum() for g in grads)))
 
 
 def _stationary_run(seed: int) -> tuple[list[float], list[float], float]:
@@ -459,27 +459,42 @@ def _bigram_loss(model: nn.Module, pairs: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(model(pairs[:, 0]), pairs[:, 1])
 
 
+def _pair_counts(pairs: torch.Tensor, vocab: int) -> torch.Tensor:
+    counts = torch.zeros(vocab, vocab, dtype=F64)
+    counts.index_put_(
+        (pairs[:, 0], pairs[:, 1]), torch.ones(len(pairs), dtype=F64), accumulate=True
+    )
+    return counts
+
+
+def _bigram_probe_loss(model: nn.Module, counts: torch.Tensor) -> torch.Tensor:
+    """:func:`_bigram_loss` over the pairs that ``counts`` tallies, computed once per distinct input
+    character (the logits depend on it alone): the same value, ~20x cheaper Hessian diagonals."""
+    logits = model(torch.arange(len(counts)))
+    return -(counts * F.log_softmax(logits, dim=1)).sum() / counts.sum()
+
+
 def _rmed_run(seed: int, which: str) -> tuple[float, float, float]:
     """Train the bigram net with ``_RMED_OPTIMIZERS[which]``; (probe loss at the end / at the start,
     mean R_med of fc1.weight and of fc2.weight over ``_RMED_CHECKS``), R_med on a fixed probe batch."""
     train, _, vocab = _encoded()
     gen = _gen(seed, 64)
     pairs = _windows(train, _RMED_STEPS * _RMED_BATCH, 2, gen)
-    probe = _windows(train, _RMED_PROBE, 2, _gen(seed, 65))
+    probe = _pair_counts(_windows(train, _RMED_PROBE, 2, _gen(seed, 65)), vocab)
     model = _seeded_module(seed, lambda: _BigramNet(vocab, _RMED_HIDDEN))
     opt = _RMED_OPTIMIZERS[which](model.parameters())
     with torch.no_grad():
-        start = float(_bigram_loss(model, probe))
+        start = float(_bigram_probe_loss(model, probe))
     r1, r2 = [], []
     for t in range(1, _RMED_STEPS + 1):
         opt.zero_grad(set_to_none=True)
         _bigram_loss(model, pairs[(t - 1) * _RMED_BATCH : t * _RMED_BATCH]).backward()
         opt.step()
         if t in _RMED_CHECKS:
-            r1.append(r_med(model, _bigram_loss, probe, params=[model.fc1.weight]))
-            r2.append(r_med(model, _bigram_loss, probe, params=[model.fc2.weight]))
+            r1.append(r_med(model, _bigram_probe_loss, probe, params=[model.fc1.weight]))
+            r2.append(r_med(model, _bigram_probe_loss, probe, params=[model.fc2.weight]))
     with torch.no_grad():
-        end = float(_bigram_loss(model, probe))
+        end = float(_bigram_probe_loss(model, probe))
     return end / start, statistics.fmean(r1), statistics.fmean(r2)
 
 
