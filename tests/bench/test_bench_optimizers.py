@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import pytest
 import torch
 
@@ -62,8 +65,23 @@ def test_lr_grids():
     grid = O.parse_lrs("1e-4:1e-1:4")
     assert grid == [1e-4, 1e-3, 1e-2, 1e-1]
     assert O.parse_lrs("3e-3, 1e-3") == [1e-3, 3e-3]
-    for bad in ("1e-3:1e-1", "0:1:3", "1:0.1:3", "-1", "a:b:c"):
-        with pytest.raises(ValueError):
+    refused = {
+        "1e-3:1e-1": "expected lo:hi:n",
+        "0:1:3": "learning rates must be positive",
+        "1:0.1:3": "0 < lo <= hi",
+        "-1": "learning rates must be positive",
+        "a:b:c": "'a' is not a finite number",
+        "nan": "'nan' is not a finite number",
+        "1e-3,inf": "'inf' is not a finite number",
+        "-inf:1:3": "'-inf' is not a finite number",
+        "1e-3:1e-1:2.5": "n = '2.5' is not a positive integer",
+        "1e-3:1e-1:0": "n = '0' is not a positive integer",
+        " , ": "expected lo:hi:n",
+    }
+    for bad, why in refused.items():
+        with pytest.raises(
+            ValueError, match=f"--lrs '{re.escape(bad.strip())}': .*{re.escape(why)}"
+        ):
             O.parse_lrs(bad)
 
 
@@ -127,3 +145,34 @@ def test_a_left_out_entry_steps_exactly_as_its_twin(name, twin):
     ours, theirs = trajectory(name), trajectory(twin)
     assert not torch.equal(ours[-1], torch.cat([w0.flatten(), b0]))  # it moved
     assert torch.equal(ours, theirs)
+
+
+# -- the torch.optim baselines ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "set_by_bench"),
+    [
+        ("torch-adamw", torch.optim.AdamW, {}),
+        ("torch-sgdm", torch.optim.SGD, {"momentum": 0.9}),
+        ("torch-nadam", torch.optim.NAdam, {}),
+        ("torch-rmsprop", torch.optim.RMSprop, {}),
+        ("torch-adagrad", torch.optim.Adagrad, {}),
+    ],
+)
+def test_baselines_are_torch_optimizers_at_torch_defaults(name, cls, set_by_bench):
+    opt = O.all_optimizers()[name]
+    assert opt.baseline and name in O.default_optimizers()
+    p = torch.nn.Parameter(torch.zeros(3))
+    made = O.make_optimizer(name, [p], 0.02)
+    assert type(made) is cls
+    reference = cls([torch.nn.Parameter(torch.zeros(3))], lr=0.02, **set_by_bench).param_groups[0]
+    group = made.param_groups[0]
+    assert {k: v for k, v in group.items() if k != "params"} == {
+        k: v for k, v in reference.items() if k != "params"
+    }
+    # The centre of the lr search on the training tasks: torch's default lr, but for SGD (torch's
+    # 1e-3 is no one's choice with momentum 0.9: 1e-2, as in the papers the registry follows).
+    default = inspect.signature(cls.__init__).parameters["lr"].default
+    expected = 1e-2 if name == "torch-sgdm" else default
+    assert opt.default_lr == expected == O.lr_center(opt, "default")
