@@ -1,9 +1,27 @@
-"""From stored runs to the numbers of the report.
+"""From stored runs to the numbers of the report, and the learning-rate search the runner follows.
+
+A run's **status** (:func:`run_status`): ``done`` (it learned), ``did-not-learn`` (it finished no
+better than its task's trivial baseline: chance accuracy, or its initial metric;
+:meth:`adaptim.bench.tasks.Task.learned`), ``diverged``, ``timeout`` or ``failed``. Runs stored as
+``done`` by an older bench are judged again here, so an old database reads as honestly as a new one.
+
+**The lr search** (:func:`replay_search`): on seed 0, from a starting grid (3 lrs half a decade
+apart), the search *widens* while the best lr that learned is the lowest or the highest searched (one
+lr half a decade further out per round, at most ``SEARCH_MAX_WIDEN`` beyond each end of the starting
+grid; with no lr that learned, it goes lower when one diverged, both ways otherwise), then *refines*
+once: one lr between the best and its neighbours, at the vertex of the parabola through the three
+(log lr, metric) points, or half-way to the better neighbour when one has no finite metric. The
+search is a function of the stored results alone, so a bench that resumes it, or a report that reads
+it, replays the same decisions.
 
 For each task configuration and optimizer (a *group*):
 
-* **best lr**: the lr with the best mean final metric over the seeds that every lr of the group has
-  (seed 0 under the default ``tune`` protocol, all seeds under ``grid``); diverged runs never win.
+* **best lr**: among the lrs whose runs learned, the one with the best mean final metric over the
+  seeds that every lr of the group has (seed 0 under the default ``tune`` protocol, all seeds under
+  ``grid``); diverged runs never win. With no lr that learned, the best of those that did not (the
+  group is then marked as not learned, ranked after every group that learned, and still drawn).
+* **searched range**: the lowest and highest lr run; a best lr at either end is *at the edge* (a wider
+  search might do better), which the report flags.
 * **final metric at the best lr**: mean, standard deviation and count over all its seeds.
 * **steps / seconds to target**: the median over the best lr's seeds of the first evaluation at which
   the task's target was reached (training seconds, evaluation excluded); ``None`` unless more than
@@ -24,28 +42,186 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from adaptim.bench.optimizers import round_lr
 from adaptim.bench.store import RunRecord
 from adaptim.bench.tasks import TASKS, Task
 
 __all__ = [
     "BAND_TOLERANCE",
+    "SEARCH_MAX_WIDEN",
+    "SEARCH_SPACING",
     "GroupSummary",
+    "LrResult",
+    "SearchState",
     "TaskSummary",
+    "lr_result",
     "performance_profile",
+    "replay_search",
+    "run_status",
     "summarize",
 ]
 
 BAND_TOLERANCE = 0.05
+SEARCH_SPACING = 0.5  # decades between an end of the searched range and the lr that widens it
+SEARCH_MAX_WIDEN = 4  # lrs added beyond each end of the starting grid at most (2 decades)
+REFINE_MIN_DECADES = 0.05  # a refinement closer than this to the best lr is not worth a run
 
 
 def _finite(x: float | None) -> bool:
     return x is not None and not (math.isnan(x) or math.isinf(x))
+
+
+def run_status(task: Task, status: str, initial: float | None, final: float | None) -> str:
+    """A stored run's status, with a ``done`` run that did not learn (an older bench's) judged again."""
+    if status == "done" and not task.learned(initial, final):
+        return "did-not-learn" if _finite(final) else "diverged"
+    return status
+
+
+# -- the learning-rate search ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LrResult:
+    """What a seed-0 run says to the search: ``kind`` is ``learned``, ``not-learned``, ``diverged``
+    or ``failed`` (a timeout or an error: nothing about the lr); ``value`` its final metric."""
+
+    kind: str
+    value: float = math.nan
+
+
+def lr_result(task: Task, status: str, initial: float | None, final: float | None) -> LrResult:
+    status = run_status(task, status, initial, final)
+    if status == "done":
+        return LrResult("learned", float(final))  # type: ignore[arg-type]
+    if status == "did-not-learn":
+        return LrResult("not-learned", float(final))  # type: ignore[arg-type]
+    return LrResult("diverged" if status == "diverged" else "failed")
+
+
+@dataclass(frozen=True)
+class SearchState:
+    """Where a group's lr search stands: the lrs asked for so far (ascending), those of them still
+    without a result (to run next), and once ``finished``, whether an lr learned (``found``) and
+    which one is ``chosen`` for the other seeds."""
+
+    searched: tuple[float, ...]
+    pending: tuple[float, ...]
+    finished: bool
+    chosen: float | None = None
+    widened: tuple[int, int] = (0, 0)  # lrs added below and above the starting grid
+
+    @property
+    def found(self) -> bool:
+        return self.finished and self.chosen is not None
+
+
+def _best_learned(task: Task, lrs: Sequence[float], results: Mapping[float, LrResult]):
+    best = None
+    for lr in lrs:  # ascending: a tie goes to the smaller lr
+        r = results[lr]
+        if r.kind == "learned" and (best is None or task.better(r.value, results[best].value)):
+            best = lr
+    return best
+
+
+def replay_search(
+    task: Task,
+    start: Sequence[float],
+    results: Mapping[float, LrResult],
+    *,
+    widen: int = SEARCH_MAX_WIDEN,
+    refine: bool = True,
+    spacing: float = SEARCH_SPACING,
+) -> SearchState:
+    """Replay a group's lr search from its starting grid over the results known so far.
+
+    Deterministic: the same results give the same decisions. ``widen=0, refine=False`` is a fixed
+    grid (``--lrs``): pick its best lr that learned.
+    """
+    searched = sorted(set(start))
+    low = high = 0
+    refined = not refine
+    while True:
+        pending = tuple(lr for lr in searched if lr not in results)
+        if pending:
+            return SearchState(tuple(searched), pending, False, None, (low, high))
+        new: list[float] = []
+        best = _best_learned(task, searched, results)
+        if best is not None:
+            i = searched.index(best)
+            if i == 0 and low < widen:
+                new, low = [_lr_at(searched[0], -spacing)], low + 1
+            elif i == len(searched) - 1 and high < widen:
+                new, high = [_lr_at(searched[-1], spacing)], high + 1
+            elif not refined:
+                refined = True
+                point = _refinement(task, searched, results, i)
+                new = [] if point is None else [point]
+        else:
+            kinds = {results[lr].kind for lr in searched}
+            if "diverged" in kinds and low < widen:  # too large somewhere: look lower
+                new, low = [_lr_at(searched[0], -spacing)], low + 1
+            elif "diverged" not in kinds and "not-learned" in kinds:
+                if low < widen:
+                    new, low = [*new, _lr_at(searched[0], -spacing)], low + 1
+                if high < widen:
+                    new, high = [*new, _lr_at(searched[-1], spacing)], high + 1
+        new = [lr for lr in new if lr not in searched]
+        if not new:
+            return SearchState(tuple(searched), (), True, best, (low, high))
+        searched = sorted(searched + new)
+
+
+def _refinement(
+    task: Task, searched: Sequence[float], results: Mapping[float, LrResult], i: int
+) -> float | None:
+    """One lr between the best (``searched[i]``) and its neighbours, or ``None`` if not worth it.
+
+    The vertex of the parabola through the best and both neighbours in (log10 lr, metric), kept
+    within half the way to each; with a neighbour missing or without a finite metric, half-way to
+    the better neighbour (a finite metric beats none; the smaller lr on a tie).
+    """
+    xs = [math.log10(lr) for lr in searched]
+    sign = 1.0 if task.lower_is_better else -1.0
+
+    def f(j: int) -> float | None:
+        v = results[searched[j]].value
+        return sign * v if _finite(v) else None
+
+    b, fb = xs[i], f(i)
+    left = i - 1 if i > 0 else None
+    right = i + 1 if i < len(xs) - 1 else None
+    fl = f(left) if left is not None else None
+    fr = f(right) if right is not None else None
+    if fl is not None and fr is not None and fb is not None:
+        dl, dr = b - xs[left], b - xs[right]  # type: ignore[index]
+        den = dl * (fb - fr) - dr * (fb - fl)
+        vertex = b if den == 0 else b - 0.5 * (dl * dl * (fb - fr) - dr * dr * (fb - fl)) / den
+        x = min(max(vertex, (xs[left] + b) / 2), (b + xs[right]) / 2)  # type: ignore[index]
+    else:
+        sides = [j for j in (left, right) if j is not None]
+        if not sides:
+            return None
+        finite = [j for j in sides if f(j) is not None]
+        j = min(finite, key=lambda k: (f(k), k)) if finite else sides[0]
+        x = (b + xs[j]) / 2
+    if abs(x - b) < REFINE_MIN_DECADES:
+        return None
+    lr = _lr_at(10.0**x, 0.0)
+    return None if lr in searched else lr
+
+
+def _lr_at(lr: float, decades: float) -> float:
+    """``lr`` moved by ``decades``, on a lattice of a thousandth of a decade (so that half a decade
+    twice from 0.03162 is 0.003162, not 0.003161), to the bench's 4 significant digits."""
+    return round_lr(10.0 ** round(math.log10(lr) + decades, 3))
 
 
 @dataclass
@@ -56,7 +232,10 @@ class GroupSummary:
     runs: list[RunRecord]
     best_lr: float | None = None
     has_best: bool = False
+    learned: bool = False  # the best lr's runs beat the task's trivial baseline
     best_at_edge: bool = False
+    edge: str | None = None  # "low" / "high": the end of the searched range the best lr sits at
+    searched: tuple[float, float] | None = None  # lowest and highest lr run
     mean: float = math.nan
     std: float = math.nan
     n_seeds: int = 0
@@ -84,12 +263,13 @@ class TaskSummary:
     groups: dict[str, GroupSummary]
 
     def ranked(self) -> list[GroupSummary]:
-        """Groups best first (by mean final metric at the best lr; groups without one last)."""
+        """Groups best first: those that learned by mean final metric at the best lr, then those that
+        did not learn, then those without a finished run."""
         sign = 1.0 if self.task.lower_is_better else -1.0
         return sorted(
             self.groups.values(),
             key=lambda g: (
-                not _finite(g.mean),
+                0 if g.learned and _finite(g.mean) else 1 if _finite(g.mean) else 2,
                 sign * g.mean if _finite(g.mean) else 0.0,
                 g.optimizer,
             ),
@@ -99,17 +279,23 @@ class TaskSummary:
 def _summarize_group(task: Task, optimizer: str, runs: list[RunRecord]) -> GroupSummary:
     lrs = sorted({r.lr for r in runs}, key=lambda x: -1.0 if x is None else x)
     g = GroupSummary(task.name, optimizer, lrs, runs)
+    status = {r.id: run_status(task, r.status, r.initial_metric, r.final_metric) for r in runs}
     for r in runs:
-        g.statuses[r.status] = g.statuses.get(r.status, 0) + 1
+        g.statuses[status[r.id]] = g.statuses.get(status[r.id], 0) + 1
         if r.status in ("failed", "timeout") and r.error:
             g.errors.append(f"lr={r.lr} seed={r.seed}: {r.error.strip().splitlines()[0]}")
-    finished = [r for r in runs if r.status in ("done", "diverged", "timeout")]
+    finished = [r for r in runs if status[r.id] in ("done", "did-not-learn", "diverged", "timeout")]
     by_lr: dict[float | None, dict[int, float]] = defaultdict(dict)
+    by_lr_init: dict[float | None, dict[int, float | None]] = defaultdict(dict)
     for r in finished:
-        value = r.final_metric if r.status == "done" and _finite(r.final_metric) else math.nan
-        by_lr[r.lr][r.seed] = value
+        ran = status[r.id] in ("done", "did-not-learn") and _finite(r.final_metric)
+        by_lr[r.lr][r.seed] = r.final_metric if ran else math.nan
+        by_lr_init[r.lr][r.seed] = r.initial_metric
     if not by_lr:
         return g
+    tried = [lr for lr in by_lr if lr is not None]
+    if tried:
+        g.searched = (min(tried), max(tried))
     common = set.intersection(*(set(d) for d in by_lr.values()))
     if not common:
         common = {min(min(d) for d in by_lr.values())}
@@ -124,13 +310,24 @@ def _summarize_group(task: Task, optimizer: str, runs: list[RunRecord]) -> Group
         g.lr_curve.append(
             (lr, mean, min(fin) if fin else math.nan, max(fin) if fin else math.nan, len(fin))
         )
-        if ok and (not g.has_best or task.better(mean, best_v)):
-            g.best_lr, best_v, g.has_best = lr, mean, True
+        if not ok:
+            continue
+        # An lr that learned beats one that did not; then the better mean (a tie: the smaller lr).
+        # Judged against the initial metric of the same runs, as the runner judged each run.
+        starts = [by_lr_init[lr].get(s) for s in sorted(common)]
+        starts = [v for v in starts if _finite(v)]
+        learned = task.learned(statistics.fmean(starts) if starts else None, mean)
+        if not g.has_best or (learned and not g.learned):
+            g.best_lr, best_v, g.has_best, g.learned = lr, mean, True, learned
+        elif learned == g.learned and task.better(mean, best_v):
+            g.best_lr, best_v = lr, mean
     if not g.has_best:
         return g
     grid = [p[0] for p in g.lr_curve]
     i_best = grid.index(g.best_lr)
     g.best_at_edge = len(grid) > 1 and i_best in (0, len(grid) - 1)
+    if g.best_at_edge:
+        g.edge = "low" if i_best == 0 else "high"
     vals = [v for v in by_lr[g.best_lr].values() if _finite(v)]
     g.n_seeds = len(by_lr[g.best_lr])
     g.mean = statistics.fmean(vals) if vals else math.nan
@@ -232,11 +429,12 @@ def profile_curve(ratios: np.ndarray, taus: np.ndarray) -> np.ndarray:
 
 
 def overall_ranking(tasks: Sequence[TaskSummary]) -> list[tuple[str, float, int]]:
-    """(optimizer, mean rank over tasks, number of tasks) -- rank 1 is best; missing = last."""
+    """(optimizer, mean rank over tasks, number of tasks) -- rank 1 is best; an optimizer that did
+    not learn, or has no finished run, on a task counts as last there."""
     ranks: dict[str, list[float]] = defaultdict(list)
     names = sorted({o for t in tasks for o in t.groups})
     for t in tasks:
-        ranked = [g.optimizer for g in t.ranked() if _finite(g.mean)]
+        ranked = [g.optimizer for g in t.ranked() if g.learned and _finite(g.mean)]
         for name in names:
             ranks[name].append(ranked.index(name) + 1 if name in ranked else len(names))
     out = [(n, statistics.fmean(r), len(r)) for n, r in ranks.items()]
@@ -257,6 +455,9 @@ def as_dict(g: GroupSummary) -> dict[str, Any]:
     return {
         "optimizer": g.optimizer,
         "best_lr": g.best_lr,
+        "learned": g.learned,
+        "searched": g.searched,
+        "best_at_edge": g.best_at_edge,
         "mean": g.mean,
         "std": g.std,
         "seeds": g.n_seeds,

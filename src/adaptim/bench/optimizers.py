@@ -34,6 +34,7 @@ __all__ = [
     "lr_grid",
     "make_optimizer",
     "resolve_optimizers",
+    "round_lr",
 ]
 
 
@@ -217,7 +218,7 @@ def lr_grid(center: float | None, points: int = 3, spacing: float = 0.5) -> list
     if center is None:
         return [None]
     mid = (points - 1) / 2
-    return [_round_lr(center * 10 ** (spacing * (i - mid))) for i in range(points)]
+    return [round_lr(center * 10 ** (spacing * (i - mid))) for i in range(points)]
 
 
 _LRS_FORMAT = "lo:hi:n (e.g. 1e-4:1e-1:7) or a comma list of learning rates (e.g. 1e-3,3e-3)"
@@ -244,13 +245,13 @@ def parse_lrs(text: str) -> list[float]:
         if not lo <= hi:
             raise ValueError(f"--lrs {text!r}: need 0 < lo <= hi and n >= 1")
         if n == 1:
-            return [_round_lr(lo)]
+            return [round_lr(lo)]
         step = (math.log10(hi) - math.log10(lo)) / (n - 1)
-        return [_round_lr(10 ** (math.log10(lo) + i * step)) for i in range(n)]
+        return [round_lr(10 ** (math.log10(lo) + i * step)) for i in range(n)]
     values = [_finite_lr(text, v) for v in text.split(",") if v.strip()]
     if not values:
         raise ValueError(f"--lrs {text!r}: expected {_LRS_FORMAT}")
-    return sorted({_round_lr(v) for v in values})
+    return sorted({round_lr(v) for v in values})
 
 
 def _finite_lr(text: str, part: str) -> float:
@@ -267,7 +268,8 @@ def _finite_lr(text: str, part: str) -> float:
     return value
 
 
-def _round_lr(x: float) -> float:
+def round_lr(x: float) -> float:
+    """A learning rate to 4 significant digits: the bench's lrs, so that a run's key is stable."""
     return float(f"{x:.4g}")
 
 

@@ -4,11 +4,14 @@ Training seconds (the ``seconds`` of every metric point, the seconds to target) 
 the run's process around ``opt.step(closure)`` (one thread: its compute time, not inflated when the
 machine is shared; evaluation excluded). ``wall_seconds`` is the run's elapsed time.
 
-Protocol (``"tune"``, the default): for each task and optimizer, sweep the learning-rate grid with
-seed 0, pick the lr with the best final metric, then run seeds 1..N-1 at that lr. (``"grid"``: every
-lr with every seed.) Every run trains on one thread (``torch.set_num_threads(1)``); runs are spread
-over ``jobs`` worker processes. Each finished run is written to the database in one transaction by the
-parent process.
+Protocol (``"tune"``, the default): for each task and optimizer, search the learning rate on seed 0
+(:func:`adaptim.bench.analysis.replay_search`: from a 3-point grid, widen while the best lr that
+learned is at an end of what was searched, then refine once around it), then run seeds 1..N-1 at the
+chosen lr. Each next lr is computed from the stored results alone, so a resumed bench takes the
+search up where it stopped. With ``--lrs`` the grid is fixed (no widening, no refinement).
+(``"grid"``: every lr with every seed.) Every run trains on one thread (``torch.set_num_threads(1)``);
+runs are spread over ``jobs`` worker processes. Each finished run is written to the database in one
+transaction by the parent process.
 
 A run is claimed in the database (:meth:`Store.claim_run`) before it is handed to a worker, so a second
 bench on the same database skips what this one holds, and a killed bench loses at most the runs in
@@ -36,6 +39,7 @@ from typing import Any
 
 import torch
 
+from adaptim.bench.analysis import lr_result, replay_search
 from adaptim.bench.optimizers import (
     all_optimizers,
     bench_kwargs,
@@ -131,9 +135,16 @@ def _kwargs_of(name: str) -> dict[str, Any]:
         return {}
 
 
+# Runs a searched group is expected to add to its starting grid: one refinement and, on average, about
+# one widening (58% of the groups had their best lr at an edge of the 3-point grid in the last
+# default bench). Only for the estimates printed before and during a bench.
+EXPECTED_SEARCH_EXTRA = 2
+
+
 @dataclass
 class Group:
-    """One (task, optimizer) pair: its lr grid and seeds."""
+    """One (task, optimizer) pair: its starting lr grid, whether the search may widen and refine it
+    (``search``), and its seeds."""
 
     task: str
     optimizer: str
@@ -144,6 +155,24 @@ class Group:
     protocol: str
     cost: float
     time_limit: float
+    search: bool = False
+
+    def next_runs(
+        self, results: dict[Any, Any]
+    ) -> tuple[list[float | None], list[float | None], list[float | None]]:
+        """From the seed-0 results known so far (``tune`` only): the seed-0 lrs still to run, the
+        lrs searched so far, and the lr for the other seeds (``[]``: none yet, or none learned)."""
+        if self.lrs == [None]:  # an optimizer without an lr: one setting, nothing to search
+            if None not in results:
+                return [None], [None], []
+            return [], [None], [None] if results[None].kind == "learned" else []
+        task, start = TASKS[self.task], [lr for lr in self.lrs if lr is not None]
+        if self.search:
+            state = replay_search(task, start, results)
+        else:
+            state = replay_search(task, start, results, widen=0, refine=False)
+        chosen: list[float | None] = [state.chosen] if state.found else []
+        return list(state.pending), list(state.searched), chosen
 
     def spec(self, lr: float | None, seed: int) -> RunSpec:
         return RunSpec(
@@ -163,9 +192,10 @@ class Group:
         return [self.spec(lr, 0) for lr in self.lrs]
 
     def n_runs(self) -> int:
+        """The number of runs (an estimate for a searched group: the search adapts)."""
         if self.protocol == "grid":
             return len(self.lrs) * self.seeds
-        return len(self.lrs) + self.seeds - 1
+        return len(self.lrs) + (EXPECTED_SEARCH_EXTRA if self.search else 0) + self.seeds - 1
 
 
 @dataclass
@@ -218,8 +248,9 @@ def make_plan(
                 grid = list(lrs)
             else:
                 grid = lr_grid(lr_center(opt, task.lr_hint, task.lr_scale), lr_points)
+            search = protocol == "tune" and not lrs and opt.uses_lr
             plan.groups.append(
-                Group(tname, oname, grid, seeds, n_steps, chash, protocol, cost, limit)
+                Group(tname, oname, grid, seeds, n_steps, chash, protocol, cost, limit, search)
             )
     return plan
 
@@ -313,6 +344,8 @@ def execute_run(spec: dict[str, Any] | RunSpec, time_limit: float | None = None)
             final = float(final_eval()) if final_eval else evals[-1][2]
             if not _finite(final):
                 status, final = "diverged", math.nan
+            elif not task.learned(initial, final):
+                status = "did-not-learn"
         else:
             final = math.nan
         result.update(
@@ -476,34 +509,23 @@ class Progress:
     status: str | None
 
 
-def best_lr(task: Task, results: dict[float | None, list[float]]) -> float | None:
-    """The lr whose mean final metric is best (NaN = diverged never wins); ``None`` if none finished."""
-    best, best_v = None, math.nan
-    found = False
-    for lr, values in results.items():
-        vals = [v for v in values if v is not None and _finite(v)]
-        if not vals or len(vals) < len(values):
+def _seed0_results(store: Store, group: Group, retry: bool, ran_here: set[str]) -> dict[Any, Any]:
+    """The stored seed-0 results of a group, by lr, as the search reads them.
+
+    A ``running`` row is no result yet. A ``failed`` row is one only if this bench ran it (``retry``
+    off); a bench that starts retries the failed runs of earlier ones, as it does any unfinished run.
+    """
+    rows = store.conn.execute(
+        "SELECT key, lr, status, initial_metric, final_metric FROM runs"
+        " WHERE task = ? AND optimizer = ? AND config_hash = ? AND seed = 0",
+        (group.task, group.optimizer, group.config_hash),
+    ).fetchall()
+    task = TASKS[group.task]
+    out: dict[Any, Any] = {}
+    for key, lr, status, initial, final in rows:
+        if status == "running" or (status == "failed" and (retry or key not in ran_here)):
             continue
-        v = sum(vals) / len(vals)
-        if not found or task.better(v, best_v):
-            best, best_v, found = lr, v, True
-    return best if found else _NO_LR
-
-
-_NO_LR = object()  # sentinel: no lr finished
-
-
-def _phase1_metrics(store: Store, group: Group) -> dict[float | None, list[float]] | None:
-    """Seed-0 final metrics per lr of a group, once every lr's seed-0 run has finished."""
-    out: dict[float | None, list[float]] = {}
-    for lr in group.lrs:
-        key = run_key(group.task, group.optimizer, lr, 0, group.config_hash)
-        row = store.conn.execute(
-            "SELECT status, final_metric FROM runs WHERE key = ?", (key,)
-        ).fetchone()
-        if row is None or row[0] == "running":
-            return None
-        out[lr] = [row[1] if row[0] == "done" and row[1] is not None else math.nan]
+        out[lr] = lr_result(task, status, initial, final)
     return out
 
 
@@ -519,124 +541,112 @@ def run_plan(
     """Run every unfinished run of ``plan``; returns counts by status of the runs done now.
 
     Runs that another bench on the same database finished or holds meanwhile are not run; their
-    number is under ``RUN_ELSEWHERE``.
+    number is under ``RUN_ELSEWHERE``. Under the ``tune`` protocol, each group's next runs (the
+    search's next lrs, then the seeds at the chosen lr) are queued as its seed-0 runs end, computed
+    from the database.
 
     ``on_start(n_to_run, n_already_finished, estimated_cost)`` is called once the resume state is
-    known, before any run starts.
+    known, before any run starts; the totals are estimates while searches are under way.
     """
-    # Runs whose results are already in the database are skipped.
-    first = [s for g in plan.groups for s in g.first_phase()]
-    finished = store.finished_keys(s.key for s in first)
-    by_group = {(g.task, g.optimizer): g for g in plan.groups}
     queue: list[tuple[float, int, RunSpec]] = []
+    queued: set[str] = set()  # keys this bench has queued (each once)
+    ran_here: set[str] = set()
+    running = 0
     counter = 0
+    # Runs a group is still expected to need beyond those queued (searches in progress).
+    future: dict[tuple[str, str], int] = {}
+    by_group = {(g.task, g.optimizer): g for g in plan.groups}
 
-    def push(spec: RunSpec) -> None:
+    def push(spec: RunSpec) -> bool:
         nonlocal counter
+        if spec.key in queued:
+            return False
+        queued.add(spec.key)
         # Expensive runs first (shortest makespan), then plan order.
         heapq.heappush(queue, (-spec.cost, counter, spec))
         counter += 1
+        return True
 
-    pending_phase2: set[tuple[str, str]] = set()
-    total_runs = 0
-    cost_total = 0.0
+    def advance(g: Group, retry: bool = False) -> int:
+        """Queue what a ``tune`` group needs next; returns how many of its runs are finished."""
+        pending, searched, chosen = g.next_runs(_seed0_results(store, g, retry, ran_here))
+        n_done = len(searched) - len(pending)
+        for lr in pending:
+            push(g.spec(lr, 0))
+        expected = g.seeds - 1
+        if g.search and pending:
+            expected += max(0, len(g.lrs) + EXPECTED_SEARCH_EXTRA - len(searched))
+        if not pending:
+            expected = 0
+            for lr in chosen:
+                specs = [g.spec(lr, s) for s in range(1, g.seeds)]
+                done_keys = store.finished_keys(s.key for s in specs)
+                n_done += len(done_keys)
+                for s in specs:
+                    if s.key not in done_keys:
+                        push(s)
+        future[(g.task, g.optimizer)] = expected
+        return n_done
+
     already = 0
     for g in plan.groups:
-        runs = g.first_phase()
-        todo = [s for s in runs if s.key not in finished]
-        already += len(runs) - len(todo)
-        for s in todo:
-            push(s)
-        total_runs += len(todo)
-        cost_total += g.cost * len(todo)
-        if g.protocol == "tune" and g.seeds > 1:
-            pending_phase2.add((g.task, g.optimizer))
-            # Count the seed runs not yet done (their lr is not known yet if phase 1 is unfinished).
-            n2 = g.seeds - 1
-            lr_metrics = _phase1_metrics(store, g) if not todo else None
-            if lr_metrics is not None:
-                chosen = best_lr(TASKS[g.task], lr_metrics)
-                if chosen is _NO_LR:
-                    n2 = 0
-                else:
-                    keys = [
-                        run_key(g.task, g.optimizer, chosen, s, g.config_hash)
-                        for s in range(1, g.seeds)
-                    ]
-                    done2 = len(store.finished_keys(keys))
-                    already += done2
-                    n2 -= done2
-            total_runs += n2
-            cost_total += g.cost * n2
-    if on_start is not None:
-        on_start(total_runs, already, cost_total)
+        if g.protocol == "grid":
+            runs = g.first_phase()
+            finished = store.finished_keys(s.key for s in runs)
+            already += len(finished)
+            for s in runs:
+                if s.key not in finished:
+                    push(s)
+        else:
+            already += advance(g, retry=True)
 
-    def release_phase2(group: Group) -> int | None:
-        """Queue the seed runs of a group whose sweep finished.
-
-        Returns ``None`` while the sweep is unfinished (or was already released), ``-1`` when no lr
-        finished (nothing to queue), else the number of seed runs queued.
-        """
-        key = (group.task, group.optimizer)
-        if key not in pending_phase2:
-            return None
-        lr_metrics = _phase1_metrics(store, group)
-        if lr_metrics is None:
-            return None
-        pending_phase2.discard(key)
-        chosen = best_lr(TASKS[group.task], lr_metrics)
-        if chosen is _NO_LR:
-            return -1
-        specs = [group.spec(chosen, s) for s in range(1, group.seeds)]
-        done_keys = store.finished_keys(s.key for s in specs)
-        todo = [s for s in specs if s.key not in done_keys]
-        for s in todo:
-            push(s)
-        return len(todo)
-
-    for g in plan.groups:  # groups whose sweep was already complete (counted above)
-        release_phase2(g)
+    def totals() -> tuple[int, float]:
+        n = len(queue) + running + sum(future.values())
+        cost = sum(-c for c, _, _ in queue) + running_cost
+        cost += sum(by_group[k].cost * n_future for k, n_future in future.items())
+        return done_runs + n, cost_done + cost
 
     counts: dict[str, int] = {}
-    done_runs, cost_done, elsewhere = 0, 0.0, 0
+    done_runs, cost_done, elsewhere, running_cost = 0, 0.0, 0, 0.0
+    if on_start is not None:
+        n_todo, cost_todo = totals()
+        on_start(n_todo, already, cost_todo)
 
-    def sweep_run_ended(spec: RunSpec) -> None:
-        """A seed-0 run ended (here or in another bench): the seed runs may be due."""
-        nonlocal total_runs, cost_total
+    def seed0_ended(spec: RunSpec) -> None:
+        """A seed-0 run ended (here or in another bench): the group's next runs may be due."""
         g = by_group[(spec.task, spec.optimizer)]
-        queued = release_phase2(g)
-        if queued is not None:
-            # The totals assumed seeds-1 seed runs; a sweep where nothing finished queues none,
-            # and seed runs already in the database are not repeated.
-            missing = g.seeds - 1 - max(queued, 0)
-            total_runs -= missing
-            cost_total -= missing * g.cost
+        if g.protocol == "tune":
+            advance(g)
 
     def take_next() -> RunSpec | None:
         """The next run of the queue that this bench may run now (claimed), or ``None``."""
-        nonlocal total_runs, cost_total, elsewhere
+        nonlocal elsewhere, running, running_cost
         while queue:
             _, _, spec = heapq.heappop(queue)
             if store.claim_run(spec.as_dict(), env_id, spec.time_limit + CLAIM_GRACE_SECONDS):
+                running += 1
+                running_cost += spec.cost
                 return spec
             # Another bench on this database has finished it or is running it.
             elsewhere += 1
-            total_runs -= 1
-            cost_total -= spec.cost
             if spec.seed == 0:
-                sweep_run_ended(spec)
+                seed0_ended(spec)
         return None
 
     def finish(spec: RunSpec, result: dict[str, Any]) -> None:
-        nonlocal done_runs, cost_done
+        nonlocal done_runs, cost_done, running, running_cost
         store.write_result(spec.as_dict(), result, env_id)
+        ran_here.add(spec.key)
         counts[result["status"]] = counts.get(result["status"], 0) + 1
         done_runs += 1
         cost_done += spec.cost
+        running -= 1
+        running_cost -= spec.cost
         if spec.seed == 0:
-            sweep_run_ended(spec)
+            seed0_ended(spec)
         if progress is not None:
-            progress(Progress(done_runs, total_runs, cost_done, cost_total, spec, result["status"]))
+            n_total, cost_total = totals()
+            progress(Progress(done_runs, n_total, cost_done, cost_total, spec, result["status"]))
 
     workers = _Workers() if jobs > 1 else None
     try:

@@ -5,7 +5,7 @@ Tables:
 * ``environments``: one row per ``adaptim bench`` invocation: machine, threads, versions, git
   revision, command line (:func:`adaptim.bench.env.describe`).
 * ``runs``: one row per (task, optimizer, lr, seed, config hash): the configuration (JSON), status
-  (``running`` / ``done`` / ``diverged`` / ``timeout`` / ``failed``), final metrics, steps and seconds to target,
+  (``running`` / ``done`` / ``did-not-learn`` / ``diverged`` / ``timeout`` / ``failed``), final metrics, steps and seconds to target,
   wall time, error text, and the environment it ran in. ``key`` is unique, so running the same command
   again finds the finished runs and skips them. A ``running`` row is a claim: ``owner`` names the
   bench process that runs it (host, pid) and ``lease_until`` when the claim lapses at the latest.
@@ -42,7 +42,9 @@ import numpy as np
 
 __all__ = ["FINISHED", "RunRecord", "Store", "StoreError"]
 
-FINISHED = ("done", "diverged", "timeout")  # a re-run skips these; "failed", "running" are retried
+# A re-run skips these; "failed" and "running" are retried. "did-not-learn": the run finished without
+# diverging but no better than its task's trivial baseline (chance accuracy, the initial metric).
+FINISHED = ("done", "did-not-learn", "diverged", "timeout")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS environments (

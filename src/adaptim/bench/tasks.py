@@ -55,6 +55,11 @@ __all__ = [
     "load_text",
 ]
 
+# A run *learned* when it closed at least this fraction of the gap between its task's trivial
+# baseline (:meth:`Task.baseline`) and the best possible value; otherwise it "did not learn", however
+# long it ran without diverging (a network at chance accuracy, a point that barely moved).
+LEARN_FRACTION = 0.05
+
 FMNIST_DIR_ENV = "ADAPTIM_FASHION_MNIST_DIR"
 FMNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_HINT = (
@@ -102,6 +107,10 @@ class Task:
     for that problem), times ``lr_scale``. ``schedule`` is ``"constant"`` or ``"cosine"`` (annealed to zero over the run).
     ``seconds`` is the measured cost of one run of ``steps`` steps on one thread of the reference
     machine (for the estimate printed before a run and the progress bar's ETA).
+
+    ``chance`` is the accuracy of guessing (classification tasks), the trivial baseline a run must
+    beat to have learned; without it the baseline is the run's initial metric. ``ideal`` is the best
+    possible metric value (0 for the distances, losses and gaps here, 1 for an accuracy).
     """
 
     name: str
@@ -121,6 +130,8 @@ class Task:
     log_every: int = 0  # 0: steps // 50
     # Raises DataMissing when the data, or a package the task needs, is absent.
     requires: Callable[[], None] | None = None
+    chance: float | None = None
+    ideal: float = 0.0
 
     def missing_data(self) -> str | None:
         """``None`` when the task can run, else a message saying what is missing (data or a package)
@@ -140,6 +151,33 @@ class Task:
         if math.isnan(b):
             return True
         return a < b if self.lower_is_better else a > b
+
+    def baseline(self, initial: float | None) -> float | None:
+        """The trivial baseline of a run that started at ``initial``: chance accuracy for a
+        classification task, else the initial metric (``None`` when unknown)."""
+        if self.chance is not None:
+            return self.chance
+        if initial is None or not math.isfinite(initial):
+            return None
+        return initial
+
+    def learned(self, initial: float | None, final: float | None) -> bool:
+        """Whether a run that went from ``initial`` to ``final`` learned: it closed more than
+        ``LEARN_FRACTION`` of the gap from the trivial baseline to the ideal value.
+
+        A non-finite ``final`` did not learn; an unknown baseline (an old run without its initial
+        metric) gives the benefit of the doubt.
+        """
+        if final is None or not math.isfinite(final):
+            return False
+        base = self.baseline(initial)
+        if base is None:
+            return True
+        gap = abs(base - self.ideal)
+        progress = base - final if self.lower_is_better else final - base
+        if gap == 0.0:  # started at the ideal: nothing to learn, nothing to lose
+            return progress >= 0.0
+        return progress > LEARN_FRACTION * gap
 
     def reached(self, value: float) -> bool:
         if math.isnan(value):
@@ -678,6 +716,8 @@ def _task_list() -> list[Task]:
             schedule="cosine",
             seconds=0.5,
             requires=_require_fmnist,
+            chance=0.1,
+            ideal=1.0,
         ),
         Task(
             name="fmnist-cnn",
@@ -694,6 +734,8 @@ def _task_list() -> list[Task]:
             schedule="cosine",
             seconds=2.0,
             requires=_require_fmnist,
+            chance=0.1,
+            ideal=1.0,
         ),
         Task(
             name="charlm",

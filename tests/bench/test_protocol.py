@@ -1,0 +1,216 @@
+"""The bench's protocol: the lr search that brackets the best lr, did-not-learn detection, and the
+recommendation read back from the stored results."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from adaptim.bench import analysis as A
+from adaptim.bench import runner as R
+from adaptim.bench.store import FINISHED, RunRecord, Store
+from adaptim.bench.tasks import TASKS
+
+QUADRATIC = TASKS["noisy-quadratic"]  # lower is better, baseline: the initial metric
+ACCURACY = TASKS["fmnist-mlp"]  # higher is better, baseline: chance (10%)
+START = [1e-3, 0.003162, 0.01]
+
+
+def _bowl(best_lr: float, initial: float = 10.0):
+    """A unimodal metric of log10(lr), minimal at ``best_lr``; above 1 the run diverges."""
+
+    def result(lr: float) -> A.LrResult:
+        if lr > 1.0:
+            return A.LrResult("diverged")
+        value = (math.log10(lr) - math.log10(best_lr)) ** 2
+        return A.LrResult("learned" if value < 0.95 * initial else "not-learned", value)
+
+    return result
+
+
+def _search(outcome, start=START, **kwargs) -> tuple[A.SearchState, int]:
+    """Run a search to its end, feeding it ``outcome(lr)``; the state and the rounds it took."""
+    results: dict[float, A.LrResult] = {}
+    for rounds in range(1, 50):
+        state = A.replay_search(QUADRATIC, start, results, **kwargs)
+        if state.finished:
+            return state, rounds
+        for lr in state.pending:
+            results[lr] = outcome(lr)
+    raise AssertionError("the search did not end")
+
+
+def test_a_best_lr_at_the_edge_widens_the_search_until_it_is_bracketed():
+    state, _ = _search(_bowl(0.1))
+    # 3 lrs, widened up half a decade at a time to 0.3162 (worse than 0.1), then one refinement
+    assert state.searched[:3] == tuple(START)
+    assert state.widened == (0, 3) and max(state.searched) == pytest.approx(0.3162)
+    assert state.chosen == pytest.approx(0.1)
+    i = state.searched.index(state.chosen)
+    assert 0 < i < len(state.searched) - 1  # bracketed: not at the edge
+    # the same on the low side, on a lattice that snaps to round numbers
+    low, _ = _search(_bowl(3e-5))
+    assert (
+        low.widened == (4, 0) and low.searched[0] == 1e-5 and low.chosen == pytest.approx(3.162e-5)
+    )
+
+
+def test_the_widening_is_bounded_and_an_edge_best_stays_an_edge():
+    state, _ = _search(_bowl(1e-9, initial=1e3), widen=2)  # every lr learned something
+    assert state.widened == (2, 0) and state.searched[0] == 1e-4
+    assert state.chosen == 1e-4  # the lowest searched: the report flags it
+
+
+def test_refinement_goes_to_the_parabola_vertex_between_the_neighbours():
+    # the optimum 0.0045 lies between the grid's 0.003162 and 0.01, nearer the former
+    state, _ = _search(_bowl(0.0045))
+    (extra,) = set(state.searched) - set(START)  # no widening: one refinement
+    assert extra == pytest.approx(0.0045, rel=1e-3) and state.chosen == extra
+    # an optimum on a grid point needs no refinement
+    on_grid, _ = _search(_bowl(0.003162))
+    assert on_grid.searched == tuple(START) and on_grid.chosen == 0.003162
+
+
+def test_refinement_halfway_to_the_finite_neighbour_when_the_other_diverged():
+    results = {
+        1e-3: A.LrResult("learned", 5.0),
+        0.003162: A.LrResult("learned", 1.0),
+        0.01: A.LrResult("diverged"),
+    }
+    state = A.replay_search(QUADRATIC, START, results)
+    assert state.pending == (0.001778,)  # 10 ** -2.75: half-way (in log lr) to 1e-3
+
+
+def test_without_any_lr_that_learned_the_search_looks_lower_or_both_ways():
+    diverged = {lr: A.LrResult("diverged") for lr in START}
+    assert A.replay_search(QUADRATIC, START, diverged).pending == (0.0003162,)
+    flat = {lr: A.LrResult("not-learned", 10.0) for lr in START}
+    assert A.replay_search(QUADRATIC, START, flat).pending == (0.0003162, 0.03162)
+    failed = {lr: A.LrResult("failed") for lr in START}
+    state = A.replay_search(QUADRATIC, START, failed)  # errors say nothing about the lr
+    assert state.finished and not state.found and state.searched == tuple(START)
+    # a fixed grid (--lrs) never grows
+    fixed = A.replay_search(QUADRATIC, START, diverged, widen=0, refine=False)
+    assert fixed.finished and not fixed.found and fixed.searched == tuple(START)
+
+
+def test_the_search_is_a_function_of_the_results_whatever_their_order():
+    outcome = _bowl(0.05)
+    full, rounds = _search(outcome)
+    assert rounds > 2
+    # results that arrive in any order, or all at once (a resumed bench), give the same decisions
+    everything = {lr: outcome(lr) for lr in full.searched}
+    assert A.replay_search(QUADRATIC, START, everything) == full
+    partial = {lr: everything[lr] for lr in full.searched[::2]}
+    state = A.replay_search(QUADRATIC, START, partial)
+    assert not state.finished and set(state.pending) <= set(full.searched)
+
+
+# -- did not learn ---------------------------------------------------------------------------------
+
+
+def test_learned_means_beating_the_trivial_baseline():
+    # classification: chance accuracy, whatever the run started at
+    assert ACCURACY.baseline(0.3) == 0.1
+    assert not ACCURACY.learned(0.1, 0.10) and not ACCURACY.learned(0.1, 0.14)
+    assert ACCURACY.learned(0.1, 0.16) and not ACCURACY.learned(0.1, math.nan)
+    # otherwise: the initial metric
+    assert QUADRATIC.learned(2.0, 1.8) and not QUADRATIC.learned(2.0, 1.95)
+    assert not QUADRATIC.learned(2.0, 2.5) and QUADRATIC.learned(None, 2.5)  # unknown start
+    assert "did-not-learn" in FINISHED  # a resumed bench does not run it again
+
+
+def _tiny(task: str, opt: str, lr: float, steps: int) -> R.RunSpec:
+    (group,) = R.make_plan([task], [opt], seeds=1, lrs=[lr], steps=steps).groups
+    return group.first_phase()[0]
+
+
+def test_a_run_that_does_not_learn_is_recorded_as_such():
+    stuck = R.execute_run(_tiny("diffgrad-f1", "adam", 1e-7, 50))
+    assert stuck["status"] == "did-not-learn" and math.isfinite(stuck["final_metric"])
+    moving = R.execute_run(_tiny("diffgrad-f1", "adam", 1e-2, 50))
+    assert moving["status"] == "done"
+
+
+def _rec(i, opt, lr, seed, final, status="done", init=0.1) -> RunRecord:
+    return RunRecord(
+        id=i,
+        key=f"k{i}",
+        task="fmnist-cnn",
+        optimizer=opt,
+        lr=lr,
+        seed=seed,
+        config_hash="h",
+        config={"steps": 10},
+        status=status,
+        wall_seconds=1.0,
+        cpu_seconds=1.0,
+        train_seconds=1.0,
+        steps_done=10,
+        final_metric=final,
+        initial_metric=init,
+        final_loss=1.0,
+        steps_to_target=None,
+        seconds_to_target=None,
+        error=None,
+        env_id=None,
+    )
+
+
+def test_an_old_done_run_at_chance_reads_as_did_not_learn_and_ranks_last():
+    runs = [  # an older database: "done" at chance accuracy
+        _rec(1, "stuck", 1.0, 0, 0.10),
+        _rec(2, "stuck", 3.0, 0, 0.1002),
+        _rec(3, "stuck", 10.0, 0, None, status="diverged"),
+        _rec(4, "ok", 1e-3, 0, 0.70),
+        _rec(5, "ok", 3e-3, 0, 0.80),
+        _rec(6, "ok", 1e-2, 0, 0.11),  # at chance: not the best even if it were higher
+    ]
+    (t,) = A.summarize(runs)
+    stuck, ok = t.groups["stuck"], t.groups["ok"]
+    assert stuck.statuses == {"did-not-learn": 2, "diverged": 1}
+    assert stuck.has_best and not stuck.learned and stuck.best_lr == 3.0
+    assert stuck.best_runs  # still drawn in the figures
+    assert ok.learned and ok.best_lr == 3e-3 and ok.searched == (1e-3, 1e-2)
+    assert not ok.best_at_edge and stuck.best_at_edge is False and ok.edge is None
+    assert [g.optimizer for g in t.ranked()] == ["ok", "stuck"]
+    # never ranked among the optimizers that learned: last on this task
+    assert A.overall_ranking([t]) == [("ok", 1.0, 1), ("stuck", 2.0, 1)]
+
+
+# -- the runner follows the search, and the report's choice is the runner's -------------------------
+
+
+def test_the_bench_widens_a_grid_whose_best_is_at_the_edge_and_resumes_it(tmp_path):
+    plan = R.make_plan(["noisy-quadratic"], ["adam"], seeds=3, steps=40)
+    (group,) = plan.groups
+    plan.groups = [replace(group, lrs=START)]  # below adam's best lr for 40 steps
+    db = tmp_path / "r.db"
+    with Store(db) as store:
+        counts = R.run_plan(plan, store, jobs=1)
+        runs = store.runs(with_metrics=False)
+    searched = sorted(r.lr for r in runs if r.seed == 0)
+    assert searched[0] == 1e-3 and searched[-1] > 1e-2  # widened upwards
+    assert sum(counts.values()) == len(runs) == len(searched) + 2
+    # The recommendation, computed again from the stored results alone, is where the seeds ran.
+    with Store(db) as store:
+        (t,) = A.summarize(store.runs())
+        g = t.groups["adam"]
+        seeded = {r.lr for r in store.runs(with_metrics=False) if r.seed > 0}
+        assert seeded == {g.best_lr} and g.n_seeds == 3 and g.learned
+        assert g.searched == (searched[0], searched[-1])
+        # resuming: nothing left, nothing run again
+        events = []
+        again = R.run_plan(plan, store, jobs=1, on_start=lambda n, d, c: events.append((n, d)))
+    assert again == {} and events == [(0, len(runs))]
+
+
+def test_a_fixed_grid_is_not_searched(tmp_path):
+    plan = R.make_plan(["diffgrad-f1"], ["adam"], seeds=2, lrs=[1e-7, 1e-6], steps=20)
+    with Store(tmp_path / "r.db") as store:
+        counts = R.run_plan(plan, store, jobs=1)
+        runs = store.runs(with_metrics=False)
+    # both lrs did not learn: no widening (the grid was asked for), no seed runs
+    assert counts == {"did-not-learn": 2} and sorted(r.lr for r in runs) == [1e-7, 1e-6]
