@@ -214,3 +214,39 @@ def test_a_fixed_grid_is_not_searched(tmp_path):
         runs = store.runs(with_metrics=False)
     # both lrs did not learn: no widening (the grid was asked for), no seed runs
     assert counts == {"did-not-learn": 2} and sorted(r.lr for r in runs) == [1e-7, 1e-6]
+
+
+# -- ranks: tie groups, intervals, kinds of task ---------------------------------------------------
+
+
+def _seeds(start: int, opt: str, values: list[float], task: str = "fmnist-cnn") -> list[RunRecord]:
+    return [replace(_rec(start + i, opt, 1e-3, i, v), task=task) for i, v in enumerate(values)]
+
+
+def test_tie_groups_intervals_and_ranks_by_kind():
+    runs = [
+        *_seeds(0, "a", [0.80, 0.81, 0.79, 0.80, 0.82]),
+        *_seeds(10, "b", [0.80, 0.79, 0.81, 0.78, 0.80]),  # indistinguishable from a
+        *_seeds(20, "c", [0.70, 0.71, 0.69, 0.70, 0.72]),  # clearly worse
+        *_seeds(30, "d", [0.10, 0.10, 0.10, 0.10, 0.10]),  # did not learn
+        # a diagnostic where d is best: outside the ranks
+        *_seeds(40, "d", [0.01] * 5, task="rosenbrock"),
+        *_seeds(50, "a", [2.0] * 5, task="rosenbrock"),
+    ]
+    runs = [replace(r, initial_metric=3.0) if r.task == "rosenbrock" else r for r in runs]
+    cnn, rosen = sorted(A.summarize(runs), key=lambda t: t.task.name)
+    assert (cnn.kind, rosen.kind) == ("neural network", "diagnostic")
+    a = cnn.groups["a"]
+    assert a.n_seeds == 5 and a.ci95 == pytest.approx(2.776445 * a.std / math.sqrt(5), rel=1e-6)
+    assert cnn.tie_groups() == [["a", "b"], ["c"]]
+    assert cnn.ranks() == {"a": 1, "b": 1, "c": 3, "d": 4}
+    assert A.overall_ranking([cnn, rosen]) == [
+        ("a", 1.0, 1),
+        ("b", 1.0, 1),
+        ("c", 3.0, 1),
+        ("d", 4.0, 1),
+    ]
+    assert A.ranking_by_kind([cnn, rosen]).keys() == {"neural network"}
+    # one seed says nothing about the spread: no ties claimed
+    single = A.summarize([r for r in runs if r.seed == 0 and r.task == "fmnist-cnn"])[0]
+    assert single.tie_groups() == [["a"], ["b"], ["c"]] and math.isnan(single.groups["a"].ci95)

@@ -31,6 +31,15 @@ For each task configuration and optimizer (a *group*):
   ``|m - best| <= 0.05 * |initial - best|`` -- and its width in decades (``log10(hi / lo)``); a band
   that touches the edge of the grid is open (its width is a lower bound).
 
+* **95% interval** of the mean at the best lr: ``t(0.975, n-1) * std / sqrt(n)`` over its seeds.
+* **tie groups** (:meth:`TaskSummary.tie_groups`): the optimizers that learned, best first; each group
+  is a leader and every later optimizer that a two-sided Welch t-test at 5% cannot tell from it
+  (one seed: told apart from nobody). Ranks respect them: a group shares the rank of its first place.
+
+The overall ranks (:func:`overall_ranking`) average these ranks over the learning tasks of one kind
+(:data:`TASK_KINDS`: neural networks, convex problems); the 2-D and 1-D test functions are
+diagnostics, outside the ranks.
+
 Across tasks, a **performance profile** (Dolan & Moré, Math. Program. 2002): for each optimizer, the
 fraction of tasks on which its cost is within a factor ``tau`` of the best optimizer's, where the cost
 is the final error (the metric for lower-is-better tasks, ``1 - metric`` for accuracies) or the steps
@@ -56,18 +65,31 @@ __all__ = [
     "BAND_TOLERANCE",
     "SEARCH_MAX_WIDEN",
     "SEARCH_SPACING",
+    "TASK_KINDS",
     "GroupSummary",
     "LrResult",
     "SearchState",
     "TaskSummary",
     "lr_result",
+    "overall_ranking",
     "performance_profile",
+    "ranking_by_kind",
     "replay_search",
     "run_status",
     "summarize",
 ]
 
 BAND_TOLERANCE = 0.05
+TIE_ALPHA = 0.05  # Welch t-test level below which two optimizers are told apart on a task
+#: The kind of each learning task; every other task (the 2-D and 1-D test functions) is a diagnostic.
+TASK_KINDS = {
+    "fmnist-mlp": "neural network",
+    "fmnist-cnn": "neural network",
+    "charlm": "neural network",
+    "noisy-quadratic": "convex",
+    "digits-logreg": "convex",
+}
+DIAGNOSTIC = "diagnostic"
 SEARCH_SPACING = 0.5  # decades between an end of the searched range and the lr that widens it
 SEARCH_MAX_WIDEN = 4  # lrs added beyond each end of the starting grid at most (2 decades)
 REFINE_MIN_DECADES = 0.05  # a refinement closer than this to the best lr is not worth a run
@@ -238,6 +260,7 @@ class GroupSummary:
     searched: tuple[float, float] | None = None  # lowest and highest lr run
     mean: float = math.nan
     std: float = math.nan
+    ci95: float = math.nan  # half-width of the 95% interval of the mean (NaN with one seed)
     n_seeds: int = 0
     lr_curve: list[tuple[float | None, float, float, float, int]] = field(default_factory=list)
     steps_to_target: float | None = None
@@ -261,6 +284,49 @@ class TaskSummary:
     steps: int
     label: str
     groups: dict[str, GroupSummary]
+
+    @property
+    def kind(self) -> str:
+        return TASK_KINDS.get(self.task.name, DIAGNOSTIC)
+
+    def tie_groups(self) -> list[list[str]]:
+        """The optimizers that learned, best first, in groups that a Welch t-test cannot tell apart
+        from the group's leader (``TIE_ALPHA``); one seed tells nothing, so it ties with nobody."""
+        from scipy.stats import ttest_ind_from_stats
+
+        order = [g for g in self.ranked() if g.learned and _finite(g.mean)]
+        out: list[list[str]] = []
+        while order:
+            lead, rest = order[0], order[1:]
+            group, order = [lead], []
+            for g in rest:
+                tied = False
+                if lead.n_seeds > 1 and g.n_seeds > 1:
+                    if lead.std == 0 and g.std == 0:
+                        tied = lead.mean == g.mean
+                    else:
+                        p = ttest_ind_from_stats(
+                            lead.mean,
+                            lead.std,
+                            lead.n_seeds,
+                            g.mean,
+                            g.std,
+                            g.n_seeds,
+                            equal_var=False,
+                        ).pvalue
+                        tied = bool(p >= TIE_ALPHA)
+                (group if tied else order).append(g)
+            out.append([g.optimizer for g in group])
+        return out
+
+    def ranks(self) -> dict[str, int]:
+        """Each optimizer's rank on this task (1 is best): a tie group shares the rank of its first
+        place; an optimizer that did not learn, or has no finished run, ranks last."""
+        out: dict[str, int] = {}
+        for group in self.tie_groups():
+            rank = len(out) + 1
+            out.update({name: rank for name in group})
+        return {name: out.get(name, len(self.groups)) for name in self.groups}
 
     def ranked(self) -> list[GroupSummary]:
         """Groups best first: those that learned by mean final metric at the best lr, then those that
@@ -332,6 +398,10 @@ def _summarize_group(task: Task, optimizer: str, runs: list[RunRecord]) -> Group
     g.n_seeds = len(by_lr[g.best_lr])
     g.mean = statistics.fmean(vals) if vals else math.nan
     g.std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    if len(vals) > 1:
+        from scipy.stats import t as student_t
+
+        g.ci95 = float(student_t.ppf(0.975, len(vals) - 1)) * g.std / math.sqrt(len(vals))
     # Time to target at the best lr: median over seeds, if most seeds got there.
     best = [r for r in finished if r.lr == g.best_lr]
     hits = [r for r in best if r.steps_to_target is not None]
@@ -428,17 +498,27 @@ def profile_curve(ratios: np.ndarray, taus: np.ndarray) -> np.ndarray:
     return (ratios[None, :, :] <= taus[:, None, None]).mean(axis=1)
 
 
-def overall_ranking(tasks: Sequence[TaskSummary]) -> list[tuple[str, float, int]]:
-    """(optimizer, mean rank over tasks, number of tasks) -- rank 1 is best; an optimizer that did
-    not learn, or has no finished run, on a task counts as last there."""
+def overall_ranking(
+    tasks: Sequence[TaskSummary], kind: str | None = None
+) -> list[tuple[str, float, int]]:
+    """(optimizer, mean rank over tasks, number of tasks) -- rank 1 is best -- over the learning
+    tasks (of ``kind`` when given; diagnostics never count). Ranks respect the task's tie groups; an
+    optimizer that did not learn, or has no finished run, on a task counts as last there."""
+    chosen = [t for t in tasks if t.kind != DIAGNOSTIC and (kind is None or t.kind == kind)]
     ranks: dict[str, list[float]] = defaultdict(list)
-    names = sorted({o for t in tasks for o in t.groups})
-    for t in tasks:
-        ranked = [g.optimizer for g in t.ranked() if g.learned and _finite(g.mean)]
+    names = sorted({o for t in chosen for o in t.groups})
+    for t in chosen:
+        on_task = t.ranks()
         for name in names:
-            ranks[name].append(ranked.index(name) + 1 if name in ranked else len(names))
+            ranks[name].append(on_task.get(name, len(names)))
     out = [(n, statistics.fmean(r), len(r)) for n, r in ranks.items()]
     return sorted(out, key=lambda x: (x[1], x[0]))
+
+
+def ranking_by_kind(tasks: Sequence[TaskSummary]) -> dict[str, list[tuple[str, float, int]]]:
+    """:func:`overall_ranking` for each kind of learning task present."""
+    kinds = sorted({t.kind for t in tasks} - {DIAGNOSTIC})
+    return {k: overall_ranking(tasks, k) for k in kinds}
 
 
 def describe_value(task: Task, value: float | None) -> str:
@@ -460,6 +540,7 @@ def as_dict(g: GroupSummary) -> dict[str, Any]:
         "best_at_edge": g.best_at_edge,
         "mean": g.mean,
         "std": g.std,
+        "ci95": g.ci95,
         "seeds": g.n_seeds,
         "steps_to_target": g.steps_to_target,
         "seconds_to_target": g.seconds_to_target,
