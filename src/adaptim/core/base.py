@@ -19,6 +19,9 @@ schedulers) and adds, in one place, what every algorithm needs:
   floating states to these working dtypes (an fp64 checkpoint continues in fp32);
 * complex parameters, for elementwise algorithms, as real views (``torch.view_as_real``), so each
   real and imaginary part is its own coordinate, as in ``torch.optim``;
+* 8-bit block-wise states (``state_bits=8`` per param group) for the states a class declares in
+  ``quantized_states``: stored as codes and block absmax, decoded part by part around the unchanged
+  update (core/state_precision.py);
 * refusal of sparse gradients, and of another optimizer's state dict, with a clear error, before
   anything changes;
 * hyperparameters without a default (``lr=required``, as in ``torch.optim``), given per param group.
@@ -48,9 +51,20 @@ from adaptim.core.distributed import (
     zero_partition,
 )
 from adaptim.core.fused import fused_unavailable_reason, run_elementwise
+from adaptim.core.state_precision import (
+    STATE_BITS,
+    Part,
+    absmax_key,
+    dequantize_state_,
+    is_quantized,
+    plan_parts,
+    quantize_state_,
+    quantizes,
+)
 from adaptim.core.validation import (
     BOOL,
     NONNEGATIVE,
+    OneOf,
     Optional,
     Rule,
     validate_hyperparameters,
@@ -77,6 +91,7 @@ COMMON_RULES: Mapping[str, Rule] = {
     "decoupled_weight_decay": BOOL,
     "amsgrad": BOOL,
     "nesterov": BOOL,
+    "state_bits": OneOf(STATE_BITS),
 }
 
 
@@ -176,7 +191,15 @@ def _guess_origin(group: Mapping[str, Any]) -> str:
     adaptim's registered ones), for error messages; "unrecognized" if none matches exactly."""
     import adaptim.registry
 
-    ignored = {"params", "param_names", "foreach", "differentiable", "capturable", "fused"}
+    ignored = {
+        "params",
+        "param_names",
+        "foreach",
+        "differentiable",
+        "capturable",
+        "fused",
+        "state_bits",
+    }
     keys = set(group) - ignored
     candidates: list[tuple[str, type]] = [
         (f"torch.optim.{n}", c)
@@ -283,11 +306,16 @@ class AdaptimOptimizer(Optimizer):
     #: whole tensor inside the compiled function (norms, row and column statistics), which would see
     #: one shard only: ``fused=True`` on DTensor parameters is then refused before anything changes
     fused_on_shards: ClassVar[bool] = True
+    #: the states that ``state_bits=8`` keeps as 8-bit block-wise codes (moment-like statistics
+    #: only), each with its map: ``True`` signed (a state that can be negative), ``False`` unsigned.
+    #: Empty: the class has no such state and refuses ``state_bits=8`` (core/state_precision.py)
+    quantized_states: ClassVar[Mapping[str, bool]] = {}
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         defaults.setdefault("maximize", False)
         defaults.setdefault("foreach", None)
         defaults.setdefault("fused", None)
+        defaults.setdefault("state_bits", 32)
         self._validate(defaults, allow_required=True)
         if self.global_statistics:  # only these pay for the look at the callers' frames
             self.partition = zero_partition()
@@ -312,6 +340,11 @@ class AdaptimOptimizer(Optimizer):
             values = {k: v for k, v in values.items() if v is not required}
         validate_hyperparameters(type(self).__name__, values, self._rules())
         self._validate_fused(values)
+        if values.get("state_bits") == 8 and not self.quantized_states:
+            raise ValueError(
+                f"{type(self).__name__}: state_bits=8 is not available: it keeps no moment-like "
+                "state that could be quantized (quantized_states is empty); use state_bits=32"
+            )
         if not missing:
             self._validate_relations(values)
 
@@ -370,9 +403,17 @@ class AdaptimOptimizer(Optimizer):
         same model in fp32, as with ``torch.optim``; integer tensors (codes, counters) keep their
         dtype. A tensor ``step`` (``torch.optim``'s format) becomes the int adaptim counts with. A
         state dict from another optimizer is refused before anything changes.
+
+        ``state_bits`` stays this optimizer's (per group), whatever the checkpoint's was: a 32-bit
+        checkpoint loaded into an 8-bit optimizer is quantized, an 8-bit one loaded with 32 bits is
+        decoded (and block absmaxes stay float32 whatever the parameter's dtype).
         """
         self._check_state_dict_kind(state_dict)
+        # state precision is this optimizer's choice, as ``foreach`` is, not the checkpoint's
+        bits = [group["state_bits"] for group in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, group_bits in zip(self.param_groups, bits, strict=True):
+            group["state_bits"] = group_bits
         saved = state_dict["state"]
         params = [p for g in self.param_groups for p in g["params"]]
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
@@ -381,15 +422,25 @@ class AdaptimOptimizer(Optimizer):
                 continue
             loaded = self.state[param]
             dtype = _working_dtype(param)
-            for key, value in saved[pid].items():
+            saved_state = saved[pid]
+            # a quantized state's block absmax stays float32 whatever the parameter's dtype
+            absmaxes = {
+                absmax_key(k) for k in self.quantized_states if is_quantized(saved_state, k)
+            }
+            for key, value in saved_state.items():
                 if not isinstance(value, torch.Tensor):
                     continue
                 if key == "step":
                     loaded[key] = int(value.item())
-                elif value.is_floating_point():
+                elif value.is_floating_point() and key not in absmaxes:
                     loaded[key] = value.to(device=param.device, dtype=dtype, copy=True)
                 else:
                     loaded[key] = value.to(device=param.device, copy=True)
+        # a 32-bit checkpoint loaded with state_bits=8 is quantized, an 8-bit one with 32 decoded
+        for group in self.param_groups:
+            for param in group["params"]:
+                if self.state.get(param):
+                    self._set_state_precision(group, param, self.state[param])
 
     def _check_state_dict_kind(self, state_dict: Mapping[str, Any]) -> None:
         """Refuse a state dict that another optimizer wrote: its param groups have other
@@ -399,7 +450,8 @@ class AdaptimOptimizer(Optimizer):
         saved_groups = state_dict.get("param_groups", [])
         saved_state = state_dict.get("state", {})
         for group in saved_groups:
-            missing = [k for k in self.defaults if k not in group and k not in ("foreach", "fused")]
+            optional = ("foreach", "fused", "state_bits")
+            missing = [k for k in self.defaults if k not in group and k not in optional]
             unknown = [
                 k for k in group if k not in self.defaults and k not in ("params", "param_names")
             ]
@@ -466,13 +518,12 @@ class AdaptimOptimizer(Optimizer):
         for group, batches in prepared:
             foreach = self._use_foreach(group)
             for batch in batches:
-                if not compiling and self._use_fused(group, batch):
-                    self._fused_update(group, batch)
-                elif foreach or compiling:
-                    for part in self._chunks(batch) if self.cache_blocking else (batch,):
-                        self._update(group, part, foreach=True)
-                else:
-                    self._per_tensor_update(group, batch)
+                for part, coded in self._parts(batch):
+                    if coded is not None:
+                        coded.decode()
+                    self._update_batch(group, part, foreach, compiling)
+                    if coded is not None:
+                        coded.encode()
                 batch.write_back()
         # under torch.compile the update saw copies of the groups with the rebuilt lr: keep
         # anything else it set in them (MADA learns hyperparameters)
@@ -482,6 +533,17 @@ class AdaptimOptimizer(Optimizer):
                     (k, v) for k, v in group.items() if k != "lr" and original[k] is not v
                 )
         return loss
+
+    def _update_batch(
+        self, group: dict[str, Any], batch: TensorBatch, foreach: bool, compiling: bool
+    ) -> None:
+        if not compiling and self._use_fused(group, batch):
+            self._fused_update(group, batch)
+        elif foreach or compiling:
+            for part in self._chunks(batch) if self.cache_blocking else (batch,):
+                self._update(group, part, foreach=True)
+        else:
+            self._per_tensor_update(group, batch)
 
     def _chunks(self, batch: TensorBatch) -> list[TensorBatch]:
         """Split a CPU batch into runs of tensors of at most ``CPU_CHUNK_BYTES / chunk_divisor`` bytes
@@ -586,6 +648,13 @@ class AdaptimOptimizer(Optimizer):
         for gi, group in enumerate(self.param_groups):
             if not self.fused_on_shards and group["fused"]:
                 self._refuse_fused_shards(gi, group)
+            if group["state_bits"] == 8 and any_dtensor(
+                [p for p in group["params"] if p.grad is not None]
+            ):
+                raise TypeError(
+                    f"{type(self).__name__}: state_bits=8 does not support sharded (DTensor, "
+                    f"FSDP2) parameters yet (param group {gi}); use state_bits=32"
+                )
             for pi, p in enumerate(group["params"]):
                 grad = p.grad
                 if grad is None:
@@ -637,6 +706,10 @@ class AdaptimOptimizer(Optimizer):
         buckets: dict[tuple[int, torch.dtype, bool], TensorBatch] = {}
         states = self.state
         optional = [key for option, key in self.optional_state_keys.items() if group[option]]
+        bits8 = group["state_bits"] == 8
+        if bits8:
+            self.__dict__["_quantized_before"] = True
+        quantized_before = self.__dict__.get("_quantized_before", False)
         for p in group["params"]:
             grad = p.grad
             if grad is None:
@@ -656,6 +729,8 @@ class AdaptimOptimizer(Optimizer):
             for key in optional:  # an option switched on mid-run gets its state now
                 if key not in state:
                     state[key] = torch.zeros_like(working, memory_format=torch.preserve_format)
+            if bits8 or quantized_before:
+                self._set_state_precision(group, p, state)
             state["step"] += 1
             bucket_key = (p.get_device(), dtype, copied)
             batch = buckets.get(bucket_key)
@@ -677,6 +752,41 @@ class AdaptimOptimizer(Optimizer):
         """Create the state of one parameter; ``param`` is its working tensor (fp32 for bf16/fp16)."""
         for key in self.state_keys:
             state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    def _set_state_precision(
+        self, group: Mapping[str, Any], param: torch.Tensor, state: dict[str, Any]
+    ) -> None:
+        """Quantize or decode the declared states of ``param`` to its group's ``state_bits``
+        (a group switched mid-run, a checkpoint of the other precision). 8-bit states are kept for
+        parameters of at least ``MIN_QUANTIZED_NUMEL`` elements whose working dtype is float32
+        (float64 parameters keep float64 states: 8 bits would undo what they are for)."""
+        dtype = _working_dtype(param)
+        want = group["state_bits"] == 8 and dtype == torch.float32 and quantizes(param)
+        for key, signed in self.quantized_states.items():
+            if key not in state:
+                continue
+            if is_quantized(state, key):
+                if not want:
+                    dequantize_state_(state, key, signed, dtype)
+            elif want:
+                quantize_state_(state, key, signed)
+
+    def _parts(self, batch: TensorBatch) -> list[tuple[TensorBatch, Part | None]]:
+        """``[(batch, None)]``, or, when some of its states are 8-bit, the parts it runs in, each
+        with the ``Part`` to ``decode()`` before its update and ``encode()`` after it (one part at a
+        time: they reuse nothing, but a part's float32 states are all that is decoded at once)."""
+        if not self.quantized_states or not self.__dict__.get("_quantized_before"):
+            return [(batch, None)]
+        parts = plan_parts(
+            batch.params,
+            batch.grads,
+            batch.states,
+            self.quantized_states,
+            split=self.splits_tensors,
+        )
+        if not parts:
+            return [(batch, None)]
+        return [(TensorBatch(p.params, p.grads, p.states, [], batch.copied), p) for p in parts]
 
     def _before_update(self, prepared: list[tuple[dict[str, Any], list[TensorBatch]]]) -> None:
         """Hook for algorithms that need statistics over all groups (e.g. a global gradient norm)."""

@@ -101,6 +101,7 @@ class ACProp(AdaptimOptimizer):
     }
     state_keys = ("exp_avg", "exp_avg_var")
     optional_state_keys = {"amsgrad": "max_exp_avg_var"}
+    quantized_states = {"exp_avg": True, "exp_avg_var": False, "max_exp_avg_var": False}
 
     def __init__(
         self,
@@ -119,6 +120,7 @@ class ACProp(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -134,6 +136,7 @@ class ACProp(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

@@ -100,6 +100,7 @@ class AdaBelief(AdaptimOptimizer):
     }
     state_keys = ("exp_avg", "exp_avg_var")
     optional_state_keys = {"amsgrad": "max_exp_avg_var"}
+    quantized_states = {"exp_avg": True, "exp_avg_var": False, "max_exp_avg_var": False}
 
     def __init__(
         self,
@@ -117,6 +118,7 @@ class AdaBelief(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -131,6 +133,7 @@ class AdaBelief(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

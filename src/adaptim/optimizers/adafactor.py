@@ -144,6 +144,8 @@ class Adafactor(AdaptimOptimizer):
     #: the multi-tensor update reads each tensor's RMS and clip factor back to the host
     traceable_update = False
     fused_on_shards = False  # its reductions over each tensor would see one shard
+    # the factored row and column statistics stay in the working dtype (they are small)
+    quantized_states = {"exp_avg": True, "variance": False}
     supports_dtensor = True  # tests/test_fsdp2.py
     #: with ``beta1`` the first moment holds already lr-scaled updates (tensor2tensor, transformers),
     #: so the weights keep moving while it decays after the lr drops to 0
@@ -178,6 +180,7 @@ class Adafactor(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -194,6 +197,7 @@ class Adafactor(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

@@ -123,6 +123,8 @@ class Adai(AdaptimOptimizer):
         "eps": UNIT_CLOSED,
     }
     state_keys = ("exp_avg", "exp_avg_sq")
+    # beta1_prod, a running product of coefficients in (0, 1], is not a moment: it stays fp32
+    quantized_states = {"exp_avg": True, "exp_avg_sq": False}
 
     def __init__(
         self,
@@ -136,6 +138,7 @@ class Adai(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -146,6 +149,7 @@ class Adai(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, self._split_betas(defaults))
 
@@ -247,11 +251,17 @@ class Adai(AdaptimOptimizer):
                 sums: list[torch.Tensor] = []
                 likes: list[torch.Tensor] = []
                 steps: list[int] = []
-                for part in self._chunks(batch) if foreach else (batch,):
-                    params, grads, exp_avg_sqs = part.local("exp_avg_sq")
-                    sums += fn(params, grads, exp_avg_sqs, beta2=beta2, weight_decay=l2)
-                    likes += part.params
-                    steps += part.steps
+                # 8-bit states: decoded and encoded part by part here too (this pass updates v)
+                for unit, coded in self._parts(batch):
+                    if coded is not None:
+                        coded.decode()
+                    for part in self._chunks(unit) if foreach else (unit,):
+                        params, grads, exp_avg_sqs = part.local("exp_avg_sq")
+                        sums += fn(params, grads, exp_avg_sqs, beta2=beta2, weight_decay=l2)
+                        likes += part.params
+                        steps += part.steps
+                    if coded is not None:
+                        coded.encode()
                 if not sums:
                     continue
                 if any_dtensor(likes):
@@ -383,6 +393,7 @@ class AdaiV2(Adai):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -394,6 +405,7 @@ class AdaiV2(Adai):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         AdaptimOptimizer.__init__(self, params, self._split_betas(defaults))
 

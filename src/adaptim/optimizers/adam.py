@@ -68,6 +68,7 @@ class Adam(AdaptimOptimizer):
     hyperparameter_rules = {"betas": TupleOf((UNIT_HALF_OPEN, UNIT_HALF_OPEN))}
     state_keys = ("exp_avg", "exp_avg_sq")
     optional_state_keys = {"amsgrad": "max_exp_avg_sq"}
+    quantized_states = {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False}
 
     def __init__(
         self,
@@ -82,6 +83,7 @@ class Adam(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -93,6 +95,7 @@ class Adam(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 
@@ -233,6 +236,7 @@ class AdamW(Adam):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         super().__init__(
             params,
@@ -245,6 +249,7 @@ class AdamW(Adam):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
 
 

@@ -66,6 +66,7 @@ class Adamax(AdaptimOptimizer):
 
     hyperparameter_rules = {"betas": TupleOf((UNIT_HALF_OPEN, UNIT_HALF_OPEN))}
     state_keys = ("exp_avg", "exp_inf")
+    quantized_states = {"exp_avg": True, "exp_inf": False}
 
     def __init__(
         self,
@@ -79,6 +80,7 @@ class Adamax(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -89,6 +91,7 @@ class Adamax(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

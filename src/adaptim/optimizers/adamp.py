@@ -161,6 +161,7 @@ class AdamP(_ProjectionMixin):
         "wd_ratio": NONNEGATIVE,
     }
     state_keys = ("exp_avg", "exp_avg_sq")
+    quantized_states = {"exp_avg": True, "exp_avg_sq": False}
 
     def __init__(
         self,
@@ -176,6 +177,7 @@ class AdamP(_ProjectionMixin):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -188,6 +190,7 @@ class AdamP(_ProjectionMixin):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 
@@ -262,6 +265,7 @@ class SGDP(_ProjectionMixin):
         "wd_ratio": NONNEGATIVE,
     }
     state_keys = ("momentum",)
+    quantized_states = {"momentum": True}
 
     def __init__(
         self,
@@ -278,6 +282,7 @@ class SGDP(_ProjectionMixin):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -291,6 +296,7 @@ class SGDP(_ProjectionMixin):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

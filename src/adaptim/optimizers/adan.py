@@ -62,6 +62,7 @@ from adaptim.core.functional import (
     scalar_arg,
     scalars,
 )
+from adaptim.core.state_precision import zero_state_
 from adaptim.core.validation import BOOL, NONNEGATIVE, UNIT_HALF_OPEN, TupleOf
 from adaptim.registry import OptimInfo, register
 
@@ -99,6 +100,8 @@ class Adan(AdaptimOptimizer):
         "no_prox": BOOL,
     }
     state_keys = ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad")
+    # neg_pre_grad is a copy of the last gradient, not a moment: it stays in the working dtype
+    quantized_states = {"exp_avg": True, "exp_avg_sq": False, "exp_avg_diff": True}
 
     def __init__(
         self,
@@ -113,6 +116,7 @@ class Adan(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -124,6 +128,7 @@ class Adan(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         self._clip = 1.0
         super().__init__(params, defaults)
@@ -162,7 +167,7 @@ class Adan(AdaptimOptimizer):
                     continue
                 state["step"] = 0
                 for key in ("exp_avg", "exp_avg_sq", "exp_avg_diff"):
-                    state[key].zero_()
+                    zero_state_(state, key, self.quantized_states[key])
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
         lists = [batch.params, batch.grads, *(batch.state(k) for k in self.state_keys)]

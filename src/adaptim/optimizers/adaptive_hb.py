@@ -155,6 +155,8 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
     recording of each tensor's step length once the step is taken."""
 
     state_keys: ClassVar[tuple[str, ...]] = ("momentum_buffer", "prev_grad")
+    # prev_grad is a copy of the last gradient, not a moment: it stays in the working dtype
+    quantized_states: ClassVar[Mapping[str, bool]] = {"momentum_buffer": True}
     supports_dtensor = True  # tests/test_fsdp2.py
     #: the norms are over all parameters: summed over a ZeRO partition (tests/test_zero.py)
     global_statistics = True
@@ -341,6 +343,7 @@ class AdaptiveHeavyBallSGD(_AdaptiveHeavyBall):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -350,6 +353,7 @@ class AdaptiveHeavyBallSGD(_AdaptiveHeavyBall):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 
@@ -401,6 +405,7 @@ class AdaptiveHeavyBallAdam(_AdaptiveHeavyBall):
         "curvature_eps": POSITIVE,
     }
     state_keys = ("exp_avg", "exp_avg_sq", "prev_grad")
+    quantized_states = {"exp_avg": True, "exp_avg_sq": False}
 
     def __init__(
         self,
@@ -415,6 +420,7 @@ class AdaptiveHeavyBallAdam(_AdaptiveHeavyBall):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -426,6 +432,7 @@ class AdaptiveHeavyBallAdam(_AdaptiveHeavyBall):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

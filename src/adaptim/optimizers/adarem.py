@@ -80,6 +80,7 @@ class AdaRem(AdaptimOptimizer):
     # eps > 0: the first step divides by max|m_0| + eps with m_0 = 0
     hyperparameter_rules = {"beta": UNIT_HALF_OPEN, "lr_scaling": UNIT_CLOSED, "eps": POSITIVE}
     state_keys = ("exp_avg",)
+    quantized_states = {"exp_avg": True}
     elementwise = False
     #: the multi-tensor update (the one torch.compile traces) reads each tensor's max |m| back to
     #: the host; the per-tensor one (also fused=True) does not
@@ -102,6 +103,7 @@ class AdaRem(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -112,6 +114,7 @@ class AdaRem(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

@@ -74,6 +74,7 @@ class DiffGrad(AdaptimOptimizer):
 
     hyperparameter_rules = {"betas": TupleOf((UNIT_HALF_OPEN, UNIT_HALF_OPEN))}
     state_keys = ("exp_avg", "exp_avg_sq", "previous_grad")
+    quantized_states = {"exp_avg": True, "exp_avg_sq": False}
 
     def __init__(
         self,
@@ -87,6 +88,7 @@ class DiffGrad(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -97,6 +99,7 @@ class DiffGrad(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

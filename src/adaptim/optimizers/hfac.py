@@ -117,6 +117,8 @@ class HFac(AdaptimOptimizer):
     # over cache-sized chunks of whole tensors; chunks are cut by global sizes, so FSDP2 ranks issue
     # the same collectives.
     cache_blocking = True
+    # the factored row and column statistics stay in the working dtype (they are small)
+    quantized_states = {"exp_avg": True, "exp_avg_sq": False}
     #: the multi-tensor update reads each tensor's update norm back to the host
     traceable_update = False
     fused_on_shards = False  # its reductions over each tensor would see one shard
@@ -138,6 +140,7 @@ class HFac(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -148,6 +151,7 @@ class HFac(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

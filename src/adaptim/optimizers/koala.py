@@ -670,6 +670,7 @@ class VanillaKOALA(_KOALA):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
         loss_group: Any = None,
     ) -> None:
         defaults = dict(
@@ -682,6 +683,7 @@ class VanillaKOALA(_KOALA):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults, loss_group)
 
@@ -839,6 +841,7 @@ class MomentumKOALA(_KOALA):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
         loss_group: Any = None,
     ) -> None:
         defaults = dict(
@@ -855,6 +858,7 @@ class MomentumKOALA(_KOALA):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults, loss_group)
 

@@ -225,6 +225,14 @@ class MADA(AdaptimOptimizer):
     }
     state_keys = ("exp_avg", "exp_avg_sq", "exp_avg_sq_mean", "diff_avg", "prev_grad")
     optional_state_keys = {"lion": "lion_exp_avg"}
+    # prev_grad is a copy of the last gradient, not a moment: it stays in the working dtype
+    quantized_states = {
+        "exp_avg": True,
+        "exp_avg_sq": False,
+        "exp_avg_sq_mean": False,
+        "diff_avg": True,
+        "lion_exp_avg": True,
+    }
 
     def __init__(
         self,
@@ -247,6 +255,7 @@ class MADA(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -266,6 +275,7 @@ class MADA(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 
@@ -856,6 +866,7 @@ class AVGrad(AdaptimOptimizer):
 
     hyperparameter_rules = {"betas": TupleOf((UNIT_HALF_OPEN, UNIT_HALF_OPEN))}
     state_keys = ("exp_avg", "exp_avg_sq", "exp_avg_sq_mean")
+    quantized_states = {"exp_avg": True, "exp_avg_sq": False, "exp_avg_sq_mean": False}
 
     def __init__(
         self,
@@ -868,6 +879,7 @@ class AVGrad(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -877,6 +889,7 @@ class AVGrad(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

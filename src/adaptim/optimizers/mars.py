@@ -133,6 +133,7 @@ class MARS(AdaptimOptimizer):
         "weight_decay_1d": NONNEGATIVE,
     }
     state_keys = ("exp_avg", "exp_avg_sq")
+    quantized_states = {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False}
 
     def __init__(
         self,
@@ -153,6 +154,7 @@ class MARS(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -170,6 +172,7 @@ class MARS(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

@@ -113,6 +113,7 @@ class NCGMomentumSGD(AdaptimOptimizer):
         "restart": BOOL,
     }
     state_keys = ("momentum_buffer",)
+    quantized_states = {"momentum_buffer": True}
     supports_dtensor = True  # tests/test_fsdp2.py
     #: the norms are over all parameters: summed over a ZeRO partition (tests/test_zero.py)
     global_statistics = True
@@ -133,6 +134,7 @@ class NCGMomentumSGD(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -143,6 +145,7 @@ class NCGMomentumSGD(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

@@ -89,6 +89,7 @@ class Padam(AdaptimOptimizer):
     }
     state_keys = ("exp_avg", "exp_avg_sq")
     optional_state_keys = {"amsgrad": "max_exp_avg_sq"}
+    quantized_states = {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False}
 
     def __init__(
         self,
@@ -104,6 +105,7 @@ class Padam(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -116,6 +118,7 @@ class Padam(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

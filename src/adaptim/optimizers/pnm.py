@@ -102,6 +102,7 @@ class PNM(AdaptimOptimizer):
 
     hyperparameter_rules = {"betas": TupleOf((UNIT_HALF_OPEN, NONNEGATIVE))}
     state_keys = ("pos_momentum", "neg_momentum")
+    quantized_states = {"pos_momentum": True, "neg_momentum": True}
 
     def __init__(
         self,
@@ -114,6 +115,7 @@ class PNM(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -123,6 +125,7 @@ class PNM(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 
@@ -189,6 +192,12 @@ class AdaPNM(AdaptimOptimizer):
     hyperparameter_rules = {"betas": TupleOf((UNIT_HALF_OPEN, UNIT_HALF_OPEN, NONNEGATIVE))}
     state_keys = ("exp_avg", "neg_exp_avg", "exp_avg_sq")
     optional_state_keys = {"amsgrad": "max_exp_avg_sq"}
+    quantized_states = {
+        "exp_avg": True,
+        "neg_exp_avg": True,
+        "exp_avg_sq": False,
+        "max_exp_avg_sq": False,
+    }
 
     def __init__(
         self,
@@ -203,6 +212,7 @@ class AdaPNM(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -214,6 +224,7 @@ class AdaPNM(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

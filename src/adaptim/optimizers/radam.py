@@ -95,6 +95,7 @@ class RAdam(AdaptimOptimizer):
         "degenerated_to_sgd": BOOL,
     }
     state_keys = ("exp_avg", "exp_avg_sq")
+    quantized_states = {"exp_avg": True, "exp_avg_sq": False}
 
     def __init__(
         self,
@@ -109,6 +110,7 @@ class RAdam(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -120,6 +122,7 @@ class RAdam(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

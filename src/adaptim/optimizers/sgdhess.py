@@ -133,6 +133,7 @@ class SGDHess(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -144,6 +145,7 @@ class SGDHess(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

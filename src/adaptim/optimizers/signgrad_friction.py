@@ -103,6 +103,7 @@ class _FrictionAdam(AdaptimOptimizer):
         "beta3": NONNEGATIVE,
     }
     state_keys = ("exp_avg", "exp_avg_sq", "previous_grad")
+    quantized_states = {"exp_avg": True, "exp_avg_sq": False}
 
     def __init__(
         self,
@@ -117,6 +118,7 @@ class _FrictionAdam(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -128,6 +130,7 @@ class _FrictionAdam(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

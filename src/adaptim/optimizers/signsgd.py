@@ -80,6 +80,7 @@ class GenSignSGD(AdaptimOptimizer):
         "use_bias_correction": BOOL,
     }
     state_keys = ("exp_avg", "exp_avg_sq")
+    quantized_states = {"exp_avg": True, "exp_avg_sq": False}
 
     def __init__(
         self,
@@ -93,6 +94,7 @@ class GenSignSGD(AdaptimOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_bits: int = 32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -103,6 +105,7 @@ class GenSignSGD(AdaptimOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_bits=state_bits,
         )
         super().__init__(params, defaults)
 

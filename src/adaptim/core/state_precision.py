@@ -1,0 +1,352 @@
+"""8-bit block-wise optimizer states: which states are kept as codes, and how an update sees them.
+
+Method: Dettmers, Lewis, Shleifer, Zettlemoyer, "8-bit Optimizers via Block-wise Quantization", ICLR
+2022, arXiv 2110.02861; reference implementations bitsandbytes
+(github.com/bitsandbytes-foundation/bitsandbytes, ``optim/optimizer.py``) and torchao
+(github.com/pytorch/ao, ``torchao/optim``). The codec (maps, exact encoding, blocks of 256) is
+:mod:`adaptim.core.quantization`; this module is the part every optimizer shares.
+
+**State precision is a property of the state, chosen per param group** (``state_bits``: 32, the
+default, or 8), not of the algorithm: an optimizer only declares which of its states are moment-like
+statistics that may be quantized, with the map each takes (``quantized_states = {"exp_avg": True,
+"exp_avg_sq": False}``: signed map for states that can be negative, unsigned for the others). Copies
+of parameters or gradients, factored statistics, products and scalars are never declared, so they
+stay in the working dtype.
+
+**Storage.** A quantized state ``key`` of a parameter is two plain tensors in its state dict:
+``state[key]``, uint8 codes shaped (and strided) like the parameter's working tensor, and
+``state[key + "_absmax"]``, the float32 absmax of each block of :data:`~adaptim.core.quantization.BLOCK`
+elements, taken in memory order. A checkpoint is therefore uint8 and float32 tensors only
+(``torch.load(weights_only=True)``); 1 + 4/256 bytes per element. Parameters with fewer than
+:data:`~adaptim.core.quantization.MIN_QUANTIZED_NUMEL` elements (their global size, for an FSDP2
+shard too) keep working-dtype states, as in both references.
+
+**The update is unchanged.** A batch with quantized states runs in parts of at most
+:func:`part_elements` quantized elements: each part's states are decoded into fresh float32 tensors
+(one per state and tensor: the fused engine wants no two of a call's tensors on one storage), the
+optimizer's own update runs on the part exactly as on fp32 states (multi-tensor, per-tensor or
+fused), and the part is encoded back. A tensor larger than a part is cut into flat pieces at block
+boundaries when the update is elementwise inside tensors (``splits_tensors``); otherwise it is
+decoded whole. Peak extra memory: a part's float32 states, never a model's (bitsandbytes' CPU path
+decodes every state of the model at once).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch._dynamo
+from torch.fx.experimental import _config as fx_config
+
+from adaptim.core.distributed import is_dtensor
+from adaptim.core.quantization import (
+    BLOCK,
+    MIN_QUANTIZED_NUMEL,
+    dequantize_blockwise,
+    num_blocks,
+    quantize_blockwise,
+)
+
+__all__ = [
+    "STATE_BITS",
+    "Part",
+    "absmax_key",
+    "dequantize_state_",
+    "dequantized_state_dict",
+    "is_quantized",
+    "part_elements",
+    "quantize_state_",
+    "quantizes",
+    "zero_state_",
+]
+
+#: the accepted values of ``state_bits``
+STATE_BITS = (32, 8)
+#: quantized elements per part on CPU: 2 MB of float32 per state, so a part's decoded states, its
+#: parameters and gradients stay in cache between decoding, the update and encoding
+CPU_PART_ELEMENTS = 2**19
+#: on a GPU: large enough that the kernels of a part fill the device
+GPU_PART_ELEMENTS = 2**24
+
+
+def absmax_key(key: str) -> str:
+    """The state-dict key of the block absmax of quantized state ``key``."""
+    return f"{key}_absmax"
+
+
+def quantizes(param: torch.Tensor) -> bool:
+    """Whether a parameter's states are quantized with ``state_bits=8``: its global size (the full
+    tensor's, for an FSDP2 shard) is at least ``MIN_QUANTIZED_NUMEL``."""
+    return param.numel() >= MIN_QUANTIZED_NUMEL
+
+
+def is_quantized(state: Mapping[str, Any], key: str) -> bool:
+    value = state.get(key)
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8
+
+
+def part_elements(device: torch.device) -> int:
+    return CPU_PART_ELEMENTS if device.type == "cpu" else GPU_PART_ELEMENTS
+
+
+def _memory_order(t: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's elements as a 1-D view in memory order (``view(-1)`` when contiguous; a
+    channels-last or transposed state is permuted to its memory order first)."""
+    if t.is_contiguous():
+        return t.view(-1)
+    order = sorted(range(t.dim()), key=lambda d: (-t.stride()[d], -t.shape[d]))
+    permuted = t.permute(order)
+    if not permuted.is_contiguous():
+        raise ValueError(
+            f"an 8-bit state needs a dense tensor; got shape {tuple(t.shape)}, stride {t.stride()}"
+        )
+    return permuted.reshape(-1)
+
+
+# --- the codec, compiled where Inductor can ----------------------------------------------------------
+
+_codecs: dict[tuple[str, bool], tuple[Callable[..., Any], Callable[..., Any]]] = {}
+
+
+def _codec(device: torch.device, signed: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``(quantize, dequantize)`` for ``device`` and one map: ``quantize_blockwise`` and
+    ``dequantize_blockwise`` compiled with dynamic shapes where Inductor can run (the lookup-free
+    codec, 3-4 ns per element on one CPU thread), else the eager table codec (its ``searchsorted``
+    encoder is about 15x slower, but needs no compiler). One compiled function per map, so that the
+    map is a constant of its graphs; a few graphs per map (whole blocks, a partial last block, both)."""
+    if torch.compiler.is_compiling():  # traced as part of a compiled step: inline the plain ones
+        return (
+            functools.partial(quantize_blockwise, signed=signed),
+            functools.partial(dequantize_blockwise, signed=signed),
+        )
+    key = (device.type, signed)
+    codec = _codecs.get(key)
+    if codec is None:
+        from adaptim.core.fused import fused_unavailable_reason
+
+        quantize: Callable[..., Any] = functools.partial(quantize_blockwise, signed=signed)
+        dequantize: Callable[..., Any] = functools.partial(dequantize_blockwise, signed=signed)
+        if fused_unavailable_reason(device) is None:
+            quantize = _compiled(quantize)
+            dequantize = _compiled(dequantize)
+        codec = _codecs[key] = (quantize, dequantize)
+    return codec
+
+
+def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        # both maps share the code objects (and dynamo's cache) of the two codec functions
+        with (
+            fx_config.patch(use_duck_shape=False),  # type: ignore[attr-defined]
+            torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=4096),
+        ):
+            return compiled(*args, **kwargs)
+
+    return run
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if is_dtensor(t) else t
+
+
+def quantize_state_(state: dict[str, Any], key: str, signed: bool) -> None:
+    """Replace the floating state ``state[key]`` by its codes and block absmax."""
+    value = state[key]
+    local = _local(value)
+    codes = torch.empty_like(local, dtype=torch.uint8)
+    absmax = torch.empty(num_blocks(local.numel()), dtype=torch.float32, device=local.device)
+    quantize, _ = _codec(local.device, signed)
+    quantize(_memory_order(local).float(), out=(_memory_order(codes), absmax))
+    if is_dtensor(value):
+        from torch.distributed.tensor import DTensor
+
+        codes = DTensor.from_local(
+            codes, value.device_mesh, value.placements, shape=value.shape, stride=value.stride()
+        )
+    state[key] = codes
+    state[absmax_key(key)] = absmax
+
+
+def dequantize_state_(
+    state: dict[str, Any], key: str, signed: bool, dtype: torch.dtype = torch.float32
+) -> None:
+    """Replace the codes of ``state[key]`` by the decoded state in ``dtype``."""
+    codes = state[key]
+    local = _local(codes)
+    absmax = state.pop(absmax_key(key))
+    decoded = torch.empty_like(local, dtype=torch.float32)
+    _, dequantize = _codec(local.device, signed)
+    dequantize(_memory_order(local), absmax, out=_memory_order(decoded))
+    decoded = decoded.to(dtype)
+    if is_dtensor(codes):
+        from torch.distributed.tensor import DTensor
+
+        decoded = DTensor.from_local(
+            decoded, codes.device_mesh, codes.placements, shape=codes.shape, stride=codes.stride()
+        )
+    state[key] = decoded
+
+
+def zero_state_(state: dict[str, Any], key: str, signed: bool) -> None:
+    """Set a state to zeros, quantized or not (zeroing codes alone would not: code 0 of the signed
+    map is its most negative value; an absmax of 0 decodes every code of a block to 0)."""
+    if is_quantized(state, key):
+        zero_code = 127 if signed else 0
+        _local(state[key]).fill_(zero_code)
+        state[absmax_key(key)].zero_()
+    else:
+        state[key].zero_()
+
+
+# --- parts of a batch, decoded for the update ---------------------------------------------------------
+
+
+@dataclass
+class _Decoded:
+    codes: torch.Tensor  # 1-D, memory order, the part's elements
+    absmax: torch.Tensor  # the blocks of those elements
+    values: torch.Tensor  # 1-D float32 view, memory order, of the tensor the update sees
+    signed: bool
+
+
+@dataclass
+class Part:
+    """Some tensors of a batch (or a piece of one tensor), with their quantized states decoded."""
+
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    states: list[dict[str, Any]]  # per tensor: a copy of its state dict, decoded states in it
+    originals: list[dict[str, Any]]  # the real state dicts (whole tensors only)
+    pieces: bool  # a flat piece of one tensor
+    decoded: list[_Decoded] = field(default_factory=list)
+    plan: list[tuple[int, str, bool, int, int]] = field(default_factory=list)
+
+    def decode(self) -> None:
+        """Decode the part's quantized states into fresh float32 tensors."""
+        self.decoded = []
+        for i, key, signed, start, stop in self.plan:
+            real = self.originals[i]
+            codes = _local(real[key])
+            like = self.params[i]
+            values = (
+                torch.empty(stop - start, dtype=torch.float32, device=like.device)
+                if self.pieces
+                else torch.empty_like(codes, dtype=torch.float32)
+            )
+            flat_codes = _memory_order(codes)[start:stop]
+            absmax = real[absmax_key(key)][start // BLOCK : -(-stop // BLOCK)]
+            flat_values = values if self.pieces else _memory_order(values)
+            _, dequantize = _codec(like.device, signed)
+            dequantize(flat_codes, absmax, out=flat_values)
+            self.states[i][key] = values
+            self.decoded.append(_Decoded(flat_codes, absmax, flat_values, signed))
+
+    def encode(self) -> None:
+        """Encode the updated states back into their codes; keep other entries the update set."""
+        for d in self.decoded:
+            quantize, _ = _codec(d.values.device, d.signed)
+            quantize(d.values, out=(d.codes, d.absmax))
+        self.decoded = []
+        if not self.pieces:
+            quantized = {key for _, key, _, _, _ in self.plan}
+            for part_state, real in zip(self.states, self.originals, strict=True):
+                for k, v in part_state.items():
+                    if k not in quantized and real.get(k) is not v:
+                        real[k] = v
+
+
+def plan_parts(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    states: list[dict[str, Any]],
+    quantized: Mapping[str, bool],
+    *,
+    split: bool,
+) -> list[Part]:
+    """The parts a batch runs in, or ``[]`` when none of its states is quantized."""
+    keys_of = [[k for k in quantized if is_quantized(s, k)] for s in states]
+    if not any(keys_of):
+        return []
+    limit = part_elements(params[0].device)
+    per_piece = max(BLOCK, limit // BLOCK * BLOCK)
+    parts: list[Part] = []
+    current: Part | None = None
+    size = 0
+
+    def close() -> None:
+        nonlocal current, size
+        if current is not None:
+            parts.append(current)
+        current, size = None, 0
+
+    for param, grad, state, keys in zip(params, grads, states, keys_of, strict=True):
+        numel = _local(param).numel()
+        shaped = [
+            k
+            for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.shape == param.shape and k not in keys
+        ]
+        cut = (
+            split
+            and keys
+            and numel > per_piece
+            and not is_dtensor(param)
+            and all(t.is_contiguous() for t in (param, grad, *(state[k] for k in (*keys, *shaped))))
+        )
+        if cut:
+            close()
+            for a in range(0, numel, per_piece):
+                b = min(numel, a + per_piece)
+                piece_state = dict(state)
+                for k in shaped:
+                    piece_state[k] = state[k].view(-1)[a:b]
+                part = Part(
+                    [param.view(-1)[a:b]], [grad.view(-1)[a:b]], [piece_state], [state], True
+                )
+                part.plan = [(0, k, quantized[k], a, b) for k in keys]
+                parts.append(part)
+            continue
+        weight = numel if keys else 0
+        if current is not None and size and size + weight > limit:
+            close()
+        if current is None:
+            current = Part([], [], [], [], False)
+        i = len(current.params)
+        current.params.append(param)
+        current.grads.append(grad)
+        current.states.append(dict(state))
+        current.originals.append(state)
+        current.plan += [(i, k, quantized[k], 0, numel) for k in keys]
+        size += weight
+    close()
+    return parts
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+
+def dequantized_state_dict(
+    state_dict: Mapping[str, Any], quantized: Mapping[str, bool]
+) -> dict[str, Any]:
+    """A copy of an optimizer state dict with every quantized state decoded to float32 (and its
+    absmax entry removed): loadable by the same optimizer with ``state_bits=32``, and, where the
+    state names agree (Adam, AdamW), by ``torch.optim``. ``quantized`` is the optimizer class's
+    ``quantized_states``. The step counts become float32 tensors, as ``torch.optim`` keeps them
+    (adaptim reads either)."""
+    out = dict(state_dict)
+    out["state"] = {}
+    for pid, state in state_dict["state"].items():
+        state = dict(state)
+        for key, signed in quantized.items():
+            if is_quantized(state, key) and absmax_key(key) in state:
+                dequantize_state_(state, key, signed)
+        if isinstance(state.get("step"), int):  # torch.optim counts in a float32 tensor
+            state["step"] = torch.tensor(float(state["step"]))
+        out["state"][pid] = state
+    return out

@@ -1,0 +1,452 @@
+"""``state_bits=8``: 8-bit block-wise optimizer states (issue 10; core/state_precision.py).
+
+Over every registered optimizer that declares quantized states, the 8-bit step is checked against
+its definition: decode the states (the reference table codec), run the optimizer's own fp32 update,
+encode the result (the reference ``searchsorted`` encoder over exact midpoints). The parts are made
+small here (1,024 elements), so that a few tensors exercise what a model's do at real sizes: several
+tensors per part, tensors cut into pieces at block boundaries, a partial last block, tensors below
+the threshold that keep fp32 states, bf16 parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+from typing import Any
+
+import pytest
+import torch
+
+import adaptim
+import adaptim.core.state_precision as sp
+from adaptim.core.quantization import BLOCK, MIN_QUANTIZED_NUMEL, quantize_blockwise
+from test_conformance import INFOS, make
+
+QUANTIZING = [i for i in INFOS if i.cls.quantized_states]
+#: Adai updates v in a first pass over all parameters (for its global mean) and encodes it there;
+#: its update decodes v again, so it sees v rounded to its code: not the fp32 step on decoded states
+TWO_PASS = {"adai", "adaiv2"}
+NOT_QUANTIZING = [i for i in INFOS if not i.cls.quantized_states]
+
+
+@pytest.fixture(autouse=True)
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sp, "CPU_PART_ELEMENTS", 1024)
+
+
+def _params(seed: int = 0, bf16: bool = True) -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(80, 64), (5000,), (7,), (3, 1500)]  # 5,000 = 19 blocks + 136; (7,) stays fp32
+    params = [torch.nn.Parameter(0.1 * torch.randn(s, generator=gen)) for s in shapes]
+    if bf16:
+        params.append(torch.nn.Parameter((0.1 * torch.randn(64, 80, generator=gen)).bfloat16()))
+    return params
+
+
+def _grads(params: list[torch.nn.Parameter], step: int, scale: float = 1.0) -> None:
+    gen = torch.Generator().manual_seed(100 + step)
+    for p in params:
+        # magnitudes spread over decades, so that blocks hold values far below their absmax
+        g = torch.randn(p.shape, generator=gen) * torch.exp(2 * torch.randn(p.shape, generator=gen))
+        p.grad = (scale * g).to(p.dtype)
+
+
+def _quantized_keys(opt: torch.optim.Optimizer) -> set[tuple[int, str]]:
+    return {
+        (i, key)
+        for i, p in enumerate(opt.param_groups[0]["params"])
+        for key in type(opt).quantized_states
+        if sp.is_quantized(opt.state.get(p, {}), key)
+    }
+
+
+def _closure_for(info: Any) -> bool:
+    return bool(getattr(info.cls, "requires_closure", False))
+
+
+@pytest.mark.parametrize("path", ["foreach", "per-tensor"])
+@pytest.mark.parametrize("info", QUANTIZING, ids=lambda i: i.name)
+def test_step_is_decode_fp32_update_encode(info: Any, path: str) -> None:
+    """Each 8-bit step equals: the 32-bit optimizer loaded with the decoded states, one step, and
+    its new states encoded by the reference encoder (codes equal, absmax equal)."""
+    if _closure_for(info) or info.name in TWO_PASS:
+        pytest.skip("needs a closure" if _closure_for(info) else "two passes (test below)")
+    foreach = path == "foreach"
+    params8 = _params()
+    opt8 = make(info, params8, state_bits=8, foreach=foreach)
+    signed_of = type(opt8).quantized_states
+    for step in range(4):
+        params32 = [torch.nn.Parameter(p.detach().clone()) for p in params8]
+        opt32 = make(info, params32, foreach=foreach)
+        if step:
+            opt32.load_state_dict(sp.dequantized_state_dict(opt8.state_dict(), signed_of))
+        _grads(params8, step)
+        for p8, p32 in zip(params8, params32, strict=True):
+            p32.grad = p8.grad.clone()
+        opt8.step()
+        opt32.step()
+        for p8, p32 in zip(params8, params32, strict=True):
+            torch.testing.assert_close(p8, p32, rtol=1e-6, atol=1e-7)
+        for i, (p8, p32) in enumerate(zip(params8, params32, strict=True)):
+            s8, s32 = opt8.state[p8], opt32.state[p32]
+            for key, signed in signed_of.items():
+                if key not in s8:
+                    continue
+                quantized = p8.numel() >= MIN_QUANTIZED_NUMEL
+                assert sp.is_quantized(s8, key) == quantized, (i, key)
+                if not quantized:
+                    continue
+                assert s8[sp.absmax_key(key)].dtype == torch.float32
+                codes, absmax = quantize_blockwise(
+                    s32[key].float().reshape(-1).contiguous(), signed=signed
+                )
+                torch.testing.assert_close(s8[sp.absmax_key(key)], absmax, rtol=1e-6, atol=0)
+                mismatch = (s8[key].reshape(-1) != codes).float().mean().item()
+                assert mismatch <= 1e-3, (i, key)
+    assert _quantized_keys(opt8), "nothing was quantized"
+
+
+@pytest.mark.parametrize("name", sorted(TWO_PASS))
+def test_two_pass_optimizers_train_as_with_32_bits(name: str) -> None:
+    """Adai 8-bit on a least-squares problem ends within 5% of the 32-bit loss."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(256, 64, generator=gen), torch.randn(256, 128, generator=gen)
+    losses = []
+    for bits in (32, 8):
+        w = torch.nn.Parameter(torch.zeros(64, 128))
+        opt = make(adaptim.get(name), [w], state_bits=bits, lr=0.05)
+        for _ in range(100):
+            w.grad = None
+            loss = (a @ w - b).square().mean()
+            loss.backward()
+            opt.step()
+        assert sp.is_quantized(opt.state[w], "exp_avg") == (bits == 8)
+        losses.append((a @ w - b).square().mean().item())
+    assert losses[1] <= 1.05 * losses[0]
+
+
+@pytest.mark.parametrize("info", QUANTIZING, ids=lambda i: i.name)
+def test_state_memory_is_about_one_byte_per_element(info: Any) -> None:
+    # a matrix and a vector: factored optimizers keep full moments for vectors only
+    params = [torch.nn.Parameter(torch.randn(256, 256)), torch.nn.Parameter(torch.randn(8192))]
+    opt = make(info, params, state_bits=8)
+    _grads(params, 0)
+    if _closure_for(info):
+        opt.step(lambda: sum((p**2).sum() for p in params))
+    else:
+        opt.step()
+    found = 0
+    for p in params:
+        state = opt.state[p]
+        for key in info.cls.quantized_states:
+            if sp.is_quantized(state, key):
+                found += 1
+                nbytes = state[key].numel() + 4 * state[sp.absmax_key(key)].numel()
+                assert nbytes / p.numel() == 1 + 4 / BLOCK
+    assert found
+
+
+def test_two_moment_state_bytes_per_parameter() -> None:
+    """The issue's target: Adam's states at most 2.1 bytes per parameter with 8 bits (fp32: 8)."""
+    params = [torch.nn.Parameter(torch.randn(1000, 1000))]
+    opt = adaptim.AdamW(params, state_bits=8)
+    params[0].grad = torch.randn(1000, 1000)
+    opt.step()
+    total = sum(
+        t.numel() * t.element_size() for t in opt.state[params[0]].values() if torch.is_tensor(t)
+    )
+    assert total / params[0].numel() <= 2.1
+
+
+@pytest.mark.parametrize("info", NOT_QUANTIZING, ids=lambda i: i.name)
+def test_optimizers_without_moments_refuse_8_bits(info: Any) -> None:
+    with pytest.raises(ValueError, match="state_bits=8"):
+        make(info, _params(), state_bits=8)
+
+
+@pytest.mark.parametrize("bad", [16, 0, 8.0, "8", None, True])
+def test_bad_state_bits_is_refused_naming_it(bad: Any) -> None:
+    params = _params()
+    with pytest.raises(ValueError, match=r"state_bits.*accepted values: one of 32, 8"):
+        adaptim.AdamW(params, state_bits=bad)
+    opt = adaptim.AdamW(params)
+    with pytest.raises(ValueError, match="state_bits"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))], "state_bits": bad})
+    assert len(opt.param_groups) == 1
+
+
+def test_zero_gradient_means_zero_update() -> None:
+    """Parameters whose gradient is always exactly 0 stay where fp32 leaves them (bitsandbytes
+    0.50's CPU quantizer fails this: it never maps 0 to code 0)."""
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(64, 128, generator=gen)
+    mask = torch.rand(64, 128, generator=gen) < 0.5
+    results = []
+    for bits in (32, 8):
+        p = torch.nn.Parameter(start.clone())
+        opt = adaptim.Adam([p], lr=1e-2, state_bits=bits)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(200):
+            p.grad = torch.randn(p.shape, generator=g) * mask
+            opt.step()
+        results.append(p.detach())
+    assert torch.equal(results[0][~mask], start[~mask])
+    assert torch.equal(results[1][~mask], start[~mask])
+
+
+@pytest.mark.parametrize("name", ["adamw", "adabelief", "adan", "radam", "adai", "mars"])
+def test_never_non_finite_where_fp32_is_finite(name: str) -> None:
+    """Gradients from 0 and denormals to 1e18 (whose squares fp32 still holds), mixed in blocks."""
+    info = adaptim.get(name)
+    gen = torch.Generator().manual_seed(0)
+    exponents = torch.randint(-45, 19, (64, 96), generator=gen).float()
+    start = torch.randn(64, 96, generator=gen)
+    runs = []
+    for bits in (32, 8):
+        p = torch.nn.Parameter(start.clone())
+        opt = make(info, [p], state_bits=bits)
+        g = torch.Generator().manual_seed(1)
+        for step in range(30):
+            grad = torch.randn(p.shape, generator=g) * torch.pow(10.0, exponents)
+            grad[:, :4] = 0.0
+            p.grad = torch.roll(grad, step, dims=1)
+            opt.step()
+        runs.append(p.detach())
+    finite32 = torch.isfinite(runs[0])
+    assert finite32.any()
+    assert torch.isfinite(runs[1][finite32]).all()
+
+
+def _save_load(obj: Any) -> Any:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adan", "adabelief", "adafactor"])
+def test_checkpoint_mid_run_continues_bit_identically(name: str) -> None:
+    info = adaptim.get(name)
+
+    def fresh() -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer]:
+        params = _params()
+        return params, make(info, params, state_bits=8)
+
+    params, opt = fresh()
+    for step in range(6):
+        _grads(params, step)
+        opt.step()
+        if step == 2:
+            saved = _save_load({"opt": opt.state_dict(), "params": [p.detach() for p in params]})
+    params2, opt2 = fresh()
+    with torch.no_grad():
+        for p, v in zip(params2, saved["params"], strict=True):
+            p.copy_(v)
+    opt2.load_state_dict(saved["opt"])
+    for p in params2:
+        state = opt2.state[p]
+        for key in info.cls.quantized_states:
+            if sp.is_quantized(state, key):
+                # not cast to the bf16 parameter's dtype, as torch.optim would
+                assert state[sp.absmax_key(key)].dtype == torch.float32
+    for step in range(3, 6):
+        _grads(params2, step)
+        opt2.step()
+    for a, b in zip(params, params2, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(params, params2, strict=True):
+        for key, value in opt.state[a].items():
+            other = opt2.state[b][key]
+            assert torch.equal(value, other) if torch.is_tensor(value) else value == other
+
+
+def test_checkpoints_move_between_precisions_and_to_torch_optim() -> None:
+    params = _params(bf16=False)
+    opt32 = adaptim.AdamW(params, lr=1e-2, weight_decay=0.1)
+    for step in range(3):
+        _grads(params, step)
+        opt32.step()
+    # fp32 checkpoint into an 8-bit optimizer: quantized on load
+    opt8 = adaptim.AdamW(params, lr=1e-2, weight_decay=0.1, state_bits=8)
+    opt8.load_state_dict(_save_load(opt32.state_dict()))
+    assert _quantized_keys(opt8) == {(i, k) for i in (0, 1, 3) for k in ("exp_avg", "exp_avg_sq")}
+    state = opt8.state[params[0]]
+    decoded = sp.dequantized_state_dict(opt8.state_dict(), adaptim.AdamW.quantized_states)
+    for key in ("exp_avg", "exp_avg_sq"):
+        exact = opt32.state[params[0]][key]
+        back = decoded["state"][0][key]
+        assert back.dtype == torch.float32 and back.shape == exact.shape
+        # one code of the dynamic map is at most a few percent of the block's absmax away
+        absmax = state[sp.absmax_key(key)].repeat_interleave(BLOCK)[: exact.numel()]
+        assert ((back - exact).abs().reshape(-1) <= 0.04 * absmax + 1e-12).all()
+    # an 8-bit checkpoint into a 32-bit optimizer: decoded on load
+    back32 = adaptim.AdamW(params, lr=1e-2, weight_decay=0.1)
+    back32.load_state_dict(_save_load(opt8.state_dict()))
+    assert not _quantized_keys(back32)
+    assert torch.equal(back32.state[params[0]]["exp_avg"], decoded["state"][0]["exp_avg"])
+    assert "exp_avg_absmax" not in back32.state[params[0]]
+    # the exported state continues in torch.optim.AdamW exactly as in adaptim's 32-bit AdamW
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    ref = torch.optim.AdamW(twins, lr=1e-2, weight_decay=0.1, foreach=False)
+    ref.load_state_dict(copy.deepcopy(decoded))
+    for step in range(3, 5):
+        _grads(params, step)
+        for p, t in zip(params, twins, strict=True):
+            t.grad = p.grad.clone()
+        back32.step()
+        ref.step()
+    for p, t in zip(params, twins, strict=True):
+        torch.testing.assert_close(p, t, rtol=1e-6, atol=1e-7)
+
+
+def test_switching_a_group_between_precisions_mid_run() -> None:
+    params = _params(bf16=False)
+    opt = adaptim.RAdam(params, lr=1e-2)
+    _grads(params, 0)
+    opt.step()
+    opt.param_groups[0]["state_bits"] = 8
+    _grads(params, 1)
+    opt.step()
+    assert _quantized_keys(opt)
+    opt.param_groups[0]["state_bits"] = 32
+    _grads(params, 2)
+    opt.step()
+    assert not _quantized_keys(opt)
+    assert all(torch.isfinite(p).all() for p in params)
+
+
+def test_stable_embedding_recipe_per_group_precision() -> None:
+    """bitsandbytes' "stable embedding": 32-bit states for the embedding, 8-bit for the rest, by
+    param group (no global override registry)."""
+    emb = torch.nn.Embedding(1000, 16)
+    lin = torch.nn.Linear(128, 64)
+    opt = adaptim.AdamW(
+        [{"params": emb.parameters(), "state_bits": 32}, {"params": lin.parameters()}],
+        state_bits=8,
+    )
+    x = torch.randint(0, 1000, (4, 8))
+    loss = lin(emb(x).reshape(4, 128)).square().mean()
+    loss.backward()
+    opt.step()
+    assert opt.state[emb.weight]["exp_avg"].dtype == torch.float32
+    assert opt.state[lin.weight]["exp_avg"].dtype == torch.uint8
+    assert opt.state[lin.bias]["exp_avg"].dtype == torch.float32  # 64 elements: below threshold
+
+
+def test_restart_zeroes_quantized_moments() -> None:
+    params = _params(bf16=False)
+    opt = adaptim.Adan(params, state_bits=8)
+    for step in range(3):
+        _grads(params, step)
+        opt.step()
+    opt.restart_opt()
+    for p in params:
+        state = opt.state[p]
+        for key in ("exp_avg", "exp_avg_sq", "exp_avg_diff"):
+            decoded = dict(state)
+            if sp.is_quantized(state, key):
+                sp.dequantize_state_(decoded, key, adaptim.Adan.quantized_states[key])
+            assert torch.equal(decoded[key], torch.zeros_like(decoded[key], dtype=torch.float32))
+
+
+@pytest.mark.parametrize("name", ["adamw", "radam", "adan"])
+def test_fused_8_bit_equals_eager_8_bit(name: str) -> None:
+    info = adaptim.get(name)
+    runs = []
+    for fused in (False, True):
+        params = _params()
+        opt = make(info, params, state_bits=8, fused=fused)
+        for step in range(4):
+            _grads(params, step)
+            opt.step()
+        runs.append((params, opt))
+    (pa, oa), (pb, ob) = runs
+    for a, b in zip(pa, pb, strict=True):
+        # compiled float32 rounds differently (fused multiply-adds): a state that lands on
+        # another code after that moves its coordinate by a code's step in the next update
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        for key in info.cls.quantized_states:
+            if sp.is_quantized(oa.state[a], key):
+                mismatch = (oa.state[a][key] != ob.state[b][key]).float().mean().item()
+                assert mismatch <= 1e-3
+
+
+def test_matches_torchao_adamw8bit() -> None:
+    """Parity with torchao's AdamW8bit on CPU (same dynamic maps, blocks of 256, exact nearest
+    code): within 1e-6 after 20 steps, but for coordinates whose state rounded to the other
+    neighbouring code in one implementation."""
+    torchao_optim = pytest.importorskip("torchao.optim")
+    gen = torch.Generator().manual_seed(0)
+    start = 0.1 * torch.randn(64, 256, generator=gen)
+    ours = torch.nn.Parameter(start.clone())
+    theirs = torch.nn.Parameter(start.clone())
+    opt = adaptim.AdamW([ours], lr=1e-3, weight_decay=0.01, state_bits=8)
+    ref = torchao_optim.AdamW8bit([theirs], lr=1e-3, weight_decay=0.01, block_size=256)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        grad = torch.randn(ours.shape, generator=g)
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        opt.step()
+        ref.step()
+    # torchao's step is compiled (other float32 roundings): once in a while a state lands on the
+    # neighbouring code (here one exp_avg_sq code of 16,384 at step 16), which moves that one
+    # coordinate by a few 1e-6 over the following steps; every other one stays within 1e-6
+    diff = (ours - theirs).abs()
+    assert (diff > 1e-6).sum().item() <= 2
+    assert diff.max().item() <= 1e-4
+
+
+def test_compiled_step_equals_eager_with_8_bits() -> None:
+    runs = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        params = _params(bf16=False)
+        opt = adaptim.AdamW(params, lr=1e-2, state_bits=8)
+        step = torch.compile(opt.step) if compiled else opt.step
+        for i in range(4):
+            _grads(params, i)
+            step()
+        runs.append(params)
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_8_bit_states_are_smaller_in_a_checkpoint() -> None:
+    model = torch.nn.Linear(512, 512)
+    sizes = []
+    for bits in (32, 8):
+        opt = adaptim.AdamW(model.parameters(), state_bits=bits)
+        model(torch.randn(2, 512)).sum().backward()
+        opt.step()
+        buf = io.BytesIO()
+        torch.save(opt.state_dict(), buf)
+        sizes.append(buf.tell())
+    assert sizes[1] < 0.3 * sizes[0]
+    assert math.isclose(sizes[0] / (512 * 513 * 8), 1.0, rel_tol=0.05)
+
+
+_DOC_NAMES = {
+    "AdaptiveHeavyBallAdam": "AHB-Adam",
+    "AdaptiveHeavyBallSGD": "AHB-SGD",
+    "NCGMomentumSGD": "NCG momentum",
+    "SigSignGrad": "sigSignGrad",
+    "TanhSignGrad": "tanhSignGrad",
+    "HFac": "H-Fac",
+    "AdaiV2": "Adai",
+    "DiffGrad": "diffGrad",
+}
+
+
+def test_the_docs_table_lists_every_quantized_state() -> None:
+    """docs/state_bits.md's table names each class with all of its quantized states."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "state_bits.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "`" in line]
+    for info in QUANTIZING:
+        name = _DOC_NAMES.get(info.cls.__name__, info.cls.__name__)
+        matching = [r for r in rows if name in [n.strip() for n in r.split("|")[1].split(",")]]
+        assert matching, f"{name} is not in the table"
+        for key in info.cls.quantized_states:
+            assert any(f"`{key}`" in r for r in matching), (name, key)
