@@ -45,6 +45,7 @@ MOMENTUM_COEFFICIENTS: dict[str, tuple[str, int | None]] = {
     "pnm": ("betas", 0),
     "radam": ("betas", 0),
     "sgdp": ("momentum", None),  # heavy-ball momentum, as torch.optim.SGD
+    "sgdhess": ("momentum", None),  # its momentum coefficient, as torch.optim.SGD
     "sigsigngrad": ("betas", 0),
     "tanhsigngrad": ("betas", 0),
 }
@@ -108,8 +109,15 @@ def test_momentum_cycling_touches_only_a_momentum_coefficient(info: OptimInfo, s
     key, index = MOMENTUM_COEFFICIENTS[info.name]
     allowed = {key if index is None else f"{key}[{index}]"}
     for _ in range(3):  # construction and a few steps: every change is to the momentum
-        model(torch.randn(4, 3)).sum().backward()
-        opt.step()
+        x = torch.randn(4, 3)
+
+        def closure(x: torch.Tensor = x) -> torch.Tensor:  # closure-driven rules need one
+            opt.zero_grad()
+            loss = model(x).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
         opt.zero_grad()
         sched.step()
         for old, new in zip(before, _groups(opt), strict=True):

@@ -233,6 +233,19 @@ def test_a_step_without_product_is_refused_and_changes_nothing() -> None:
     assert all(len(strict.state[p]) == 0 for p in model.parameters())
 
 
+def test_a_first_step_with_zero_gradients_needs_no_product() -> None:
+    """torch.distributed.checkpoint creates an optimizer's state by one step with zero gradients,
+    lr 0 and no closure: accepted (nothing moves); a real gradient without a product is not."""
+    model = net()
+    opt = SGDHess(model.parameters(), lr=0.0)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    assert max_diff(before, [p.detach() for p in model.parameters()]) == 0.0
+    assert all(opt.state[p]["step"] == 1 for p in model.parameters())
+
+
 def test_bad_options_are_refused() -> None:
     params = [nn.Parameter(torch.zeros(2))]
     with pytest.raises(ValueError, match="hvp"):

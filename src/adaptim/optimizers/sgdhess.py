@@ -85,6 +85,10 @@ __all__ = ["SGDHess"]
 HVP_MODES = ("auto", "autograd")
 
 
+def _all_zero(params: list[torch.Tensor]) -> bool:
+    return all(not bool(_grad(p).any()) for p in params)
+
+
 class SGDHess(AdaptimOptimizer):
     """SGDHess (Tran & Cutkosky, NeurIPS 2022): momentum SGD corrected by ``H_t (x_t - x_{t-1})``.
 
@@ -173,9 +177,12 @@ class SGDHess(AdaptimOptimizer):
         with_grad = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         maximize = {p: g["maximize"] for g in self.param_groups for p in g["params"]}
         use_graph = any(_grad(p).requires_grad for p in with_grad)
-        self._check_hvp_source(use_graph, closure, with_grad)
-
         moved = self._moved(with_grad)
+        # A first step with zero gradients needs no product and has nothing to refuse: it is how
+        # torch.distributed.checkpoint creates an optimizer's state (lr 0, no closure).
+        if moved or closure is not None or not with_grad or not _all_zero(with_grad):
+            self._check_hvp_source(use_graph, closure, with_grad)
+
         grads_at_x: dict[torch.Tensor, torch.Tensor] | None = None
         hvps: dict[torch.Tensor, torch.Tensor] = {}
         if moved and use_graph:
