@@ -40,8 +40,10 @@ on a quadratic). For ``lr * ratio > 1``, beyond the theory, ``(1 - sqrt(a))^2`` 
 stays stable up to ``lr * lambda < 2 (1 + beta)``, so the method tolerates somewhat larger learning
 rates than plain SGD (our observation on toy problems, not the papers' claim).
 
-``delta = 1e-3``: the authors' own choice in the restatement, and the ANSHB default of the same
-group; the ``1e-2`` of the third-party script (our default until 2026-12) is not theirs. The
+``delta = 1e-3`` for the SGD form: the authors' own choice in the restatement, and the ANSHB default
+of the same group; the ``1e-2`` of the third-party script (our default until 2026-12) is not theirs.
+The Adam form keeps the script's ``1e-2``: that script is its only source (with ``1e-3`` the
+reconstructed Adam form stopped reaching the Rosenbrock minimizer at its tuned lr). The
 ``curvature_eps = 1e-6`` added to ``||x_k - x_{k-1}||`` is the script's guard against a zero step (the
 paper has none).
 
@@ -390,7 +392,8 @@ class AdaptiveHeavyBallAdam(_AdaptiveHeavyBall):
         lr: learning rate.
         beta2: EMA coefficient of the squared gradient.
         eps: added to ``sqrt(v_hat)``.
-        delta: the momentum is clipped to ``[0, 1 - delta]`` (``1e-3``: the authors' choice).
+        delta: the momentum is clipped to ``[0, 1 - delta]`` (``1e-2``: the R script's, the only
+            source of an Adam form; the SGD form takes the authors' ``1e-3``).
         curvature_eps: added to ``||x_k - x_{k-1}||`` in the curvature estimate.
         weight_decay: L2 coefficient, added to the gradient.
         maximize: ascend instead of descend.
@@ -413,7 +416,7 @@ class AdaptiveHeavyBallAdam(_AdaptiveHeavyBall):
         lr: float = 1e-3,
         beta2: float = 0.999,
         eps: float = 1e-8,
-        delta: float = 1e-3,
+        delta: float = 1e-2,
         curvature_eps: float = 1e-6,
         weight_decay: float = 0.0,
         *,
