@@ -68,7 +68,16 @@ PAGE_NAMES = {
 }
 
 #: tools outside the registry (plain functions) whose claims (``ToolClaim``) belong to a section
-TOOL_MODULE_SECTIONS = {"adaptim.tools.gradinit": "GradInit"}
+TOOL_MODULE_SECTIONS = {
+    "adaptim.tools.gradinit": "GradInit",
+    "adaptim.tools.lr_scaling": "lr scaling with the batch size",
+    "adaptim.tools.momentum_scaling": "Momentum scaling with the learning rate",
+}
+
+#: modules a ``ToolClaim`` may need that document no method: their claims (training dynamics, all
+#: run with torch.optim.Adam) are shown on Adam's page
+GENERAL_CLAIM_MODULES = {"torch.nn.functional", "adaptim.bench.diagnostics"}
+GENERAL_CLAIM_PAGE = "optimizers/adam.md"
 
 RECORD_MARKER = "<!-- registry-record -->"
 INDEX_MARKER = "<!-- registry-index -->"
@@ -224,6 +233,8 @@ def on_config(config: Any) -> Any:
     claims_of_page: dict[str, list[str]] = {}
     for claim in CLAIMS:
         page = _claim_page(claim, page_of, by_heading)
+        if page is None and claim.needs[0].partition(":")[0] in GENERAL_CLAIM_MODULES:
+            page = GENERAL_CLAIM_PAGE
         if page is None:
             log.warning(f"claim {claim.name!r}: none of {claim.needs} has a page")
             continue

@@ -123,9 +123,10 @@ def test_claims_are_well_formed() -> None:
 
 
 def test_every_claim_is_skipped_when_nothing_is_registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    # claims about tools (GradInit) need an importable function, not a registry entry
+    # claims about tools (GradInit, scaling rules, training dynamics) need an importable
+    # function, not a registry entry; most claims are about a registered optimizer
     on_registry = [c for c in CLAIMS if not isinstance(c, ToolClaim)]
-    assert len(on_registry) >= len(CLAIMS) - 1
+    assert len(on_registry) >= len(CLAIMS) // 2
     monkeypatch.setattr(registry, "_REGISTRY", {})
     monkeypatch.setattr(registry, "_ALIASES", {})
     seen: list[str] = []

@@ -121,9 +121,9 @@ class LrResult:
 def lr_result(task: Task, status: str, initial: float | None, final: float | None) -> LrResult:
     status = run_status(task, status, initial, final)
     if status == "done":
-        return LrResult("learned", float(final))  # type: ignore[arg-type]
+        return LrResult("learned", float(final))
     if status == "did-not-learn":
-        return LrResult("not-learned", float(final))  # type: ignore[arg-type]
+        return LrResult("not-learned", float(final))
     return LrResult("diverged" if status == "diverged" else "failed")
 
 
@@ -223,10 +223,10 @@ def _refinement(
     fl = f(left) if left is not None else None
     fr = f(right) if right is not None else None
     if fl is not None and fr is not None and fb is not None:
-        dl, dr = b - xs[left], b - xs[right]  # type: ignore[index]
+        dl, dr = b - xs[left], b - xs[right]
         den = dl * (fb - fr) - dr * (fb - fl)
         vertex = b if den == 0 else b - 0.5 * (dl * dl * (fb - fr) - dr * dr * (fb - fl)) / den
-        x = min(max(vertex, (xs[left] + b) / 2), (b + xs[right]) / 2)  # type: ignore[index]
+        x = min(max(vertex, (xs[left] + b) / 2), (b + xs[right]) / 2)
     else:
         sides = [j for j in (left, right) if j is not None]
         if not sides:

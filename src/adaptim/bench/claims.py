@@ -32,6 +32,8 @@ from adaptim.bench.claims_common import Claim, ClaimResult, format_table
 from adaptim.bench.claims_factored import FACTORED_CLAIMS
 from adaptim.bench.claims_lr_adaptation import LR_ADAPTATION_CLAIMS
 from adaptim.bench.claims_momentum import MOMENTUM_CLAIMS
+from adaptim.bench.claims_scaling import CLAIMS as SCALING_CLAIMS
+from adaptim.bench.claims_second_order import CLAIMS as SECOND_ORDER_CLAIMS
 from adaptim.bench.claims_training_dynamics import CLAIMS as TRAINING_DYNAMICS_CLAIMS
 from adaptim.bench.claims_wrappers_tools import WRAPPERS_TOOLS_CLAIMS
 
@@ -69,6 +71,9 @@ REPORT_ORDER: tuple[str, ...] = (
     "adarem-faster-than-adam",
     "mada-best-member",
     "padam-between-sgd-and-adam",
+    "sgdhess-beats-sgd-momentum",
+    "momentum-lr-two-thirds",
+    "lr-batch-linear-sgd-sqrt-adam",
     "preln-no-warmup",
     "weights-not-stationary",
     "adam-smaller-rmed",
@@ -97,6 +102,8 @@ CLAIMS: list[Claim] = _in_report_order(
         *FACTORED_CLAIMS,
         *LR_ADAPTATION_CLAIMS,
         *WRAPPERS_TOOLS_CLAIMS,
+        *SECOND_ORDER_CLAIMS,
+        *SCALING_CLAIMS,
         *TRAINING_DYNAMICS_CLAIMS,
     ],
     REPORT_ORDER,

@@ -4,7 +4,7 @@ and the local geometry (R_med) Adam's and SGD's trajectories visit.
 
 Conventions (float64, every draw from a seeded ``torch.Generator``, ``torch.optim`` baselines, a
 criterion fixed in the code before the result was looked at): :mod:`adaptim.bench.claims`; set-ups
-and the last run's numbers: ``docs/claims_training_dynamics.md``.
+and the last run's numbers: ``docs/claims.md``.
 
 * ``preln-no-warmup``: Xiong et al., "On Layer Normalization in the Transformer Architecture",
   ICML 2020, arXiv:2002.04745.
@@ -30,6 +30,7 @@ import shutil
 import statistics
 import subprocess
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -455,6 +456,12 @@ class _BigramNet(nn.Module):
         return self.fc2(torch.tanh(self.fc1(F.one_hot(ids, self.vocab).to(self.fc1.weight.dtype))))
 
 
+def _weight(layer: Any) -> torch.Tensor:
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
 def _bigram_loss(model: nn.Module, pairs: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(model(pairs[:, 0]), pairs[:, 1])
 
@@ -491,8 +498,8 @@ def _rmed_run(seed: int, which: str) -> tuple[float, float, float]:
         _bigram_loss(model, pairs[(t - 1) * _RMED_BATCH : t * _RMED_BATCH]).backward()
         opt.step()
         if t in _RMED_CHECKS:
-            r1.append(r_med(model, _bigram_probe_loss, probe, params=[model.fc1.weight]))
-            r2.append(r_med(model, _bigram_probe_loss, probe, params=[model.fc2.weight]))
+            r1.append(r_med(model, _bigram_probe_loss, probe, params=[_weight(model.fc1)]))
+            r2.append(r_med(model, _bigram_probe_loss, probe, params=[_weight(model.fc2)]))
     with torch.no_grad():
         end = float(_bigram_probe_loss(model, probe))
     return end / start, statistics.fmean(r1), statistics.fmean(r2)
