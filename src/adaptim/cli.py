@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import os
 import signal
 import sqlite3
@@ -31,6 +30,7 @@ __all__ = ["main"]
 
 DEFAULT_DB = "adaptim-results.db"
 DEFAULT_OUT = "adaptim-report"
+DEFAULT_SEEDS = 5  # issue 11: at least 5 seeds at each optimizer's chosen setting
 QUICK_TASKS = (
     "rosenbrock",
     "diffgrad-f1",
@@ -146,34 +146,14 @@ def _resolve_optimizers(text: str | None) -> list[str]:
         raise UsageError(str(err)) from None
 
 
-_LRS_FORMAT = "lo:hi:n (e.g. 1e-4:1e-1:7) or a comma list of learning rates (e.g. 1e-3,3e-3)"
-
-
 def _parse_lrs_option(text: str) -> list[float]:
-    """``--lrs``: finite positive learning rates, ``lo:hi:n`` or a comma list; else a UsageError."""
+    """``--lrs``: finite positive learning rates, ``lo:hi:n`` or a comma list; else a UsageError
+    (:func:`adaptim.bench.optimizers.parse_lrs` checks it and names ``--lrs``)."""
     from adaptim.bench.optimizers import parse_lrs
 
-    is_range = ":" in text
-    parts = text.split(":") if is_range else [p for p in text.split(",") if p.strip()]
-    if is_range and len(parts) != 3:
-        raise UsageError(f"--lrs {text!r}: expected {_LRS_FORMAT}")
-    for part in parts[:2] if is_range else parts:
-        try:
-            value = float(part)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):  # float() accepts "nan" and "inf"
-            raise UsageError(
-                f"--lrs {text!r}: {part.strip()!r} is not a finite number; expected {_LRS_FORMAT}"
-            )
-    if is_range and not parts[2].strip().isdigit():
-        raise UsageError(
-            f"--lrs {text!r}: n = {parts[2].strip()!r} is not a positive integer; "
-            f"expected {_LRS_FORMAT}"
-        )
     try:
         return parse_lrs(text)
-    except ValueError as err:  # lo > hi, n = 0, a learning rate <= 0
+    except ValueError as err:
         raise UsageError(str(err)) from None
 
 
@@ -201,31 +181,34 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser(
         "bench",
         help="train the bench's tasks with each optimizer and write the report",
-        description="Train real small tasks with each optimizer (a learning-rate sweep and several "
+        description="Train real small tasks with each optimizer (a learning-rate search and several "
         "seeds, one thread per run), store every run in SQLite, and write an HTML report. Re-running "
         "the same command skips the runs already finished.",
     )
     b.add_argument(
         "--optimizers",
-        help="comma-separated names or patterns (adam*, all); "
-        "default: every registered optimizer plus torch-adamw and torch-sgdm",
+        help="comma-separated names or patterns (adam*, all); default: every registered optimizer "
+        "plus the torch.optim baselines torch-adamw, torch-sgdm, torch-nadam, torch-rmsprop and "
+        "torch-adagrad",
     )
     b.add_argument("--tasks", help="comma-separated task names (default: all; `adaptim list`)")
     b.add_argument(
         "--seeds",
         type=_positive_int("--seeds"),
-        help="seeds per optimizer and task (default 3; 1 with --quick)",
+        help=f"seeds per optimizer and task, at its chosen lr (default {DEFAULT_SEEDS}; "
+        "1 with --quick)",
     )
     b.add_argument(
         "--lrs",
-        help="a fixed lr grid for every optimizer: lo:hi:n (log-spaced) or a "
-        "comma list (default: --lr-points around each optimizer's usual lr)",
+        help="one fixed lr grid for every optimizer, no search beyond it: lo:hi:n (log-spaced) or "
+        "a comma list (default: an lr search from --lr-points around each optimizer's usual lr)",
     )
     b.add_argument(
         "--lr-points",
         type=_positive_int("--lr-points"),
         default=3,
-        help="points of the default per-optimizer lr grid, half a decade apart (default 3)",
+        help="points of the starting grid of each optimizer's lr search, half a decade apart; "
+        "the search widens it while the best lr is at an end, then refines once (default 3)",
     )
     b.add_argument(
         "--protocol",
@@ -250,7 +233,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--quick",
         action="store_true",
-        help="a reduced run (fewer tasks and steps, one seed) within about 2 minutes",
+        help="a reduced run: fewer tasks, shorter runs, one seed, no step-time measurement "
+        "(about 10 minutes on 2 cores)",
     )
     b.add_argument(
         "--suite",
@@ -393,7 +377,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     tasks = _resolve_tasks(args.tasks, args.quick)
     optimizers = _resolve_optimizers(args.optimizers)
     lrs = _parse_lrs_option(args.lrs) if args.lrs else None
-    seeds = args.seeds or (1 if args.quick else 3)
+    seeds = args.seeds or (1 if args.quick else DEFAULT_SEEDS)
     jobs = args.jobs or _cores()
     plan = make_plan(
         tasks,
@@ -480,6 +464,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if elsewhere:
         status += f" ({elsewhere} runs left to another bench on this database)"
     print(f"finished in {_fmt_minutes(elapsed)}: {status}", flush=True)
+    _measure_costs(store, optimizers, env_id, timing=not args.quick)
     if not args.no_report:
         from adaptim.bench.report import render_report
 
@@ -491,6 +476,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"summary: {index.parent / 'summary.md'}")
     store.close()
     return 0
+
+
+def _measure_costs(store: Any, optimizers: Sequence[str], env_id: int, timing: bool) -> None:
+    """Store each optimizer's state bytes per parameter and (unless ``timing`` is off: ``--quick``)
+    its step time relative to fused AdamW, for the report's cost columns."""
+    from adaptim.bench.costs import measure_costs, store_costs
+
+    start = time.perf_counter()
+    what = "state memory and step time" if timing else "state memory"
+    print(f"measuring the optimizers' {what} on the MLP ...", flush=True)
+    costs = measure_costs(optimizers, timing=timing)
+    store_costs(store, costs, env_id)
+    failed = [c.optimizer for c in costs if c.error]
+    note = f"; failed: {', '.join(failed)}" if failed else ""
+    print(f"measured in {_fmt_minutes(time.perf_counter() - start)}{note}", flush=True)
 
 
 def _line_progress(start: float):
@@ -563,13 +563,17 @@ def _print_winners(store: Any, hashes: Sequence[str], optimizers: Sequence[str])
     tasks = summarize(runs)
     if not tasks:
         return
-    print("\nbest per task (mean over seeds at the best lr):")
+    print("\nbest per task (mean over seeds at the best lr; rank, ties sharing it):")
     width = max(len(t.label) for t in tasks)
     for t in tasks:
-        ranked = [g for g in t.ranked() if g.has_best]
+        ranks = t.ranks()
+        ranked = [g for g in t.ranked() if g.has_best and g.learned]
         top = (
-            ", ".join(f"{g.optimizer} {describe_value(t.task, g.mean)}" for g in ranked[:3])
-            or "no finished runs"
+            ", ".join(
+                f"{ranks[g.optimizer]}. {g.optimizer} {describe_value(t.task, g.mean)}"
+                for g in ranked[:3]
+            )
+            or "no optimizer learned"
         )
         print(f"  {t.label:<{width}}  {top}")
 

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from adaptim.bench.costs import load_costs
+from adaptim.bench.runner import EXPECTED_SEARCH_EXTRA, make_plan
 from adaptim.bench.store import Store
 from adaptim.cli import main
 
@@ -106,24 +108,59 @@ def test_tiny_bench_end_to_end(tmp_path, capsys, bench_data):
         str(out),
         "--no-progress",
     ]
+    # The estimate printed before the runs is the plan's: per group, the 3-lr starting grid, the
+    # runs a search is expected to add, and the second seed.
+    plan = make_plan(["beale", "fmnist-mlp"], ["adam", "torch-sgdm"], seeds=2, steps=12)
+    expected = sum(len(g.lrs) + EXPECTED_SEARCH_EXTRA + 1 for g in plan.groups)
+    assert plan.total_runs() == expected and len(plan.groups) == 4
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "16 runs to do" in text  # 2 tasks x 2 optimizers x (3 lrs + 1 more seed)
+    assert f"{expected} runs to do" in text
     assert "estimated" in text and f"report: {out / 'index.html'}" in text
     with Store(db) as store:
         runs = store.runs(with_metrics=False)
         envs = store.environments()
-    assert len(runs) == 16 and {r.status for r in runs} <= {"done", "diverged"}
+        costs = load_costs(store)
+    assert {r.status for r in runs} <= {"done", "did-not-learn", "diverged"}
+    for task in ("beale", "fmnist-mlp"):
+        for opt in ("adam", "torch-sgdm"):
+            group = [r for r in runs if (r.task, r.optimizer) == (task, opt)]
+            assert len({r.lr for r in group if r.seed == 0}) >= 3  # at least the starting grid
+            assert len([r for r in group if r.seed == 1]) <= 1  # the other seed, at the chosen lr
     (env,) = envs.values()
     assert env["threads_per_run"] == 1 and env["torch"] and env["cores"] >= 1 and "git" in env
+    assert len(env["load_average"]) == 3
+    # The costs were measured for the optimizers of the bench (a step time: not --quick).
+    assert sorted(costs) == ["adam", "torch-sgdm"]
+    assert costs["torch-sgdm"].state_bytes_32 == pytest.approx(4.0)  # one momentum buffer
+    assert all(c.step_ratio is not None and c.step_ratio > 0 for c in costs.values())
+    assert "measuring the optimizers' state memory and step time" in text
     assert (out / "index.html").stat().st_size > 10_000 and (out / "summary.md").is_file()
-    # Same command again: everything is skipped.
+    # Same command again: everything is skipped (the searches replay to their end from the db).
     assert main(argv) == 0
-    assert "0 runs to do (16 already finished, skipped)" in capsys.readouterr().out
+    assert f"0 runs to do ({len(runs)} already finished, skipped)" in capsys.readouterr().out
     # `adaptim report` re-renders from the database alone.
     out2 = tmp_path / "report2"
     assert main(["report", "--db", str(db), "--out", str(out2)]) == 0
     assert (out2 / "index.html").is_file()
+
+
+def test_bench_defaults_to_five_seeds(monkeypatch, tmp_path, capsys):
+    import adaptim.cli as cli
+    from adaptim.bench import runner
+
+    seen = {}
+
+    def fake_make_plan(tasks, optimizers, **kwargs):
+        seen.update(kwargs)
+        return runner.Plan(groups=[])
+
+    monkeypatch.setattr(runner, "make_plan", fake_make_plan)
+    argv = ["bench", "--tasks", "beale", "--optimizers", "adam", "--db", str(tmp_path / "x.db")]
+    assert cli.main(argv) == 1  # an empty plan: nothing to run
+    assert seen["seeds"] == 5 == cli.DEFAULT_SEEDS
+    assert cli.main([*argv, "--quick"]) == 1
+    assert seen["seeds"] == 1
 
 
 def test_bench_skips_tasks_without_data(tmp_path, capsys, no_data):

@@ -10,13 +10,26 @@ import numpy as np
 import pytest
 
 from adaptim.bench import analysis as A
+from adaptim.bench import report as REP
 from adaptim.bench import runner as R
-from adaptim.bench.report import render_report
+from adaptim.bench.costs import OptimizerCost, store_costs
+from adaptim.bench.optimizers import BASELINES
+from adaptim.bench.report import recommendations, render_report
 from adaptim.bench.store import RunRecord, Store
 
 
 def _rec(
-    i, lr, seed, final, status="done", init=1.0, stt=None, sec=None, task="noisy-quadratic", opt="x"
+    i,
+    lr,
+    seed,
+    final,
+    status="done",
+    init=1.0,
+    stt=None,
+    sec=None,
+    task="noisy-quadratic",
+    opt="x",
+    metrics=None,
 ):
     return RunRecord(
         id=i,
@@ -39,6 +52,7 @@ def _rec(
         seconds_to_target=sec,
         error=None,
         env_id=None,
+        metrics=metrics or {},
     )
 
 
@@ -112,9 +126,11 @@ def test_report_renders_images_tables_and_claims(tmp_path):
                 "adaptim": "0",
                 "git": None,
                 "argv": ["adaptim", "bench"],
+                "load_average": [1.5, 0.25, 3.0],
             }
         )
         R.run_plan(plan, store, jobs=1, env_id=env)
+        store_costs(store, [OptimizerCost("torch-sgdm", 4.0, None, 0.97, 1e-3)], env)
 
         class Claim:
             name, paper, statement, holds = "toy", "Paper", "A beats B.", False
@@ -137,12 +153,15 @@ def test_report_renders_images_tables_and_claims(tmp_path):
     }
     assert expected <= set(pngs), pngs
     import matplotlib.image as mpimg
+    from PIL import Image
 
     for name in pngs:
         data = (out / "img" / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5_000, name
         img = mpimg.imread(out / "img" / name)
         assert img.shape[0] > 100 and img.shape[1] > 100 and float(img[..., :3].std()) > 0.01, name
+        with Image.open(out / "img" / name) as im:  # a palette PNG: a light page
+            assert im.mode == "P" and len(im.getcolors(1024)) <= 256, name
     page = index.read_text()
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(embedded) == len(pngs)  # self-contained: every figure is inside the page
@@ -154,11 +173,27 @@ def test_report_renders_images_tables_and_claims(tmp_path):
         "torch-sgdm",
         "does not hold at this scale",
         "test-cpu",
-        "Overall: mean rank",
+        "1.50 0.25 3.00",  # the load average when the bench started
+        "Mean rank by kind of task",
+        "What to use when",
+        "Convex problems (noisy-quadratic)",
+        "Cost: state memory and step time",
+        "<td>torch-sgdm</td><td>4</td><td>no 8-bit states</td><td>0.97×</td>",
     ):
         assert text in page, text
+    # The test functions are diagnostics: after the ranked tasks, under their own heading.
+    diag = page.index("Diagnostics: test functions (not ranked)")
+    assert page.index("Task: noisy-quadratic") < diag < page.index("Task: rosenbrock")
+    assert page.index("Task: diffgrad-f2") > diag
+    # The table of contents links every section heading, and every link has its target.
+    toc = page[page.index("<nav class=toc>") : page.index("</nav>")]
+    links = re.findall(r"<a href='#([^']+)'>", toc)
+    ids = re.findall(r"<h[23] id='([^']+)'>", page)
+    assert links == ids and len(ids) >= 10 and len(set(ids)) == len(ids)
+    assert set(re.findall(r"<a href='#([^']+)'>", page)) <= set(ids)  # links in the text too
+    assert page.index("<nav class=toc>") < page.index("<h2")
     summary = (out / "summary.md").read_text()
-    assert "| optimizer |" in summary and "## noisy-quadratic" in summary
+    assert "| optimizer |" in summary and "### Task: noisy-quadratic" in summary
     assert "![performance profile](img/performance-profile.png)" in summary
 
 
@@ -167,3 +202,135 @@ def test_report_of_an_empty_database(tmp_path):
     Store(db).close()
     index = render_report(db, tmp_path / "r")
     assert "0 runs" in index.read_text()
+
+
+def test_baselines_have_their_own_styles():
+    assert set(REP.BASELINE_STYLE) == set(BASELINES)
+    styles = REP._styles([*BASELINES, "adam", "adan"])
+    assert len({repr(styles[n]) for n in styles}) == len(styles)  # no two drawn alike
+    assert all(styles[n] == REP.BASELINE_STYLE[n] for n in BASELINES)
+    # The other optimizers get colours, never the baselines' black and greys.
+    greys = {"black", "dimgray"}
+    assert styles["adam"][0] not in greys and len(set(styles["adam"][0])) > 1
+
+
+def test_task_rows_mark_did_not_learn_the_searched_range_and_the_interval():
+    runs = [
+        _rec(1, 1e-3, 0, 0.5, opt="good"),
+        _rec(2, 1e-2, 0, 0.2, opt="good"),
+        _rec(3, 3e-2, 0, 0.10, opt="good"),
+        _rec(4, 3e-2, 1, 0.20, opt="good"),
+        _rec(5, 3e-2, 2, 0.15, opt="good"),
+        # 1.0 -> 0.98: 2% of the gap to the ideal 0, under LEARN_FRACTION: did not learn.
+        _rec(6, 1e-3, 0, 0.99, status="did-not-learn", opt="stuck"),
+        _rec(7, 1e-2, 0, 0.98, status="did-not-learn", opt="stuck"),
+    ]
+    (t,) = A.summarize(runs)
+    rows, classes = REP._task_rows(t)
+    good, stuck = rows
+    half = 4.302652729911275 * 0.05 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert good[:6] == [
+        "1",
+        "good",
+        "0.03*",
+        "0.001 – 0.03 (3 lrs); * best at the high end",
+        "0.15 ± 0.05 (n=3)",
+        f"[{0.15 - half:.4g}, {0.15 + half:.4g}]",
+    ]
+    assert stuck[0] == "-" and stuck[4] == "0.98 (n=1), did not learn"
+    assert stuck[5] == "- (1 seed)" and "2 did-not-learn" in stuck[9]
+    assert classes == ["", "dnl"]
+    table = REP._html_table(REP.TASK_HEADER, rows, True, classes)
+    assert '<tr class="best"><td>1</td>' in table and '<tr class="dnl"><td>-</td>' in table
+
+
+def _series(values):
+    return np.array([[10 * i, 0.1 * i, v] for i, v in enumerate(values)], dtype=float)
+
+
+def test_curves_keep_runs_at_chance_level_in_view(tmp_path):
+    mlp = "fmnist-mlp"
+    learner = {"metric": _series([0.1, 0.7, 0.85]), "train_loss": _series([2.3, 0.6, 0.4])}
+    stuck = {"metric": _series([0.1, 0.1, 0.11]), "train_loss": _series([2.3, 2.3, 2.3])}
+    runs = [
+        _rec(1, 1e-2, 0, 0.85, task=mlp, opt="a", init=0.1, metrics=learner),
+        _rec(2, 1e-2, 0, 0.11, "did-not-learn", task=mlp, opt="b", init=0.1, metrics=stuck),
+    ]
+    (t,) = A.summarize(runs)
+    assert not t.groups["b"].learned
+    seen = {}
+
+    class Capture(REP._Figures):
+        def save(self, fig, name, dpi=90):
+            seen["ylim"] = fig.axes[1].get_ylim()
+            seen["labels"] = fig.axes[1].get_legend_handles_labels()[1]
+            return super().save(fig, name, dpi)
+
+    figs = Capture(tmp_path)
+    assert REP._curves_figure(t, REP._styles(["a", "b"]), figs) == "curves-fmnist-mlp"
+    low, high = seen["ylim"]
+    assert low <= 0.1 and high >= 0.85  # the run at chance is drawn, not clipped
+    assert "b (lr 0.01, did not learn)" in seen["labels"] and "chance" in seen["labels"]
+
+
+def _store_group(store, task, opt, values, init, status="done", lr=0.01):
+    for seed, value in enumerate(values):
+        spec = {
+            "key": f"{task}|{opt}|{seed}",
+            "task": task,
+            "optimizer": opt,
+            "lr": lr,
+            "seed": seed,
+            "config_hash": f"h-{task}",
+            "steps": 100,
+        }
+        result = {"status": status, "final_metric": value, "initial_metric": init}
+        store.write_result(spec, result, None)
+
+
+def test_what_to_use_when_is_computed_from_the_stored_results(tmp_path):
+    db = tmp_path / "w.db"
+    with Store(db) as store:
+        # fmnist-mlp: a and b cannot be told apart (3 seeds each), c is clearly behind, d at chance.
+        _store_group(store, "fmnist-mlp", "a", [0.85, 0.86, 0.84], 0.1)
+        _store_group(store, "fmnist-mlp", "b", [0.848, 0.852, 0.85], 0.1)
+        _store_group(store, "fmnist-mlp", "c", [0.60, 0.61, 0.59], 0.1)
+        _store_group(store, "fmnist-mlp", "d", [0.1, 0.1, 0.1], 0.1, status="did-not-learn")
+        # charlm (bits per character, lower is better): b alone in front.
+        _store_group(store, "charlm", "b", [2.0, 2.1, 2.05], 6.0)
+        _store_group(store, "charlm", "a", [3.0, 3.1, 3.05], 6.0)
+        _store_group(store, "charlm", "c", [3.5, 3.6, 3.55], 6.0)
+        # The noisy quadratic (convex), one seed each: c first; rosenbrock is a diagnostic.
+        _store_group(store, "noisy-quadratic", "c", [0.01], 1.0)
+        _store_group(store, "noisy-quadratic", "a", [0.05], 1.0)
+        _store_group(store, "rosenbrock", "a", [0.001], 1.0)
+        _store_group(store, "rosenbrock", "b", [0.5], 1.0)
+        store_costs(
+            store,
+            [OptimizerCost("a", 8.0, 2.11, 1.2, 1e-3), OptimizerCost("b", 4.0, None, 0.9, 1e-3)],
+            None,
+        )
+        advice = {a.kind: a for a in recommendations(A.summarize(store.runs()))}
+    assert sorted(advice) == ["convex", "neural network"]  # no advice from a diagnostic
+    nn = advice["neural network"]
+    assert nn.per_task == {"fmnist-mlp": ("a", "b"), "charlm": ("b",)}
+    assert nn.best == ("b",) and nn.top_count == 2 and nn.seeds == (3, 3)
+    # Mean ranks: fmnist-mlp a 1, b 1 (tied), c 3, d last (4); charlm b 1, a 2, c 3, d absent (4).
+    assert nn.mean_rank == {"a": 1.5, "b": 1.0, "c": 3.0, "d": 4.0}
+    assert advice["convex"].best == ("c",) and advice["convex"].seeds == (1, 1)
+
+    page = render_report(db, tmp_path / "rep").read_text()
+    section = page[page.index("<h2 id='what-to-use-when'>") : page.index("<h2 id='mean-rank")]
+    assert (
+        "<b>Neural networks.</b> In the top tie group on 2 of 2 tasks (fmnist-mlp, charlm): b "
+        "(mean rank 1.00; 4 B/param of state, a step 0.90× fused AdamW&#x27;s)." in section
+    )
+    assert (
+        "<b>Convex problems.</b> In the top tie group on 1 of 1 task (noisy-quadratic): c"
+        in section
+    )
+    assert "One seed per optimizer" in section and "3 seeds at each optimizer" in section
+    assert "rosenbrock" not in section
+    summary = (tmp_path / "rep" / "summary.md").read_text()
+    assert "| 1 | b | 1.00 | 2 | 2 of 2 | 4 | no 8-bit states | 0.90× |" in summary
+    assert "| 2 | a | 1.50 | 2 | 1 of 2 | 8 | 2.11 | 1.20× |" in summary

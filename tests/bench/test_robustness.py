@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from adaptim.bench import runner as R
-from adaptim.bench.store import Store, StoreError
+from adaptim.bench.store import FINISHED, Store, StoreError
 from adaptim.cli import main
 
 # -- without the [bench] extra ----------------------------------------------------------------------
@@ -254,6 +254,8 @@ BENCH_ARGS = [
     "2000",
     "--seeds",
     "2",
+    "--lrs",  # a fixed grid: a known number of runs (2 x (3 lrs + 1 seed)), no search
+    "0.003,0.03,0.3",
     "--no-report",
     "--no-progress",
 ]
@@ -298,7 +300,7 @@ def test_killed_bench_leaves_no_workers_and_resumes(how, tmp_path, capsys):
         time.sleep(0.05)
     assert not any(_alive(w) for w in workers), "orphaned workers"
     before = _rows(db)
-    done_before = {r[0]: r for r in before if r[1] == "done"}
+    done_before = {r[0]: r for r in before if r[1] in FINISHED}
     assert 0 < len(done_before) < 8
     running = [r for r in before if r[1] == "running"]
     if how != "SIGKILL":
@@ -309,7 +311,8 @@ def test_killed_bench_leaves_no_workers_and_resumes(how, tmp_path, capsys):
     assert main([*args, "--jobs", "1"]) == 0
     assert f"({len(done_before)} already finished, skipped)" in capsys.readouterr().out
     after = {r[0]: r for r in _rows(db)}
-    assert len(after) == 8 and all(r[1] == "done" for r in after.values())  # 2 x (3 lrs + 1 seed)
+    assert len(after) == 8  # 2 x (3 lrs + 1 seed)
+    assert {r[1] for r in after.values()} <= {"done", "did-not-learn", "diverged"}
     for key, row in done_before.items():
         assert after[key] == row  # same row id and finish time: not run again
 
@@ -332,6 +335,8 @@ def test_two_benches_on_one_database_never_run_a_configuration_twice(tmp_path):
         "1000",
         "--seeds",
         "2",
+        "--lrs",  # a fixed grid: a known number of runs, no search
+        "0.003,0.03,0.3",
         "--jobs",
         "1",
         "--db",
@@ -345,11 +350,16 @@ def test_two_benches_on_one_database_never_run_a_configuration_twice(tmp_path):
     ran, left = [], []
     for out, _ in outs:
         (line,) = [ln for ln in out.decode().splitlines() if ln.startswith("finished in")]
-        ran.append(sum(int(n) for n in re.findall(r"(\d+) (?:done|diverged|timeout|failed)", line)))
+        ran.append(
+            sum(
+                int(n)
+                for n in re.findall(r"(\d+) (?:done|did-not-learn|diverged|timeout|failed)", line)
+            )
+        )
         found = re.search(r"(\d+) runs left to another bench", line)
         left.append(int(found.group(1)) if found else 0)
     rows = _rows(db)
     # 2 tasks x 2 optimizers x (3 lrs + 1 more seed), each row written by exactly one bench.
-    assert len(rows) == 16 and {r[1] for r in rows} <= {"done", "diverged"}
+    assert len(rows) == 16 and {r[1] for r in rows} <= {"done", "did-not-learn", "diverged"}
     assert sum(ran) == 16, (ran, [o.decode() for o, _ in outs])
     assert sum(left) > 0  # they did meet: one skipped runs the other held or had finished

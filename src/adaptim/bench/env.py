@@ -1,4 +1,5 @@
-"""What a bench run records about where it ran: machine, threads, versions, git revision."""
+"""What a bench run records about where it ran: machine, threads, versions, git revision, and the
+load average when it started (a busy machine makes wall times, not CPU times, longer)."""
 
 from __future__ import annotations
 

@@ -1,26 +1,32 @@
 """The bench report: a self-contained HTML page and a Markdown summary, drawn from the database alone.
 
-``render_report(db, out)`` writes ``out/index.html`` (every figure embedded as base64 PNG), the same
-figures as ``out/img/*.png``, and ``out/summary.md``. Figures (matplotlib, Agg backend):
+``render_report(db, out)`` writes ``out/index.html`` (every figure embedded as a base64 palette PNG,
+a quarter of the size of a full-colour one), the same figures as ``out/img/*.png``, and
+``out/summary.md``. The page, after its table of contents:
 
-* per task: loss curves and metric curves at each optimizer's best lr, median over seeds with a
-  min-max band; lr-sensitivity curves (final metric against lr);
-* the 2-D test functions: one panel per optimizer, its trajectory over the function's contours;
-* diffGrad's 1-D functions: x against step per optimizer;
-* across tasks: performance profiles of the final error and of the steps to target.
-
-Tables: per task (best lr, final metric mean and spread, steps and seconds to target, lr band), time
-to target across tasks, mean rank, claims verdicts (when ``adaptim bench --suite claims`` stored some),
-and the environments the runs came from.
+* **what to use when** (:func:`recommendations`): per kind of learning task, the optimizers in the
+  top tie group on the most of its tasks, with their costs and the caveats of the numbers;
+* mean ranks by kind of task (the 2-D and 1-D test functions are diagnostics, outside the ranks),
+  next to each optimizer's cost: state bytes per parameter (32-bit, 8-bit states) and step time
+  relative to fused AdamW (:mod:`adaptim.bench.costs`);
+* performance profiles over the learning tasks, time to target, the costs, the claims' verdicts;
+* per task, by kind and then the diagnostics: a table (rank with ties, best lr, the lrs searched,
+  mean ± sd, the 95% interval of the mean, time to target, lr band, statuses; optimizers that did
+  not learn marked), loss and metric curves at each optimizer's best lr (median over seeds with a
+  min-max band; chance level in view), lr-sensitivity curves; the 2-D functions' trajectories over
+  their contours, diffGrad's 1-D functions' x against step;
+* failed runs, and the environments the runs came from (with the load average).
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import io
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +34,29 @@ import numpy as np
 
 from adaptim.bench.analysis import (
     BAND_TOLERANCE,
+    DIAGNOSTIC,
     GroupSummary,
     TaskSummary,
     describe_value,
-    overall_ranking,
     performance_profile,
     profile_curve,
+    ranking_by_kind,
     summarize,
 )
+from adaptim.bench.costs import MODEL_DESCRIPTION, REFERENCE, OptimizerCost, load_costs
 from adaptim.bench.store import RunRecord, Store
 from adaptim.bench.tasks import FUNCTIONS_1D, FUNCTIONS_2D
 
-__all__ = ["render_report"]
+__all__ = ["Advice", "recommendations", "render_report"]
 
-BASELINE_STYLE = {"torch-adamw": ("black", "-"), "torch-sgdm": ("dimgray", "--")}
+# The torch.optim baselines: black and grey, told apart by their dashes.
+BASELINE_STYLE: dict[str, tuple[str, Any]] = {
+    "torch-adamw": ("black", "-"),
+    "torch-sgdm": ("dimgray", "--"),
+    "torch-nadam": ("black", ":"),
+    "torch-rmsprop": ("dimgray", "-."),
+    "torch-adagrad": ("black", (0, (6, 2, 1, 2, 1, 2))),
+}
 
 
 def _plt():
@@ -60,7 +75,7 @@ def _styles(names: Sequence[str]) -> dict[str, tuple[Any, str]]:
     palette = [
         *plt.get_cmap("tab10").colors[:7],
         *plt.get_cmap("tab10").colors[8:],
-        *plt.get_cmap("Dark2").colors,
+        *plt.get_cmap("Dark2").colors[:7],  # not its grey: the baselines are black and grey
         *plt.get_cmap("Set1").colors[:5],
     ]
     lines = ["-", "--", "-.", ":"]
@@ -97,6 +112,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+PNG_COLOURS = 256  # colours of a figure's palette
+
+
 class _Figures:
     """Saves figures as PNG files and remembers them for embedding."""
 
@@ -106,10 +124,23 @@ class _Figures:
         self.files: dict[str, Path] = {}
 
     def save(self, fig: Any, name: str, dpi: int = 90) -> str:
+        """Save ``fig`` as a palette PNG: line plots have few colours, and an RGBA PNG of their
+        anti-aliased edges is about four times larger for no visible difference (the page embeds
+        every figure, so their size is the page's)."""
+        from PIL import Image
+
         plt = _plt()
         path = self.folder / f"{name}.png"
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
         plt.close(fig)
+        buffer.seek(0)
+        with Image.open(buffer) as image:
+            rgb = image.convert("RGB")
+        palette = rgb.quantize(
+            colors=PNG_COLOURS, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE
+        )
+        palette.save(path, format="PNG", optimize=True)
         self.files[name] = path
         return name
 
@@ -175,6 +206,8 @@ def _curves_figure(t: TaskSummary, styles: dict, figs: _Figures) -> str | None:
                 ax.plot(steps, med, label=_other_label(n_other, labelled, i), **OTHER)
                 continue
             lr = "default lr" if g.best_lr is None else f"lr {g.best_lr:.3g}"
+            if not g.learned:
+                lr += ", did not learn"
             ax.plot(steps, med, color=color, ls=ls, lw=1.3, label=f"{g.optimizer} ({lr})", zorder=3)
             if vals.shape[0] > 1:
                 ax.fill_between(
@@ -197,17 +230,25 @@ def _curves_figure(t: TaskSummary, styles: dict, figs: _Figures) -> str | None:
         )
         if _log_ok(vals):
             ax.set_yscale("log")
-    axes[1].axhline(t.task.target, color="red", lw=0.8, ls=":")
+    _reference_lines(axes[1], t)
     if not t.task.lower_is_better:
-        lines = [ln.get_ydata() for ln in axes[1].get_lines()[:-1]]
-        if lines:
-            top = max(np.nanmax(v) for v in lines)
-            axes[1].set_ylim(max(0.0, min(t.task.target - 0.15, top - 0.3)), min(1.0, top + 0.02))
+        # Every curve stays in view, those at chance level too: no zoom on the best few.
+        vals = np.concatenate([np.asarray(ln.get_ydata(), float) for ln in axes[1].get_lines()])
+        vals = vals[np.isfinite(vals)]
+        if vals.size:
+            axes[1].set_ylim(max(0.0, vals.min() - 0.03), min(1.0, vals.max() + 0.02))
     fig.suptitle(
         f"{t.label}: median over seeds at each optimizer's best lr, band = min..max", fontsize=10
     )
     _legend(fig, axes[1], drawn, reverse=True)
     return figs.save(fig, f"curves-{_slug(t.label)}")
+
+
+def _reference_lines(ax: Any, t: TaskSummary) -> None:
+    """The task's target (red, dotted) and, for a classification task, chance level (grey)."""
+    ax.axhline(t.task.target, color="red", lw=0.8, ls=":", label=f"target {t.task.target:g}")
+    if t.task.chance is not None:
+        ax.axhline(t.task.chance, color="gray", lw=0.8, ls="--", label="chance")
 
 
 def _lr_figure(t: TaskSummary, styles: dict, figs: _Figures) -> str | None:
@@ -258,6 +299,8 @@ def _lr_figure(t: TaskSummary, styles: dict, figs: _Figures) -> str | None:
             zorder=5,
             label="diverged",
         )
+    if t.task.chance is not None:
+        ax.axhline(t.task.chance, color="gray", lw=0.8, ls="--", label="chance")
     ax.set_xlabel("learning rate")
     ax.set_ylabel(f"final {t.task.metric}")
     ax.grid(alpha=0.3, which="both")
@@ -319,7 +362,8 @@ def _trajectory_figure(t: TaskSummary, styles: dict, figs: _Figures, store: Stor
         ax.set_xticks([])
         ax.set_yticks([])
         lr = "default" if g.best_lr is None else f"{g.best_lr:.2g}"
-        ax.set_title(f"{g.optimizer}\nlr {lr}, dist {g.mean:.2g}", fontsize=7)
+        learned = "" if g.learned else " (did not learn)"
+        ax.set_title(f"{g.optimizer}\nlr {lr}, dist {g.mean:.2g}{learned}", fontsize=7)
     fig.suptitle(
         f"{t.label}: seed-0 trajectory at each optimizer's best lr (o start, x end, * minimizer)",
         fontsize=9,
@@ -464,6 +508,18 @@ def _fmt_lr(g: GroupSummary) -> str:
     return s + ("*" if g.best_at_edge else "")
 
 
+def _fmt_searched(g: GroupSummary) -> str:
+    """The lrs the group ran, lowest to highest, and the end its best lr sits at (``*``)."""
+    if g.searched is None:
+        return "-"
+    lo, hi = g.searched
+    n = len({lr for lr in g.lrs if lr is not None})
+    text = f"{lo:.3g}" if lo == hi else f"{lo:.3g} – {hi:.3g} ({n} lrs)"
+    if g.edge is not None:
+        text += f"; * best at the {g.edge} end"
+    return text
+
+
 def _fmt_band(g: GroupSummary) -> str:
     if g.band_decades is None:
         return "-"
@@ -480,7 +536,16 @@ def _fmt_result(t: TaskSummary, g: GroupSummary) -> str:
             + describe_value(t.task, g.std).rstrip("%")
             + ("%" if t.task.metric.endswith("accuracy") else "")
         )
-    return s + f" (n={g.n_seeds})"
+    s += f" (n={g.n_seeds})"
+    return s if g.learned else s + ", did not learn"
+
+
+def _fmt_ci(t: TaskSummary, g: GroupSummary) -> str:
+    """The 95% interval of the mean at the best lr (Student's t over the seeds)."""
+    if not g.has_best or not math.isfinite(g.ci95) or not math.isfinite(g.mean):
+        return "-" if not g.has_best else f"- ({g.n_seeds} seed{'s' if g.n_seeds != 1 else ''})"
+    lo, hi = g.mean - g.ci95, g.mean + g.ci95
+    return f"[{describe_value(t.task, lo)}, {describe_value(t.task, hi)}]"
 
 
 def _fmt_ttt(g: GroupSummary) -> tuple[str, str]:
@@ -494,30 +559,38 @@ def _status_text(g: GroupSummary) -> str:
     return ", ".join(parts)
 
 
-def _task_rows(t: TaskSummary) -> list[list[str]]:
-    rows = []
-    for rank, g in enumerate(t.ranked(), 1):
+def _task_rows(t: TaskSummary) -> tuple[list[list[str]], list[str]]:
+    """The rows of a task's table (best first) and each row's CSS class (``dnl``: did not learn)."""
+    ranks = t.ranks()
+    rows, classes = [], []
+    for g in t.ranked():
         steps, secs = _fmt_ttt(g)
+        learned = g.has_best and g.learned and math.isfinite(g.mean)
         rows.append(
             [
-                str(rank) if g.has_best else "-",
+                str(ranks[g.optimizer]) if learned else "-",
                 g.optimizer,
                 _fmt_lr(g),
+                _fmt_searched(g),
                 _fmt_result(t, g),
+                _fmt_ci(t, g),
                 steps,
                 secs,
                 _fmt_band(g),
                 _status_text(g),
             ]
         )
-    return rows
+        classes.append("" if learned or not g.has_best else "dnl")
+    return rows, classes
 
 
 TASK_HEADER = [
-    "#",
+    "rank",
     "optimizer",
     "best lr",
+    "lrs searched",
     "final metric (mean ± sd)",
+    "95% interval of the mean",
     "steps to target",
     "seconds to target",
     "lr band (decades)",
@@ -526,7 +599,10 @@ TASK_HEADER = [
 
 
 def _html_table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], bold_first: bool = False
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    bold_first: bool = False,
+    row_classes: Sequence[str] | None = None,
 ) -> str:
     out = [
         "<table><thead><tr>",
@@ -535,7 +611,10 @@ def _html_table(
     ]
     for i, row in enumerate(rows):
         cells = "".join(f"<td>{html.escape(str(c))}</td>" for c in row)
-        cls = ' class="best"' if bold_first and i == 0 else ""
+        names = [row_classes[i]] if row_classes is not None and row_classes[i] else []
+        if bold_first and i == 0:
+            names.append("best")
+        cls = f' class="{" ".join(names)}"' if names else ""
         out.append(f"<tr{cls}>{cells}</tr>")
     out.append("</tbody></table>")
     return "".join(out)
@@ -588,13 +667,222 @@ def _claims_rows(claims: list[dict[str, Any]]) -> list[list[str]]:
 
 CLAIMS_HEADER = ["claim", "paper", "statement", "verdict", "numbers", "detail"]
 
+
+# -- costs and recommendations --------------------------------------------------------------------
+
+
+def _fmt_bytes(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def _fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}×"
+
+
+def _cost_cells(name: str, costs: dict[str, OptimizerCost]) -> list[str]:
+    c = costs.get(name)
+    if c is None:
+        return ["-", "-", "-"]
+    if c.error and c.state_bytes_32 is None:
+        return ["failed", "-", "-"]
+    eight = "no 8-bit states" if c.state_bytes_8 is None else _fmt_bytes(c.state_bytes_8)
+    return [_fmt_bytes(c.state_bytes_32), eight, _fmt_ratio(c.step_ratio)]
+
+
+COST_HEADER = [
+    "state bytes / param (32-bit)",
+    "state bytes / param (8-bit states)",
+    "step time vs fused AdamW",
+]
+
+
+def _cost_rows(names: Sequence[str], costs: dict[str, OptimizerCost]) -> list[list[str]]:
+    rows = []
+    for n in names:
+        if n in costs:
+            c = costs[n]
+            rows.append([n, *_cost_cells(n, costs), c.error or ""])
+    return rows
+
+
+@dataclass(frozen=True)
+class Advice:
+    """What the stored results say about one kind of learning task (:func:`recommendations`)."""
+
+    kind: str
+    tasks: tuple[str, ...]  # the labels of its tasks
+    per_task: dict[str, tuple[str, ...]]  # task label -> its top tie group (empty: none learned)
+    best: tuple[str, ...]  # the optimizers in the top tie group on the most of its tasks
+    top_count: int  # on how many of its tasks each of ``best`` is in the top group
+    mean_rank: dict[str, float]  # the kind's mean rank of each optimizer
+    seeds: tuple[int, int]  # the fewest and most seeds at a best lr, over the kind's groups
+    steps: tuple[int, int]  # the shortest and longest run, in steps
+    at_edge: tuple[str, ...]  # those of ``best`` whose best lr is at an end of its search somewhere
+
+
+def recommendations(tasks: Sequence[TaskSummary]) -> list[Advice]:
+    """For each kind of learning task, the optimizers in the top tie group
+    (:meth:`TaskSummary.tie_groups`) on the most tasks of that kind, best mean rank first."""
+    by_kind: dict[str, list[TaskSummary]] = {}
+    for t in tasks:
+        if t.kind != DIAGNOSTIC:
+            by_kind.setdefault(t.kind, []).append(t)
+    ranking = ranking_by_kind(tasks)
+    out = []
+    for kind, ts in sorted(by_kind.items()):
+        per_task = {}
+        for t in ts:
+            groups = t.tie_groups()
+            per_task[t.label] = tuple(groups[0]) if groups else ()
+        counts: dict[str, int] = {}
+        for top in per_task.values():
+            for name in top:
+                counts[name] = counts.get(name, 0) + 1
+        mean_rank = {name: r for name, r, _ in ranking.get(kind, [])}
+        top_count = max(counts.values(), default=0)
+        best = tuple(
+            sorted(
+                (n for n, c in counts.items() if c == top_count),
+                key=lambda n: (mean_rank.get(n, math.inf), n),
+            )
+        )
+        with_best = [g for t in ts for g in t.groups.values() if g.has_best]
+        seeds = [g.n_seeds for g in with_best] or [0]
+        edge = {g.optimizer for g in with_best if g.best_at_edge} & set(best)
+        out.append(
+            Advice(
+                kind,
+                tuple(t.label for t in ts),
+                per_task,
+                best,
+                top_count,
+                mean_rank,
+                (min(seeds), max(seeds)),
+                (min(t.steps for t in ts), max(t.steps for t in ts)),
+                tuple(sorted(edge)),
+            )
+        )
+    return out
+
+
+KIND_TITLES = {"neural network": "Neural networks", "convex": "Convex problems"}
+
+
+def _kind_title(kind: str) -> str:
+    return KIND_TITLES.get(kind, kind.capitalize())
+
+
+def _describe_cost(name: str, costs: dict[str, OptimizerCost]) -> str:
+    c = costs.get(name)
+    if c is None or c.state_bytes_32 is None:
+        return "cost not measured"
+    parts = [f"{c.state_bytes_32:.3g} B/param of state"]
+    if c.state_bytes_8 is not None:
+        parts[0] += f" ({c.state_bytes_8:.3g} with state_bits=8)"
+    if c.step_ratio is not None:
+        parts.append(f"a step {c.step_ratio:.2f}× fused AdamW's")
+    return ", ".join(parts)
+
+
+def _advice_text(a: Advice, costs: dict[str, OptimizerCost]) -> tuple[str, list[str]]:
+    """A sentence naming the recommended optimizers with their costs, and the caveats."""
+    n = len(a.tasks)
+    tasks = ", ".join(a.tasks)
+    if not a.best:
+        return f"No optimizer learned on {tasks}.", []
+    named = "; ".join(
+        f"{name} (mean rank {a.mean_rank.get(name, math.nan):.2f}; {_describe_cost(name, costs)})"
+        for name in a.best
+    )
+    head = (
+        f"In the top tie group on {a.top_count} of {n} task{'s' if n > 1 else ''} ({tasks}): "
+        f"{named}."
+    )
+    leader = min(a.mean_rank, key=lambda m: (a.mean_rank[m], m), default=None)
+    if leader is not None and leader not in a.best:
+        k = sum(leader in top for top in a.per_task.values())
+        head += (
+            f" Best mean rank over these tasks: {leader} ({a.mean_rank[leader]:.2f}; in the top"
+            f" tie group on {k} of {n}; {_describe_cost(leader, costs)})."
+        )
+    measured = [
+        name for name in a.best if costs.get(name) and costs[name].state_bytes_32 is not None
+    ]
+    if len(measured) > 1:
+        light = min(measured, key=lambda m: (costs[m].state_bytes_32, m))
+        head += f" Least state memory among them: {light}."
+        timed = [m for m in measured if costs[m].step_ratio is not None]
+        if len(timed) > 1:
+            head += f" Fastest step among them: {min(timed, key=lambda m: costs[m].step_ratio)}."
+    caveats = [
+        f"Toy scale: small models and short runs ({a.steps[0]}"
+        + (f"-{a.steps[1]}" if a.steps[1] != a.steps[0] else "")
+        + " steps); the order may not carry over to larger models or longer training.",
+    ]
+    lo, hi = a.seeds
+    seeds = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    if hi <= 1:
+        caveats.append(
+            "One seed per optimizer: no two optimizers can tie, so each top group is a single "
+            "optimizer and a narrow win may be noise; run with --seeds 5 or more."
+        )
+    else:
+        caveats.append(
+            f"{seeds} seeds at each optimizer's best lr; a tie group is what a Welch t-test at 5% "
+            "cannot tell apart, not proof that the optimizers are equal."
+        )
+    caveats.append(
+        "Budget: each optimizer's lr searched on seed 0 (other hyperparameters at their defaults)."
+        + (
+            f" Best lr at an end of its search for {', '.join(a.at_edge)}: a wider search may "
+            "change the picture."
+            if a.at_edge
+            else ""
+        )
+    )
+    return head, caveats
+
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1300px;color:#222}
 h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+h3{margin-top:1.6em}
 table{border-collapse:collapse;font-size:.85em;margin:.8em 0} td,th{border:1px solid #ddd;padding:3px 7px}
 th{background:#f3f3f3;text-align:left} tr.best td{font-weight:600} img{max-width:100%;margin:.5em 0}
+tr.dnl td{color:#888;font-style:italic}
 .note{color:#555;font-size:.9em} code{background:#f5f5f5;padding:0 3px}
+nav.toc{background:#fafafa;border:1px solid #e5e5e5;padding:.4em 1.2em;font-size:.9em}
+nav.toc ul{margin:.2em 0;padding-left:1.2em}
 """
+
+
+class _Page:
+    """The HTML body and the Markdown summary, written side by side, with a table of contents."""
+
+    def __init__(self) -> None:
+        self.body: list[str] = []
+        self.md: list[str] = []
+        self.toc: list[tuple[int, str, str]] = []  # (level, anchor, title)
+
+    def heading(self, level: int, title: str, anchor: str | None = None) -> None:
+        anchor = anchor or _slug(title)
+        self.toc.append((level, anchor, title))
+        self.body.append(f"<h{level} id='{anchor}'>{html.escape(title)}</h{level}>")
+        self.md += ["#" * level + " " + title, ""]
+
+    def toc_html(self) -> str:
+        out, depth = ["<nav class=toc><b>Contents</b>"], 1
+        for level, anchor, title in self.toc:
+            while depth < level:
+                out.append("<ul>")
+                depth += 1
+            while depth > level:
+                out.append("</ul>")
+                depth -= 1
+            out.append(f"<li><a href='#{anchor}'>{html.escape(title)}</a></li>")
+        out += ["</ul>"] * (depth - 1)
+        out.append("</nav>")
+        return "".join(out)
 
 
 def render_report(
@@ -617,12 +905,47 @@ def render_report(
             store.close()
 
 
+def _task_section(
+    page: _Page, t: TaskSummary, styles: dict, figs: _Figures, store: Store, ranked: bool
+) -> None:
+    page.heading(3, f"Task: {t.label}", _slug(t.label))
+    scope = "" if ranked else " A diagnostic: its order is not counted in the ranks."
+    page.body.append(
+        f"<p>{html.escape(t.task.description)}. Metric: {html.escape(t.task.metric)} "
+        f"({'lower' if t.task.lower_is_better else 'higher'} is better), target {t.task.target:g}, "
+        f"{t.steps} steps, lr schedule {t.task.schedule}.{scope}</p>"
+    )
+    rows, classes = _task_rows(t)
+    page.body.append(_html_table(TASK_HEADER, rows, True, classes))
+    page.md += [
+        f"{t.task.description}; {t.steps} steps, lr schedule {t.task.schedule}, "
+        f"target {t.task.target:g}.{scope}",
+        "",
+        _md_table(TASK_HEADER, rows),
+        "",
+    ]
+    makers = [_curves_figure, _lr_figure]
+    for maker in makers:
+        name = maker(t, styles, figs)
+        if name:
+            page.body.append(figs.img(name, f"{t.label} {name}"))
+            page.md.append(f"![{name}](img/{name}.png)")
+    if t.task.name in FUNCTIONS_2D:
+        name = _trajectory_figure(t, styles, figs, store)
+        if name:
+            page.body.append(figs.img(name, f"{t.label} trajectories"))
+            page.md.append(f"![{name}](img/{name}.png)")
+    page.md.append("")
+
+
 def _render(store: Store, out: Path, config_hashes, optimizers, title: str) -> Path:
     runs = store.runs(config_hashes=config_hashes)
     if optimizers is not None:
         keep = set(optimizers)
         runs = [r for r in runs if r.optimizer in keep]
     tasks = summarize(runs)
+    learning = [t for t in tasks if t.kind != DIAGNOSTIC]
+    diagnostics = [t for t in tasks if t.kind == DIAGNOSTIC]
     claims = store.latest_claims()
     envs = store.environments()
     out.mkdir(parents=True, exist_ok=True)
@@ -630,125 +953,187 @@ def _render(store: Store, out: Path, config_hashes, optimizers, title: str) -> P
     for old in figs.folder.glob("*.png"):
         old.unlink()
     names = sorted({o for t in tasks for o in t.groups})
+    costs = {n: c for n, c in load_costs(store).items() if n in set(names)}
     styles = _styles(names)
 
-    body: list[str] = []
-    md: list[str] = [f"# {title}: summary", ""]
-    n_runs = len(runs)
+    page = _Page()
+    page.md += [f"# {title}: summary", ""]
     counts: dict[str, int] = {}
-    for r in runs:
-        counts[r.status] = counts.get(r.status, 0) + 1
+    for t in tasks:  # the statuses as judged now (an older bench's runs included)
+        for g in t.groups.values():
+            for status, n in g.statuses.items():
+                counts[status] = counts.get(status, 0) + n
     status_line = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
-    body.append(f"<h1>{html.escape(title)}</h1>")
-    body.append(
-        f"<p>{n_runs} runs ({status_line}) on {len(tasks)} task configurations, {len(names)} optimizers."
-        " Each optimizer is shown at its best learning rate of the sweep (chosen on the seeds that every"
-        " lr ran); <code>*</code> marks a best lr at the edge of the grid (a wider sweep may do better);"
-        f" the lr band is the range of grid lrs within {BAND_TOLERANCE:.0%} of the best, measured as a"
-        " fraction of the progress from the starting value (≥: the band reaches the grid's edge).</p>"
+    intro = (
+        f"{len(runs)} runs ({status_line}) on {len(tasks)} task configurations "
+        f"({len(learning)} ranked, {len(diagnostics)} diagnostics), {len(names)} optimizers."
     )
-    md.append(
-        f"{n_runs} runs ({status_line}), {len(tasks)} task configurations, {len(names)} optimizers."
+    page.body.append(f"<h1>{html.escape(title)}</h1>")
+    page.body.append(
+        f"<p>{intro} Each optimizer is shown at the best learning rate of its search (chosen on the"
+        " seeds that every lr ran); <code>*</code> marks a best lr at an end of the lrs searched (a"
+        " wider search may do better). Optimizers whose best lr did not beat the task's trivial"
+        " baseline (chance accuracy, the initial metric) are marked <i>did not learn</i> and rank"
+        f" after every one that did. The lr band is the range of lrs within {BAND_TOLERANCE:.0%} of"
+        " the best, measured as a fraction of the progress from the starting value (≥: the band"
+        " reaches an end of the lrs searched).</p>"
     )
-    md.append("Full report with figures: `index.html`. `*`: best lr at the grid's edge.\n")
+    toc_at = len(page.body)
+    page.md += [
+        intro,
+        "Full report with figures: `index.html`. `*`: best lr at an end of the lrs searched.",
+        "",
+    ]
+
+    if learning:
+        page.heading(2, "What to use when")
+        page.body.append(
+            "<p class=note>Computed from the results below, not written by hand: for each kind of"
+            " task, the optimizers that are in the top tie group (the best optimizer and every one a"
+            " Welch t-test at 5% cannot tell from it) on the most tasks of that kind, with what they"
+            " cost (see <a href='#cost-state-memory-and-step-time'>Cost</a>).</p>"
+        )
+        for a in recommendations(tasks):
+            head, caveats = _advice_text(a, costs)
+            page.body.append(
+                f"<p><b>{html.escape(_kind_title(a.kind))}.</b> {html.escape(head)}</p>"
+            )
+            if caveats:
+                page.body.append(
+                    "<ul class=note>"
+                    + "".join(f"<li>{html.escape(c)}</li>" for c in caveats)
+                    + "</ul>"
+                )
+            page.md += [f"**{_kind_title(a.kind)}.** {head}", ""]
+            page.md += [f"- {c}" for c in caveats] + [""]
+
+        page.heading(2, "Mean rank by kind of task")
+        page.body.append(
+            "<p class=note>Each optimizer's rank on each learning task, averaged over the tasks of"
+            " one kind. On a task, a tie group (the leader and every optimizer a Welch t-test at 5%"
+            " over the seeds cannot tell from it; one seed ties with nobody) shares the rank of its"
+            " first place; an optimizer that did not learn, or has no finished run, counts as last."
+            " The 2-D and 1-D test functions are diagnostics, outside the ranks. Costs: see"
+            " <a href='#cost-state-memory-and-step-time'>Cost</a>.</p>"
+        )
+        advice = {a.kind: a for a in recommendations(tasks)}
+        for kind, ranking in ranking_by_kind(tasks).items():
+            a = advice[kind]
+            tops = {n: sum(n in top for top in a.per_task.values()) for n, _, _ in ranking}
+            header = [
+                "#",
+                "optimizer",
+                "mean rank (1 = best)",
+                "tasks",
+                "in the top tie group",
+                *COST_HEADER,
+            ]
+            rows = [
+                [
+                    str(i),
+                    n,
+                    f"{r:.2f}",
+                    str(k),
+                    f"{tops[n]} of {len(a.tasks)}",
+                    *_cost_cells(n, costs),
+                ]
+                for i, (n, r, k) in enumerate(ranking, 1)
+            ]
+            page.heading(3, f"{_kind_title(kind)} ({', '.join(a.tasks)})", f"rank-{_slug(kind)}")
+            page.body.append(_html_table(header, rows, True))
+            page.md += [_md_table(header, rows), ""]
+
+        prof = _profile_figure(learning, styles, figs)
+        if prof:
+            page.heading(2, "Performance profiles")
+            page.body.append(
+                "<p class=note>Over the learning tasks: for each optimizer, the fraction of tasks on"
+                " which its cost is within a factor tau of the best optimizer's on that task (Dolan"
+                " &amp; Moré, 2002). Left: final error (the metric, or 1 - accuracy) at the best lr;"
+                " right: steps to the task's target (unreached = never). Higher and further left is"
+                " better.</p>"
+            )
+            page.body.append(figs.img(prof, "performance profiles"))
+            page.md += ["![performance profile](img/performance-profile.png)", ""]
 
     if tasks:
-        ranking = overall_ranking(tasks)
-        rows = [[str(i), n, f"{r:.2f}"] for i, (n, r, _) in enumerate(ranking, 1)]
-        body.append("<h2>Overall: mean rank over tasks</h2>")
-        body.append(
-            _html_table(
-                ["#", "optimizer", "mean rank (1 = best; missing/diverged = last)"], rows, True
-            )
-        )
-        md += ["## Mean rank over tasks", "", _md_table(["#", "optimizer", "mean rank"], rows), ""]
-        prof = _profile_figure(tasks, styles, figs)
-        if prof:
-            body.append("<h2>Performance profiles</h2>")
-            body.append(
-                "<p class=note>For each optimizer, the fraction of tasks on which its cost is within a"
-                " factor tau of the best optimizer's on that task (Dolan &amp; Moré, 2002). Left: final error"
-                " (the metric, or 1 - accuracy) at the best lr; right: steps to the task's target"
-                " (unreached = never). Higher and further left is better.</p>"
-            )
-            body.append(figs.img(prof, "performance profiles"))
-            md.append("![performance profile](img/performance-profile.png)\n")
         header, rows = _ttt_table(tasks)
-        body.append("<h2>Time to target</h2>")
-        body.append(
-            "<p class=note>Median over the best lr's seeds of the first evaluation at which the target was"
-            " reached; seconds are the CPU time of training (one thread), without evaluation.</p>"
+        page.heading(2, "Time to target")
+        page.body.append(
+            "<p class=note>Median over the best lr's seeds of the first evaluation at which the target"
+            " was reached; seconds are the CPU time of training (one thread), without evaluation.</p>"
         )
-        body.append(_html_table(header, rows))
-        md += [
-            "## Time to target (median over seeds at the best lr)",
-            "",
-            _md_table(header, rows),
-            "",
-        ]
+        page.body.append(_html_table(header, rows))
+        page.md += [_md_table(header, rows), ""]
+
+    cost_rows = _cost_rows(names, costs)
+    if cost_rows:
+        page.heading(2, "Cost: state memory and step time")
+        page.body.append(
+            f"<p class=note>Measured on the {html.escape(MODEL_DESCRIPTION)}, each optimizer built"
+            " as the bench builds it: the bytes of its state tensors after two steps per parameter"
+            " (with <code>state_bits=8</code> where the class has 8-bit states), and the CPU time of"
+            " one training step (forward, backward and update; closure-driven methods' extra passes"
+            f" included) relative to {html.escape(REFERENCE)} timed in the same bench. On a model"
+            " this small the forward and backward pass is most of a step, so these ratios"
+            " understate how much slower an update is. <code>--quick</code> measures no step"
+            " time.</p>"
+        )
+        header = ["optimizer", *COST_HEADER, "error"]
+        page.body.append(_html_table(header, cost_rows))
+        page.md += [_md_table(header, cost_rows), ""]
 
     if claims:
         rows = _claims_rows(claims)
-        body.append("<h2>Claims of the papers, checked at toy scale</h2>")
-        body.append(_html_table(CLAIMS_HEADER, rows))
-        md += [
-            "## Claims",
-            "",
+        page.heading(2, "Claims of the papers, checked at toy scale")
+        page.body.append(_html_table(CLAIMS_HEADER, rows))
+        page.md += [
             _md_table(
                 ["claim", "paper", "verdict", "numbers"], [[r[0], r[1], r[3], r[4]] for r in rows]
             ),
             "",
         ]
 
-    for t in tasks:
-        body.append(f"<h2 id='{_slug(t.label)}'>Task: {html.escape(t.label)}</h2>")
-        body.append(
-            f"<p>{html.escape(t.task.description)}. Metric: {html.escape(t.task.metric)} "
-            f"({'lower' if t.task.lower_is_better else 'higher'} is better), target {t.task.target:g}, "
-            f"{t.steps} steps, lr schedule {t.task.schedule}.</p>"
+    by_kind: dict[str, list[TaskSummary]] = {}
+    for t in learning:
+        by_kind.setdefault(t.kind, []).append(t)
+    for kind, ts in sorted(by_kind.items()):
+        page.heading(2, f"{_kind_title(kind)}: tasks", f"tasks-{_slug(kind)}")
+        for t in ts:
+            _task_section(page, t, styles, figs, store, ranked=True)
+    name = _functions_1d_figure(diagnostics, styles, figs, store)
+    if diagnostics:
+        page.heading(2, "Diagnostics: test functions (not ranked)", "diagnostics")
+        page.body.append(
+            "<p class=note>The 2-D and 1-D test functions show how each optimizer moves (its"
+            " trajectory) on a landscape with a known minimizer; they are outside the ranks and"
+            " the recommendations.</p>"
         )
-        rows = _task_rows(t)
-        body.append(_html_table(TASK_HEADER, rows, True))
-        md += [
-            f"## {t.label}",
-            "",
-            f"{t.task.description}; {t.steps} steps, lr schedule {t.task.schedule}, target {t.task.target:g}.",
-            "",
-        ]
-        md += [_md_table(TASK_HEADER, rows), ""]
-        for maker in (_curves_figure, _lr_figure):
-            name = maker(t, styles, figs)
-            if name:
-                body.append(figs.img(name, f"{t.label} {name}"))
-                md.append(f"![{name}](img/{name}.png)")
-        if t.task.name in FUNCTIONS_2D:
-            name = _trajectory_figure(t, styles, figs, store)
-            if name:
-                body.append(figs.img(name, f"{t.label} trajectories"))
-                md.append(f"![{name}](img/{name}.png)")
-        md.append("")
-    name = _functions_1d_figure(tasks, styles, figs, store)
-    if name:
-        body.append("<h2>diffGrad's 1-D functions: trajectories</h2>")
-        body.append(figs.img(name, "1-D trajectories"))
-        md += [f"![{name}](img/{name}.png)", ""]
+        for t in diagnostics:
+            _task_section(page, t, styles, figs, store, ranked=False)
+        if name:
+            page.heading(3, "diffGrad's 1-D functions: trajectories", "functions-1d")
+            page.body.append(figs.img(name, "1-D trajectories"))
+            page.md += [f"![{name}](img/{name}.png)", ""]
 
     errors = [(t.label, g.optimizer, e) for t in tasks for g in t.groups.values() for e in g.errors]
     if errors:
-        body.append("<h2>Failed runs</h2><ul>")
-        body += [
+        page.heading(2, "Failed runs")
+        page.body.append("<ul>")
+        page.body += [
             f"<li><b>{html.escape(o)}</b> on {html.escape(tl)}: {html.escape(e)}</li>"
             for tl, o, e in errors[:200]
         ]
-        body.append("</ul>")
-        md += ["## Failed runs", ""] + [f"- {o} on {tl}: {e}" for tl, o, e in errors[:200]] + [""]
+        page.body.append("</ul>")
+        page.md += [f"- {o} on {tl}: {e}" for tl, o, e in errors[:200]] + [""]
 
     used = sorted({r.env_id for r in runs if r.env_id is not None})
     if used or envs:
-        body.append("<h2>Environment</h2>")
+        page.heading(2, "Environment")
         env_rows = []
         for i in used or sorted(envs):
             e = envs.get(i, {})
+            load = e.get("load_average")
             env_rows.append(
                 [
                     str(i),
@@ -756,6 +1141,7 @@ def _render(store: Store, out: Path, config_hashes, optimizers, title: str) -> P
                     e.get("cpu", ""),
                     f"{e.get('cores', '')}",
                     f"{e.get('jobs', '')} x {e.get('threads_per_run', '')}",
+                    " ".join(f"{x:.2f}" for x in load) if load else "-",
                     e.get("python", ""),
                     e.get("torch", ""),
                     e.get("adaptim", ""),
@@ -769,22 +1155,24 @@ def _render(store: Store, out: Path, config_hashes, optimizers, title: str) -> P
             "cpu",
             "cores",
             "jobs x threads",
+            "load average (1, 5, 15 min)",
             "python",
             "torch",
             "adaptim",
             "git",
             "command",
         ]
-        body.append(_html_table(header, env_rows))
-        md += ["## Environment", "", _md_table(header, env_rows), ""]
+        page.body.append(_html_table(header, env_rows))
+        page.md += [_md_table(header, env_rows), ""]
 
-    page = (
+    page.body.insert(toc_at, page.toc_html())
+    html_page = (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-        + "\n".join(body)
+        + "\n".join(page.body)
         + "</body></html>"
     )
     index = out / "index.html"
-    index.write_text(page, encoding="utf-8")
-    (out / "summary.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    index.write_text(html_page, encoding="utf-8")
+    (out / "summary.md").write_text("\n".join(page.md) + "\n", encoding="utf-8")
     return index
