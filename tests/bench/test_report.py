@@ -192,9 +192,38 @@ def test_report_renders_images_tables_and_claims(tmp_path):
     assert links == ids and len(ids) >= 10 and len(set(ids)) == len(ids)
     assert set(re.findall(r"<a href='#([^']+)'>", page)) <= set(ids)  # links in the text too
     assert page.index("<nav class=toc>") < page.index("<h2")
+    assert _unbalanced_tags(page) == []
     summary = (out / "summary.md").read_text()
     assert "| optimizer |" in summary and "### Task: noisy-quadratic" in summary
     assert "![performance profile](img/performance-profile.png)" in summary
+
+
+def _unbalanced_tags(page: str) -> list[str]:
+    """Tags closed out of order or never closed, and lists placed straight inside lists."""
+    from html.parser import HTMLParser
+
+    class Checker(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stack: list[str] = []
+            self.problems: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag in ("img", "meta", "br"):
+                return
+            if tag == "ul" and self.stack[-1:] == ["ul"]:
+                self.problems.append(f"ul inside ul at {self.getpos()}")
+            self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            if self.stack[-1:] != [tag]:
+                self.problems.append(f"</{tag}> at {self.getpos()} inside {self.stack[-3:]}")
+            else:
+                self.stack.pop()
+
+    checker = Checker()
+    checker.feed(page)
+    return checker.problems + [f"<{t}> never closed" for t in checker.stack]
 
 
 def test_report_of_an_empty_database(tmp_path):

@@ -871,17 +871,24 @@ class _Page:
         self.md += ["#" * level + " " + title, ""]
 
     def toc_html(self) -> str:
-        out, depth = ["<nav class=toc><b>Contents</b>"], 1
+        """The headings as nested lists: each section's subsections inside its item."""
+        out = ["<nav class=toc><b>Contents</b><ul>"]
+        item_open = sub_open = False
         for level, anchor, title in self.toc:
-            while depth < level:
+            link = f"<a href='#{anchor}'>{html.escape(title)}</a>"
+            if level <= 2 or not item_open:
+                if sub_open:
+                    out.append("</ul>")
+                if item_open:
+                    out.append("</li>")
+                out.append(f"<li>{link}")
+                item_open, sub_open = True, False
+                continue
+            if not sub_open:
                 out.append("<ul>")
-                depth += 1
-            while depth > level:
-                out.append("</ul>")
-                depth -= 1
-            out.append(f"<li><a href='#{anchor}'>{html.escape(title)}</a></li>")
-        out += ["</ul>"] * (depth - 1)
-        out.append("</nav>")
+                sub_open = True
+            out.append(f"<li>{link}</li>")
+        out += ["</ul>"] * sub_open + ["</li>"] * item_open + ["</ul></nav>"]
         return "".join(out)
 
 
