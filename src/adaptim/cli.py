@@ -49,7 +49,7 @@ EXTRA_MODULES = {
         "scipy": "scipy",
         "sklearn": "scikit-learn",
     },
-    "report": {"matplotlib": "matplotlib"},
+    "report": {"matplotlib": "matplotlib", "scipy": "scipy"},  # scipy: intervals and ties
 }
 
 

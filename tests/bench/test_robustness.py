@@ -35,13 +35,14 @@ def test_bench_without_the_extra_exits_2_at_once(module, monkeypatch, capsys, tm
     assert not db.exists()
 
 
-def test_report_without_matplotlib_exits_2(monkeypatch, capsys, tmp_path):
+@pytest.mark.parametrize("module", ["matplotlib", "scipy"])  # scipy: 95% intervals, tie groups
+def test_report_without_the_extra_exits_2(module, monkeypatch, capsys, tmp_path):
     db = tmp_path / "r.db"
     Store(db).close()
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, module, None)
     assert main(["report", "--db", str(db), "--out", str(tmp_path / "rep")]) == 2
     err = capsys.readouterr().err
-    assert "missing: matplotlib" in err and 'pip install "adaptim[bench]"' in err
+    assert f"missing: {module}" in err and 'pip install "adaptim[bench]"' in err
     assert not (tmp_path / "rep").exists()
 
 

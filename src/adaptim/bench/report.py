@@ -1000,7 +1000,8 @@ def _render(store: Store, out: Path, config_hashes, optimizers, title: str) -> P
             " Welch t-test at 5% cannot tell from it) on the most tasks of that kind, with what they"
             " cost (see <a href='#cost-state-memory-and-step-time'>Cost</a>).</p>"
         )
-        for a in recommendations(tasks):
+        advice = {a.kind: a for a in recommendations(tasks)}
+        for a in advice.values():
             head, caveats = _advice_text(a, costs)
             page.body.append(
                 f"<p><b>{html.escape(_kind_title(a.kind))}.</b> {html.escape(head)}</p>"
@@ -1023,7 +1024,6 @@ def _render(store: Store, out: Path, config_hashes, optimizers, title: str) -> P
             " The 2-D and 1-D test functions are diagnostics, outside the ranks. Costs: see"
             " <a href='#cost-state-memory-and-step-time'>Cost</a>.</p>"
         )
-        advice = {a.kind: a for a in recommendations(tasks)}
         for kind, ranking in ranking_by_kind(tasks).items():
             a = advice[kind]
             tops = {n: sum(n in top for top in a.per_task.values()) for n, _, _ in ranking}
