@@ -464,7 +464,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if elsewhere:
         status += f" ({elsewhere} runs left to another bench on this database)"
     print(f"finished in {_fmt_minutes(elapsed)}: {status}", flush=True)
-    _measure_costs(store, optimizers, env_id, timing=not args.quick)
+    try:
+        with _sigterm_raises():
+            _measure_costs(store, optimizers, env_id, timing=not args.quick)
+    except (KeyboardInterrupt, _Terminated) as stop:  # the runs are stored; only the costs are lost
+        store.close()
+        print(
+            f"\nstopped while measuring the optimizers' costs; the runs are stored in {args.db}.",
+            file=sys.stderr,
+        )
+        return 128 + (signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT)
     if not args.no_report:
         from adaptim.bench.report import render_report
 

@@ -284,3 +284,20 @@ def test_claims_suite_without_module(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "adaptim.bench.claims", None)  # import raises ImportError
     assert main(["bench", "--suite", "claims", "--db", str(tmp_path / "c.db")]) == 1
     assert "claims suite is not available" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_measuring_costs_keeps_the_runs(monkeypatch, tmp_path, capsys):
+    from adaptim.bench import costs
+
+    def interrupted(names, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(costs, "measure_costs", interrupted)
+    db = tmp_path / "k.db"
+    argv = ["bench", "--tasks", "diffgrad-f1", "--optimizers", "adam", "--steps", "3"]
+    argv += ["--seeds", "1", "--lrs", "0.1", "--jobs", "1", "--db", str(db), "--no-progress"]
+    assert main(argv) == 130
+    assert "stopped while measuring the optimizers' costs" in capsys.readouterr().err
+    with Store(db) as store:
+        assert [r.status for r in store.runs(with_metrics=False)] == ["done"]
+        assert load_costs(store) == {}
