@@ -363,3 +363,35 @@ def test_what_to_use_when_is_computed_from_the_stored_results(tmp_path):
     summary = (tmp_path / "rep" / "summary.md").read_text()
     assert "| 1 | b | 1.00 | 2 | 2 of 2 | 4 | no 8-bit states | 0.90× |" in summary
     assert "| 2 | a | 1.50 | 2 | 1 of 2 | 8 | 2.11 | 1.20× |" in summary
+
+
+def test_1d_paths_that_leave_the_window_stay_in_view(tmp_path):
+    db = tmp_path / "f.db"
+    with Store(db) as store:
+        for opt, path in (("a", np.linspace(-1.0, -0.3, 50)), ("b", np.linspace(-1.0, 2.5, 50))):
+            spec = {
+                "key": opt,
+                "task": "diffgrad-f1",
+                "optimizer": opt,
+                "lr": 0.1,
+                "seed": 0,
+                "config_hash": "h",
+                "steps": 49,
+            }
+            final = abs(path[-1] + 0.3)  # distance to the minimizer at -0.3
+            result = {"status": "done", "final_metric": final, "initial_metric": 0.7}
+            result["series"] = {"trajectory": path[:, None]}
+            store.write_result(spec, result, None)
+        tasks = A.summarize(store.runs())
+        seen = {}
+
+        class Capture(REP._Figures):
+            def save(self, fig, name, dpi=90):
+                seen["ylim"] = fig.axes[1].get_ylim()  # x against step, under f(x)
+                return super().save(fig, name, dpi)
+
+        name = REP._functions_1d_figure(tasks, REP._styles(["a", "b"]), Capture(tmp_path), store)
+    assert name == "functions-1d"
+    assert not tasks[0].groups["b"].learned  # it ran away from the minimizer
+    low, high = seen["ylim"]
+    assert low <= -1.0 and high >= 2.5  # b's path is drawn to its end

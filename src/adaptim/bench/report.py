@@ -378,6 +378,9 @@ def _lognorm(levels: np.ndarray) -> Any:
     return LogNorm(vmin=levels.min(), vmax=levels.max())
 
 
+FUNCTION_1D_SPAN = 5.0  # the 1-D figure shows x within +-this at most
+
+
 def _functions_1d_figure(
     tasks: Sequence[TaskSummary], styles: dict, figs: _Figures, store: Store
 ) -> str | None:
@@ -436,7 +439,13 @@ def _functions_1d_figure(
         ax.axhline(xmin, color="gold", lw=1.5)
         ax.set_xlabel("step")
         ax.set_ylabel("x")
-        ax.set_ylim(-1.6, 1.2)
+        # The plotted window of f, widened to every path that leaves it (up to FUNCTION_1D_SPAN:
+        # beyond, a path is running away and its end is in the table).
+        xs_all = np.concatenate([arr[:, 0] for _, arr in paths]) if paths else np.zeros(0)
+        xs_all = xs_all[np.isfinite(xs_all)]
+        lo = max(-FUNCTION_1D_SPAN, min(-1.6, float(xs_all.min(initial=0.0)) - 0.1))
+        hi = min(FUNCTION_1D_SPAN, max(1.2, float(xs_all.max(initial=0.0)) + 0.1))
+        ax.set_ylim(lo, hi)
         ax.grid(alpha=0.3)
     fig.suptitle(
         "diffGrad's 1-D functions: x over the steps (seed 0, best lr); dots: where each ended",
