@@ -34,6 +34,7 @@ from adaptim.bench.claims_lr_adaptation import LR_ADAPTATION_CLAIMS
 from adaptim.bench.claims_momentum import MOMENTUM_CLAIMS
 from adaptim.bench.claims_scaling import CLAIMS as SCALING_CLAIMS
 from adaptim.bench.claims_second_order import CLAIMS as SECOND_ORDER_CLAIMS
+from adaptim.bench.claims_state_precision import CLAIMS as STATE_PRECISION_CLAIMS
 from adaptim.bench.claims_training_dynamics import CLAIMS as TRAINING_DYNAMICS_CLAIMS
 from adaptim.bench.claims_wrappers_tools import WRAPPERS_TOOLS_CLAIMS
 
@@ -57,6 +58,7 @@ REPORT_ORDER: tuple[str, ...] = (
     "ahb-ratio-finds-lambda-min",
     "gadam-iterate-averaging",
     "adafactor-sublinear-memory",
+    "8bit-states-match-32bit",
     "adan-larger-lr",
     "pnm-larger-noise",
     "mars-beats-adamw",
@@ -105,6 +107,7 @@ CLAIMS: list[Claim] = _in_report_order(
         *SECOND_ORDER_CLAIMS,
         *SCALING_CLAIMS,
         *TRAINING_DYNAMICS_CLAIMS,
+        *STATE_PRECISION_CLAIMS,
     ],
     REPORT_ORDER,
 )
