@@ -328,6 +328,29 @@ def _pieces(numel: int) -> list[tuple[int, int, int]]:
     return pieces
 
 
+def quantize_blocks(
+    blocks: torch.Tensor, codes: torch.Tensor, absmax: torch.Tensor, *, signed: bool
+) -> None:
+    """Encode 2-D ``blocks`` (one block per row, float32) into ``codes`` (uint8, same shape) and
+    their absmax into ``absmax`` (one per row). The loop body of :func:`quantize_blockwise`, for a
+    caller that compiles it over whole blocks (shapes ``(n, BLOCK)``: no index arithmetic)."""
+    encoder = encode if torch.compiler.is_compiling() else encode_reference
+    amax = blocks.abs().amax(dim=1)
+    amax = torch.where(torch.isfinite(amax), amax, math.nan)  # inf or NaN in a block: NaN
+    scale = torch.where(amax == 0, 1.0, amax)  # an all-zero block: y = 0
+    codes.copy_(encoder(blocks / scale[:, None], signed=signed))
+    absmax.copy_(amax)
+
+
+def dequantize_blocks(
+    codes: torch.Tensor, absmax: torch.Tensor, out: torch.Tensor, *, signed: bool
+) -> None:
+    """Decode 2-D ``codes`` (one block per row) with their ``absmax`` into ``out`` (float32, same
+    shape): the loop body of :func:`dequantize_blockwise`."""
+    decoder = decode if torch.compiler.is_compiling() else decode_reference
+    torch.mul(decoder(codes, signed=signed), absmax[:, None], out=out)
+
+
 def quantize_blockwise(
     x: torch.Tensor,
     *,
@@ -345,14 +368,13 @@ def quantize_blockwise(
         codes, absmax = out
     _check_flat(codes, "codes", torch.uint8, numel)
     _check_flat(absmax, "absmax", torch.float32, num_blocks(numel))
-    encoder = encode if torch.compiler.is_compiling() else encode_reference
     for start, stop, cols in _pieces(numel):
-        blocks = x[start:stop].view(-1, cols)
-        amax = blocks.abs().amax(dim=1)
-        amax = torch.where(torch.isfinite(amax), amax, math.nan)  # inf or NaN in a block: NaN
-        scale = torch.where(amax == 0, 1.0, amax)  # an all-zero block: y = 0
-        codes[start:stop].view(-1, cols).copy_(encoder(blocks / scale[:, None], signed=signed))
-        absmax[start // BLOCK : -(-stop // BLOCK)].copy_(amax)
+        quantize_blocks(
+            x[start:stop].view(-1, cols),
+            codes[start:stop].view(-1, cols),
+            absmax[start // BLOCK : -(-stop // BLOCK)],
+            signed=signed,
+        )
     return codes, absmax
 
 
@@ -371,9 +393,11 @@ def dequantize_blockwise(
     if out is None:
         out = torch.empty(numel, dtype=torch.float32, device=codes.device)
     _check_flat(out, "out", torch.float32, numel)
-    decoder = decode if torch.compiler.is_compiling() else decode_reference
     for start, stop, cols in _pieces(numel):
-        values = decoder(codes[start:stop].view(-1, cols), signed=signed)
-        scale = absmax[start // BLOCK : -(-stop // BLOCK)]
-        torch.mul(values, scale[:, None], out=out[start:stop].view(-1, cols))
+        dequantize_blocks(
+            codes[start:stop].view(-1, cols),
+            absmax[start // BLOCK : -(-stop // BLOCK)],
+            out[start:stop].view(-1, cols),
+            signed=signed,
+        )
     return out

@@ -46,8 +46,10 @@ from adaptim.core.distributed import is_dtensor
 from adaptim.core.quantization import (
     BLOCK,
     MIN_QUANTIZED_NUMEL,
+    dequantize_blocks,
     dequantize_blockwise,
     num_blocks,
+    quantize_blocks,
     quantize_blockwise,
 )
 
@@ -113,11 +115,15 @@ _codecs: dict[tuple[str, bool], tuple[Callable[..., Any], Callable[..., Any]]] =
 
 
 def _codec(device: torch.device, signed: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """``(quantize, dequantize)`` for ``device`` and one map: ``quantize_blockwise`` and
-    ``dequantize_blockwise`` compiled with dynamic shapes where Inductor can run (the lookup-free
-    codec, 3-4 ns per element on one CPU thread), else the eager table codec (its ``searchsorted``
-    encoder is about 15x slower, but needs no compiler). One compiled function per map, so that the
-    map is a constant of its graphs; a few graphs per map (whole blocks, a partial last block, both)."""
+    """``(quantize, dequantize)`` for ``device`` and one map, with the signatures of
+    ``quantize_blockwise(x, out=(codes, absmax))`` and ``dequantize_blockwise(codes, absmax,
+    out=values)`` (1-D, starting at a block boundary). Where Inductor can run, the whole blocks go
+    through ``quantize_blocks`` / ``dequantize_blocks`` compiled once over ``(n, BLOCK)`` shapes with
+    ``n`` dynamic (the lookup-free codec, vectorized, about 4 ns per element on one CPU thread;
+    compiling the flat functions instead, with the block count symbolic, left a copy with index
+    arithmetic that ran 4x slower), and a partial last block through the eager table codec. Without
+    a compiler everything takes the eager table codec (its ``searchsorted`` encoder is much slower,
+    but needs nothing)."""
     if torch.compiler.is_compiling():  # traced as part of a compiled step: inline the plain ones
         return (
             functools.partial(quantize_blockwise, signed=signed),
@@ -128,25 +134,55 @@ def _codec(device: torch.device, signed: bool) -> tuple[Callable[..., Any], Call
     if codec is None:
         from adaptim.core.fused import fused_unavailable_reason
 
-        quantize: Callable[..., Any] = functools.partial(quantize_blockwise, signed=signed)
-        dequantize: Callable[..., Any] = functools.partial(dequantize_blockwise, signed=signed)
         if fused_unavailable_reason(device) is None:
-            quantize = _compiled(quantize)
-            dequantize = _compiled(dequantize)
-        codec = _codecs[key] = (quantize, dequantize)
+            codec = _compiled_codec(signed)
+        else:
+            codec = (
+                functools.partial(quantize_blockwise, signed=signed),
+                functools.partial(dequantize_blockwise, signed=signed),
+            )
+        _codecs[key] = codec
     return codec
+
+
+def _compiled_codec(signed: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    quantize_full = _compiled(functools.partial(quantize_blocks, signed=signed))
+    dequantize_full = _compiled(functools.partial(dequantize_blocks, signed=signed))
+
+    def quantize(x: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor]) -> None:
+        codes, absmax = out
+        full = x.numel() // BLOCK
+        if full:
+            n = full * BLOCK
+            quantize_full(x[:n].view(full, BLOCK), codes[:n].view(full, BLOCK), absmax[:full])
+        if full * BLOCK < x.numel():
+            quantize_blockwise(
+                x[full * BLOCK :], signed=signed, out=(codes[full * BLOCK :], absmax[full:])
+            )
+
+    def dequantize(codes: torch.Tensor, absmax: torch.Tensor, out: torch.Tensor) -> None:
+        full = codes.numel() // BLOCK
+        if full:
+            n = full * BLOCK
+            dequantize_full(codes[:n].view(full, BLOCK), absmax[:full], out[:n].view(full, BLOCK))
+        if full * BLOCK < codes.numel():
+            dequantize_blockwise(
+                codes[full * BLOCK :], absmax[full:], signed=signed, out=out[full * BLOCK :]
+            )
+
+    return quantize, dequantize
 
 
 def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     compiled = torch.compile(fn, dynamic=True, fullgraph=True)
 
-    def run(*args: Any, **kwargs: Any) -> Any:
+    def run(*args: Any) -> Any:
         # both maps share the code objects (and dynamo's cache) of the two codec functions
         with (
             fx_config.patch(use_duck_shape=False),  # type: ignore[attr-defined]
             torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=4096),
         ):
-            return compiled(*args, **kwargs)
+            return compiled(*args)
 
     return run
 
