@@ -14,7 +14,8 @@ a quarter of the size of a full-colour one), the same figures as ``out/img/*.png
   mean ± sd, the 95% interval of the mean, time to target, lr band, statuses; optimizers that did
   not learn marked), loss and metric curves at each optimizer's best lr (median over seeds with a
   min-max band; chance level in view), lr-sensitivity curves; the 2-D functions' trajectories over
-  their contours, diffGrad's 1-D functions' x against step;
+  their contours, diffGrad's 1-D functions' x against step; for the neural networks, a diagnostic
+  table of ``R_med`` (Jiang, Malik & Li, NeurIPS 2023) at each optimizer's best lr, outside the ranks;
 * failed runs, and the environments the runs came from (with the load average).
 """
 
@@ -45,7 +46,7 @@ from adaptim.bench.analysis import (
 )
 from adaptim.bench.costs import MODEL_DESCRIPTION, REFERENCE, OptimizerCost, load_costs
 from adaptim.bench.store import RunRecord, Store
-from adaptim.bench.tasks import FUNCTIONS_1D, FUNCTIONS_2D
+from adaptim.bench.tasks import FUNCTIONS_1D, FUNCTIONS_2D, RMED_SAMPLES, rmed_method
 
 __all__ = ["Advice", "recommendations", "render_report"]
 
@@ -607,6 +608,73 @@ TASK_HEADER = [
 ]
 
 
+RMED_HEADER = ["optimizer", "best lr", "R_med (mean over seeds)", "min - max", "runs measured"]
+RMED_PAPER = (
+    "Jiang, Malik & Li, How Does Adaptive Optimization Impact Local Neural Network Geometry?,"
+    " NeurIPS 2023, arXiv:2211.02254"
+)
+
+
+def _rmed_point(r: RunRecord) -> tuple[float, float] | None:
+    """A run's stored R_med and the CPU seconds it took (``None``: not measured, as for a run that
+    diverged or an older bench's; a NaN value: not finite, or the measurement failed)."""
+    points = r.metrics.get("r_med")
+    if points is None or len(points) == 0:
+        return None
+    return float(points[-1, 2]), float(points[-1, 1])
+
+
+def _rmed_rows(t: TaskSummary) -> list[list[str]]:
+    """R_med at each optimizer's best lr, in the task table's order (R_med itself orders nothing);
+    no rows when no run of the task has R_med."""
+    if not any(_rmed_point(r) for g in t.groups.values() for r in g.runs):
+        return []
+    rows = []
+    for g in t.ranked():
+        if not g.has_best:
+            continue
+        points = [_rmed_point(r) for r in g.best_runs]
+        values = [p[0] for p in points if p is not None and math.isfinite(p[0])]
+        rows.append(
+            [
+                g.optimizer,
+                _fmt_lr(g),
+                f"{sum(values) / len(values):.3g}" if values else "-",
+                f"{min(values):.3g} - {max(values):.3g}" if values else "-",
+                f"{len(values)} of {len(points)}",
+            ]
+        )
+    return rows
+
+
+def _rmed_note(t: TaskSummary) -> str:
+    """What the R_med table shows, how it was measured and what it cost (plain text)."""
+    if rmed_method(math.prod(t.task.probe_shape)) == "exact":
+        method = "exact"
+    else:
+        method = (
+            f"Hutchinson's estimate from {RMED_SAMPLES} seeded Rademacher vectors, biased but the"
+            " same for every optimizer"
+        )
+    costs = [
+        (p[1], r.cpu_seconds)
+        for g in t.groups.values()
+        for r in g.runs
+        if (p := _rmed_point(r)) is not None and r.cpu_seconds
+    ]
+    cost = ""
+    if costs:
+        seconds = sum(c[0] for c in costs) / len(costs)
+        share = sum(c[0] / c[1] for c in costs) / len(costs)
+        cost = f" Measuring it took {seconds:.2g} s per run ({share:.0%} of a run's CPU time)."
+    return (
+        "Diagnostic, not used in any ranking. R_med = max_i |H_ii| / median_i |H_ii|, with H_ii"
+        f" the diagonal of the training loss's Hessian over {t.task.probe_layer}, at the end of"
+        f" each run at the best lr; the diagonal is {method}. The paper ({RMED_PAPER}) finds"
+        " Adam's iterates where R_med is small and SGD's where it is comparatively large." + cost
+    )
+
+
 def _html_table(
     header: Sequence[str],
     rows: Sequence[Sequence[str]],
@@ -940,6 +1008,12 @@ def _task_section(
         _md_table(TASK_HEADER, rows),
         "",
     ]
+    rmed_rows = _rmed_rows(t) if t.task.probe_layer else []
+    if rmed_rows:
+        note = _rmed_note(t)
+        page.body.append(f"<p class=note><b>R_med (diagnostic).</b> {html.escape(note)}</p>")
+        page.body.append(_html_table(RMED_HEADER, rmed_rows))
+        page.md += [f"**R_med (diagnostic).** {note}", "", _md_table(RMED_HEADER, rmed_rows), ""]
     makers = [_curves_figure, _lr_figure]
     for maker in makers:
         name = maker(t, styles, figs)

@@ -19,6 +19,16 @@ progress: re-running the same command skips the finished ones and takes over the
 workers are this bench's own: stopped when it stops (an exception, Ctrl-C, the SIGTERM the CLI turns
 into an exception), and each one exits by itself within ``PARENT_POLL_SECONDS`` of its parent's death
 (even by SIGKILL), so no worker outlives its bench.
+
+Diagnostic (neural-network tasks): at the end of every run that finished without diverging, the
+runner measures ``R_med`` (Jiang, Malik & Li, NeurIPS 2023, arXiv:2211.02254;
+:mod:`adaptim.bench.diagnostics`) of the first layer's weight on the task's fixed probe batch
+(:meth:`adaptim.bench.tasks.HessianProbe.r_med`: exact, or Hutchinson's estimate for a weight of
+more than a few thousand entries), and stores it as the run's ``r_med`` metric: one point at
+the last step, whose ``seconds`` are the CPU seconds the measurement took. Every run gets it (not only
+the seeds at the chosen lr): seed 0 of the chosen lr is a search run, known only once the search
+ends. It comes after training and evaluation, from its own random source, so it changes no result;
+it is in ``wall_seconds`` and ``cpu_seconds``, never in ``train_seconds``.
 """
 
 from __future__ import annotations
@@ -358,6 +368,14 @@ def execute_run(spec: dict[str, Any] | RunSpec, time_limit: float | None = None)
             seconds_to_target=seconds_to_target,
         )
         result["metrics"] = {"train_loss": losses, "metric": evals}
+        if problem.probe is not None and status in ("done", "did-not-learn"):
+            t0 = time.process_time()
+            try:
+                value = problem.probe.r_med()
+            except Exception as err:  # a failing diagnostic costs the run nothing but its value
+                value = math.nan
+                result["error"] = f"R_med diagnostic failed: {type(err).__name__}: {err}"
+            result["metrics"]["r_med"] = [(step + 1, time.process_time() - t0, value)]
         if positions is not None and spec["seed"] == 0:
             result["series"]["trajectory"] = positions
     except Exception as err:  # a failing optimizer is recorded, never crashes the bench

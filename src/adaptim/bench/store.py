@@ -10,7 +10,10 @@ Tables:
   again finds the finished runs and skips them. A ``running`` row is a claim: ``owner`` names the
   bench process that runs it (host, pid) and ``lease_until`` when the claim lapses at the latest.
 * ``metrics``: per-step series of a run (``train_loss`` every few steps, the task metric at every
-  evaluation), with the training seconds elapsed at that step.
+  evaluation), with the training seconds elapsed at that step; for the neural networks, ``r_med``
+  (a diagnostic, :mod:`adaptim.bench.runner`): one point at the last step, whose seconds are the CPU
+  seconds its measurement took, and whose value is NULL when it was not finite or failed. Older
+  databases have no ``r_med`` rows and load as they are.
 * ``series``: arrays too long for rows (the 2-D / 1-D trajectories), as float32 blobs.
 * ``claims``: verdicts of ``adaptim bench --suite claims``.
 

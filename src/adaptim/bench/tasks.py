@@ -23,6 +23,10 @@ Tasks (``adaptim list`` prints them):
   ``dataset-fashion-mnist``); metric: test accuracy; target: a test accuracy to reach.
 * ``charlm``: a tiny character-level transformer on the King James Bible (Debian ``bible-kjv``);
   metric: validation bits per character.
+
+The neural-network tasks also give a :class:`HessianProbe`: the first layer's weight and a fixed
+probe batch of training data, on which the runner measures ``R_med`` at the end of a run (a
+diagnostic: :func:`adaptim.bench.diagnostics.r_med`).
 """
 
 from __future__ import annotations
@@ -44,15 +48,21 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from adaptim.bench.diagnostics import r_med
 
 __all__ = [
     "TASKS",
     "DataMissing",
+    "HessianProbe",
     "Problem",
     "Task",
+    "first_layer_weight",
     "load_fashion_mnist",
     "load_idx",
     "load_text",
+    "rmed_method",
 ]
 
 # A run *learned* when it closed at least this fraction of the gap between its task's trivial
@@ -80,6 +90,47 @@ class DataMissing(RuntimeError):
 # -- problems --------------------------------------------------------------------------------------
 
 
+# R_med's Hessian diagonal: exact up to this many weights (one Hessian-vector product each), else
+# Hutchinson's estimate from RMED_SAMPLES Rademacher vectors drawn from RMED_SEED (the same vectors
+# for every run of a task, so that its optimizers are measured alike).
+RMED_EXACT_MAX = 4096
+RMED_SAMPLES = 16
+RMED_SEED = 0
+
+
+def rmed_method(n_weights: int) -> str:
+    """How :meth:`HessianProbe.r_med` computes the Hessian diagonal of a weight of ``n_weights``
+    entries: ``"exact"`` or ``"hutchinson"``."""
+    return "exact" if n_weights <= RMED_EXACT_MAX else "hutchinson"
+
+
+@dataclass(frozen=True)
+class HessianProbe:
+    """Where to measure a network's ``R_med``: ``loss(model, batch)`` on a fixed probe ``batch`` (the
+    same for every seed and optimizer), over one weight tensor ``weight`` (named ``name`` in
+    ``model``), in the argument order of :func:`adaptim.bench.diagnostics.r_med`."""
+
+    model: nn.Module
+    loss: Callable[[nn.Module, Any], torch.Tensor]
+    batch: Any
+    weight: nn.Parameter
+    name: str
+
+    def r_med(self) -> float:
+        """``R_med`` (Jiang, Malik & Li, NeurIPS 2023, arXiv:2211.02254) of ``weight`` on the probe
+        batch at the model's current parameters, by :func:`rmed_method`; ``inf`` when the diagonal's
+        median is zero (e.g. most of the layer's units dead on the probe)."""
+        return r_med(
+            self.model,
+            self.loss,
+            self.batch,
+            params=[self.weight],
+            method=rmed_method(self.weight.numel()),
+            samples=RMED_SAMPLES,
+            generator=torch.Generator().manual_seed(RMED_SEED),
+        )
+
+
 @dataclass
 class Problem:
     """One seeded instance of a task.
@@ -87,7 +138,8 @@ class Problem:
     ``loss(step)`` returns the (minibatch) training loss at ``step`` as a scalar tensor; the same step
     always gives the same minibatch, so a closure may be called several times per step.
     ``evaluate()`` returns the task metric for the current parameters; ``position()`` (optional)
-    returns the point to record for trajectory plots.
+    returns the point to record for trajectory plots; ``probe`` (neural networks) where to measure
+    ``R_med``.
     """
 
     params: list[torch.nn.Parameter]
@@ -95,6 +147,23 @@ class Problem:
     evaluate: Callable[[], float]
     position: Callable[[], list[float]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    probe: HessianProbe | None = None
+
+
+PROBE_SEED = 777  # the probe batch's random source: one batch for every seed and optimizer
+
+
+def first_layer_weight(model: nn.Module, layer: nn.Module) -> tuple[str, nn.Parameter]:
+    """The largest parameter of at least two dimensions of ``layer`` (a submodule of ``model``; the
+    first of a tie), and its name in ``model``: the first layer's weight matrix (or kernel)."""
+    best: tuple[str, nn.Parameter] | None = None
+    for name, p in layer.named_parameters():
+        if p.dim() >= 2 and (best is None or p.numel() > best[1].numel()):
+            best = (name, p)
+    if best is None:
+        raise ValueError(f"layer {type(layer).__name__} has no weight of two dimensions or more")
+    prefix = next(n for n, m in model.named_modules() if m is layer)
+    return (f"{prefix}.{best[0]}" if prefix else best[0]), best[1]
 
 
 @dataclass(frozen=True)
@@ -132,6 +201,11 @@ class Task:
     requires: Callable[[], None] | None = None
     chance: float | None = None
     ideal: float = 0.0
+    # Neural networks: the weight whose R_med the runner measures (:class:`HessianProbe`) and its
+    # probe batch, described for the report, and the weight's shape (which decides how its Hessian
+    # diagonal is computed: :func:`rmed_method`); None: no R_med.
+    probe_layer: str | None = None
+    probe_shape: tuple[int, ...] = ()
 
     def missing_data(self) -> str | None:
         """``None`` when the task can run, else a message saying what is missing (data or a package)
@@ -448,6 +522,11 @@ def load_fashion_mnist(folder: str | None = None) -> dict[str, torch.Tensor]:
 
 FMNIST_BATCH = 64
 FMNIST_EVAL_SUBSET = 1000  # test images used for the metric during training; the final one uses all
+# Training images of the R_med probe, by model: few for the CNN, whose kernel (72 weights) gets an
+# exact Hessian diagonal, 72 Hessian-vector products over the batch (0.37 s at 32 images, 11% of a
+# run's CPU time on one thread; 0.19 s, 6%, at 16); the MLP's weight (100,352 entries) gets
+# Hutchinson's estimate, 0.04 s.
+FMNIST_PROBE = {"mlp": 64, "cnn": 16}
 
 
 def _build_fmnist(seed: int, steps: int, model_kind: str) -> Problem:
@@ -488,7 +567,19 @@ def _build_fmnist(seed: int, steps: int, model_kind: str) -> Problem:
                 correct += int((model(prep(xs[i : i + 500])).argmax(1) == ys[i : i + 500]).sum())
         return correct / len(ys)
 
-    problem = Problem(params=list(model.parameters()), loss=loss, evaluate=lambda: accuracy(sub))
+    probe_idx = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(PROBE_SEED))
+    probe_idx = probe_idx[: FMNIST_PROBE[model_kind]]
+    name, weight = first_layer_weight(model, model[1] if model_kind == "mlp" else model[0])
+    probe = HessianProbe(
+        model=model,
+        loss=lambda m, batch: F.cross_entropy(m(batch[0]), batch[1]),
+        batch=(prep(train_x[probe_idx]), train_y[probe_idx]),
+        weight=weight,
+        name=name,
+    )
+    problem = Problem(
+        params=list(model.parameters()), loss=loss, evaluate=lambda: accuracy(sub), probe=probe
+    )
     problem.extra["final_evaluate"] = lambda: accuracy(None)
     return problem
 
@@ -501,6 +592,7 @@ CHARLM_WIDTH = 48
 CHARLM_LAYERS = 2
 CHARLM_HEADS = 4
 CHARLM_VALID_BATCHES = 8
+CHARLM_PROBE = 8  # training windows of the R_med probe
 
 
 def _require_text() -> None:
@@ -606,7 +698,22 @@ def _build_charlm(seed: int, steps: int) -> Problem:
                 )
         return total / (vwin.shape[0] * ctx) / math.log(2)
 
-    return Problem(params=list(model.parameters()), loss=loss, evaluate=bits_per_char)
+    # The first layer is the first transformer block: the embedding before it is a lookup table
+    # whose rows of characters absent from the probe have a zero Hessian diagonal.
+    pgen = torch.Generator().manual_seed(PROBE_SEED)
+    probe_win = train[
+        torch.randint(0, len(train) - ctx - 1, (CHARLM_PROBE,), generator=pgen)[:, None] + offsets
+    ]
+    name, weight = first_layer_weight(model, model.blocks.layers[0])
+
+    def probe_loss(m: nn.Module, win: torch.Tensor) -> torch.Tensor:
+        # The math kernel of attention: the fused CPU one has no second derivative.
+        with sdpa_kernel(SDPBackend.MATH):
+            logits = m(win[:, :-1])
+        return F.cross_entropy(logits.reshape(-1, vocab), win[:, 1:].reshape(-1))
+
+    probe = HessianProbe(model, probe_loss, probe_win, weight, name)
+    return Problem(params=list(model.parameters()), loss=loss, evaluate=bits_per_char, probe=probe)
 
 
 # -- the task table --------------------------------------------------------------------------------
@@ -718,6 +825,9 @@ def _task_list() -> list[Task]:
             requires=_require_fmnist,
             chance=0.1,
             ideal=1.0,
+            probe_layer="the first linear layer's weight (128 x 784), on "
+            f"{FMNIST_PROBE['mlp']} training images",
+            probe_shape=(128, 784),
         ),
         Task(
             name="fmnist-cnn",
@@ -736,6 +846,9 @@ def _task_list() -> list[Task]:
             requires=_require_fmnist,
             chance=0.1,
             ideal=1.0,
+            probe_layer="the first convolution's kernel (8 x 1 x 3 x 3), on "
+            f"{FMNIST_PROBE['cnn']} training images",
+            probe_shape=(8, 1, 3, 3),
         ),
         Task(
             name="charlm",
@@ -752,6 +865,10 @@ def _task_list() -> list[Task]:
             schedule="cosine",
             seconds=1.9,
             requires=_require_text,
+            probe_layer="the first transformer block's feed-forward input weight "
+            f"({4 * CHARLM_WIDTH} x {CHARLM_WIDTH}), on {CHARLM_PROBE} training windows of "
+            f"{CHARLM_CONTEXT} characters",
+            probe_shape=(4 * CHARLM_WIDTH, CHARLM_WIDTH),
         ),
     ]
     return tasks
