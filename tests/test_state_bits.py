@@ -84,6 +84,12 @@ def test_step_is_decode_fp32_update_encode(info: Any, path: str) -> None:
         _grads(params8, step)
         for p8, p32 in zip(params8, params32, strict=True):
             p32.grad = p8.grad.clone()
+        before = {
+            (i, k): v.clone()
+            for i, p in enumerate(params8)
+            for k, v in opt8.state.get(p, {}).items()
+            if torch.is_tensor(v)
+        }
         opt8.step()
         opt32.step()
         for p8, p32 in zip(params8, params32, strict=True):
@@ -98,6 +104,13 @@ def test_step_is_decode_fp32_update_encode(info: Any, path: str) -> None:
                 if not quantized:
                     continue
                 assert s8[sp.absmax_key(key)].dtype == torch.float32
+                if key in opt8._unwritten_states(s8):  # read, not written: codes kept as they were
+                    if (i, key) in before:
+                        assert torch.equal(s8[key], before[i, key])
+                        assert torch.equal(s8[sp.absmax_key(key)], before[i, sp.absmax_key(key)])
+                    else:  # created this step: still the zeros it started as
+                        assert not s8[sp.absmax_key(key)].any()
+                    continue
                 codes, absmax = quantize_blockwise(
                     s32[key].float().reshape(-1).contiguous(), signed=signed
                 )
@@ -450,3 +463,62 @@ def test_the_docs_table_lists_every_quantized_state() -> None:
         assert matching, f"{name} is not in the table"
         for key in info.cls.quantized_states:
             assert any(f"`{key}`" in r for r in matching), (name, key)
+
+
+def test_a_record_written_after_the_update_reaches_the_state() -> None:
+    """The adaptive heavy ball records each tensor's step length after its update (``step_sq``):
+    with 8-bit states it must land in the parameter's state, as with 32 bits."""
+    runs = []
+    for bits in (32, 8):
+        params = _params(bf16=False)
+        opt = adaptim.AdaptiveHeavyBallSGD(params, lr=0.01, state_bits=bits)
+        for step in range(3):
+            _grads(params, step, scale=0.01)
+            opt.step()
+        runs.append([opt.state[p]["step_sq"] for p in params])
+    for a, b in zip(*runs, strict=True):
+        assert b != 0.0
+        assert math.isclose(float(a), float(b), rel_tol=0.05)
+
+
+def test_a_state_the_update_only_reads_is_not_encoded_again() -> None:
+    """PNM writes one of its two buffers per step: the other one keeps its codes and absmax
+    exactly (a decode-encode round trip would shrink a block led by a negative value by 0.7%)."""
+    params = _params(bf16=False)
+    opt = adaptim.PNM(params, lr=1e-2, state_bits=8)
+    for step in range(3):
+        _grads(params, step)
+        opt.step()
+    state = opt.state[params[0]]
+    idle = "pos_momentum"  # step 4 is even: it writes neg_momentum and reads pos_momentum
+    before = (state[idle].clone(), state[sp.absmax_key(idle)].clone())
+    _grads(params, 3)
+    opt.step()
+    assert torch.equal(state[idle], before[0])
+    assert torch.equal(state[sp.absmax_key(idle)], before[1])
+
+
+@pytest.mark.parametrize("mode", ["reset", "pullback"])
+def test_lookahead_momentum_handling_with_8_bit_inner_states(mode: str) -> None:
+    """Lookahead resets or pulls back the inner optimizer's momentum through its decoded values."""
+    runs = []
+    for bits in (32, 8):
+        params = _params(bf16=False)
+        inner = adaptim.Adam(params, lr=1e-2, state_bits=bits)
+        opt = adaptim.Lookahead(inner, k=2, pullback_momentum=mode)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            for p in params:  # plain normal gradients: no coordinate far below its block's absmax
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        state = dict(inner.state[params[0]])
+        if sp.is_quantized(state, "exp_avg"):
+            sp.dequantize_state_(state, "exp_avg", True)
+        runs.append((params, state["exp_avg"]))
+    (p32, m32), (p8, m8) = runs
+    if mode == "reset":
+        assert torch.equal(m8, torch.zeros_like(m8)) and torch.equal(m32, torch.zeros_like(m32))
+    else:
+        assert (m8 - m32).abs().max().item() <= 0.05 * m32.abs().max().item()
+    for a, b in zip(p32, p8, strict=True):
+        assert (a - b).abs().max().item() <= 0.05

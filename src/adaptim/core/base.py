@@ -387,6 +387,7 @@ class AdaptimOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         had_differentiable = "differentiable" in state.get("defaults", {})
         super().__setstate__(state)
+        self.defaults.setdefault("state_bits", 32)  # pickled before 8-bit states existed
         if not had_differentiable:  # torch adds this flag; adaptim steps are never differentiable
             self.defaults.pop("differentiable", None)
         # Old checkpoints keep loading: hyperparameters added later take their defaults.
@@ -771,10 +772,19 @@ class AdaptimOptimizer(Optimizer):
             elif want:
                 quantize_state_(state, key, signed)
 
-    def _parts(self, batch: TensorBatch) -> list[tuple[TensorBatch, Part | None]]:
+    def _unwritten_states(self, state: Mapping[str, Any]) -> tuple[str, ...]:
+        """The quantized states of a parameter (its state dict, the step counter already advanced)
+        that this step's update reads but does not write: they are not encoded again (PNM's buffer
+        of the other parity)."""
+        return ()
+
+    def _parts(
+        self, batch: TensorBatch, keys: tuple[str, ...] | None = None
+    ) -> list[tuple[TensorBatch, Part | None]]:
         """``[(batch, None)]``, or, when some of its states are 8-bit, the parts it runs in, each
         with the ``Part`` to ``decode()`` before its update and ``encode()`` after it (one part at a
-        time: they reuse nothing, but a part's float32 states are all that is decoded at once)."""
+        time: they reuse nothing, but a part's float32 states are all that is decoded at once).
+        ``keys``: decode only these states (and encode them again), for a pass that reads no other."""
         if not self.quantized_states or not self.__dict__.get("_quantized_before"):
             return [(batch, None)]
         parts = plan_parts(
@@ -783,6 +793,8 @@ class AdaptimOptimizer(Optimizer):
             batch.states,
             self.quantized_states,
             split=self.splits_tensors,
+            keys=keys,
+            unwritten=self._unwritten_states,
         )
         if not parts:
             return [(batch, None)]

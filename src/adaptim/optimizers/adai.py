@@ -252,7 +252,7 @@ class Adai(AdaptimOptimizer):
                 likes: list[torch.Tensor] = []
                 steps: list[int] = []
                 # 8-bit states: decoded and encoded part by part here too (this pass updates v)
-                for unit, coded in self._parts(batch):
+                for unit, coded in self._parts(batch, keys=("exp_avg_sq",)):
                     if coded is not None:
                         coded.decode()
                     for part in self._chunks(unit) if foreach else (unit,):

@@ -104,6 +104,10 @@ class PNM(AdaptimOptimizer):
     state_keys = ("pos_momentum", "neg_momentum")
     quantized_states = {"pos_momentum": True, "neg_momentum": True}
 
+    def _unwritten_states(self, state: Mapping[str, Any]) -> tuple[str, ...]:
+        # the buffer of the other parity is read, not written: not encoded again (8-bit states)
+        return ("neg_momentum",) if state["step"] % 2 == 1 else ("pos_momentum",)
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -198,6 +202,10 @@ class AdaPNM(AdaptimOptimizer):
         "exp_avg_sq": False,
         "max_exp_avg_sq": False,
     }
+
+    def _unwritten_states(self, state: Mapping[str, Any]) -> tuple[str, ...]:
+        # the buffer of the other parity is read, not written: not encoded again (8-bit states)
+        return ("neg_exp_avg",) if state["step"] % 2 == 1 else ("exp_avg",)
 
     def __init__(
         self,

@@ -52,6 +52,12 @@ from collections.abc import Iterator
 import torch
 from torch.optim import Optimizer
 
+from adaptim.core.state_precision import (
+    dequantize_state_,
+    is_quantized,
+    quantize_state_,
+    zero_state_,
+)
 from adaptim.registry import OptimInfo, register
 from adaptim.wrappers._base import OptimizerWrapper, _shadow
 
@@ -129,7 +135,9 @@ class Lookahead(OptimizerWrapper):
             for key in self.momentum_keys:
                 mom = entry.get(key)
                 if isinstance(mom, torch.Tensor) and f"slow_{key}" not in own:
-                    own[f"slow_{key}"] = torch.zeros_like(mom)
+                    # float32 for an 8-bit (uint8 codes) momentum: the slow copy is not quantized
+                    dtype = torch.float32 if mom.dtype == torch.uint8 else mom.dtype
+                    own[f"slow_{key}"] = torch.zeros_like(mom, dtype=dtype)
 
     @torch.no_grad()
     def synchronize(self) -> None:
@@ -143,21 +151,34 @@ class Lookahead(OptimizerWrapper):
             torch._foreach_copy_(params, slow)
         if self.pullback_momentum == "none":
             return
+        # 8-bit states of the inner optimizer (state_bits=8): codes and a block absmax, handled
+        # through their float32 values; the slow copy of the momentum stays float32
+        signed_of = getattr(type(self.optimizer), "quantized_states", {})
         for p in params:
             inner = self.optimizer.state.get(p, {})
             for key in self.momentum_keys:
                 mom = inner.get(key)
                 if not isinstance(mom, torch.Tensor):
                     continue
+                quantized = is_quantized(inner, key) and key in signed_of
                 if self.pullback_momentum == "reset":
-                    mom.zero_()
-                else:  # pullback: interpolate toward the momentum saved at the last synchronisation
-                    state = self.wrapper_state[p]
-                    slow_key = f"slow_{key}"
-                    if slow_key not in state:
-                        state[slow_key] = torch.zeros_like(mom)
-                    mom.lerp_(state[slow_key], 1.0 - self.alpha)
-                    state[slow_key].copy_(mom)  # a copy: the official code stores a reference here
+                    if quantized:
+                        zero_state_(inner, key, signed_of[key])
+                    else:
+                        mom.zero_()
+                    continue
+                # pullback: interpolate toward the momentum saved at the last synchronisation
+                if quantized:
+                    dequantize_state_(inner, key, signed_of[key])
+                    mom = inner[key]
+                state = self.wrapper_state[p]
+                slow_key = f"slow_{key}"
+                if slow_key not in state:
+                    state[slow_key] = torch.zeros_like(mom)
+                mom.lerp_(state[slow_key], 1.0 - self.alpha)
+                state[slow_key].copy_(mom)  # a copy: the official code stores a reference here
+                if quantized:
+                    quantize_state_(inner, key, signed_of[key])
 
     @contextlib.contextmanager
     def slow_weights(self) -> Iterator[None]:
