@@ -395,6 +395,24 @@ class AdaptimOptimizer(Optimizer):
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
 
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim``'s state dict. The 8-bit states of sharded (FSDP2) parameters are given
+        as float32 DTensors: their block absmax is per shard, which a sharded checkpoint
+        (``torch.distributed.checkpoint``) could not place; loading quantizes them again."""
+        state_dict = super().state_dict()
+        if not self.__dict__.get("_quantized_before"):
+            return state_dict
+        states = state_dict["state"]
+        for pid, state in states.items():
+            sharded = [
+                k for k in self.quantized_states if is_quantized(state, k) and is_dtensor(state[k])
+            ]
+            if sharded:
+                state = states[pid] = dict(state)  # torch's state dict shares the live dicts
+                for key in sharded:
+                    dequantize_state_(state, key, self.quantized_states[key])
+        return state_dict
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict; floating state tensors take the working dtype of their parameter.
 
@@ -649,13 +667,6 @@ class AdaptimOptimizer(Optimizer):
         for gi, group in enumerate(self.param_groups):
             if not self.fused_on_shards and group["fused"]:
                 self._refuse_fused_shards(gi, group)
-            if group["state_bits"] == 8 and any_dtensor(
-                [p for p in group["params"] if p.grad is not None]
-            ):
-                raise TypeError(
-                    f"{type(self).__name__}: state_bits=8 does not support sharded (DTensor, "
-                    f"FSDP2) parameters yet (param group {gi}); use state_bits=32"
-                )
             for pi, p in enumerate(group["params"]):
                 grad = p.grad
                 if grad is None:

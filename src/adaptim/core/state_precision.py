@@ -191,6 +191,18 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if is_dtensor(t) else t
 
 
+def _like(codes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``values`` (the decoded local tensor) as a DTensor placed as ``codes`` is, when it is one:
+    an FSDP2 update sees its states as DTensors, as with 32 bits."""
+    if not is_dtensor(codes):
+        return values
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(
+        values, codes.device_mesh, codes.placements, shape=codes.shape, stride=codes.stride()
+    )
+
+
 def quantize_state_(state: dict[str, Any], key: str, signed: bool) -> None:
     """Replace the floating state ``state[key]`` by its codes and block absmax."""
     value = state[key]
@@ -300,7 +312,7 @@ class Part:
             flat_values = values if self.pieces else _memory_order(values)
             _, dequantize = _codec(like.device, signed)
             dequantize(flat_codes, absmax, out=flat_values)
-            self.states[i][key] = values
+            self.states[i][key] = _like(real[key], values)
             if written:
                 self.decoded.append(_Decoded(flat_codes, absmax, flat_values, signed))
 
