@@ -356,18 +356,16 @@ def plan_parts(
     for param, grad, state, keys in zip(params, grads, states, keys_of, strict=True):
         numel = _local(param).numel()
         idle = set(unwritten(state)) if unwritten is not None and keys else set()
-        shaped = [
-            k
-            for k, v in state.items()
-            if isinstance(v, torch.Tensor) and v.shape == param.shape and k not in keys
-        ]
-        cut = (
-            split
-            and keys
-            and numel > per_piece
-            and not is_dtensor(param)
-            and all(t.is_contiguous() for t in (param, grad, *(state[k] for k in (*keys, *shaped))))
-        )
+        cut = split and keys and numel > per_piece and not is_dtensor(param)
+        if cut:  # the other states shaped like the parameter are cut alongside (as _flat_pieces)
+            shaped = [
+                k
+                for k, v in state.items()
+                if isinstance(v, torch.Tensor) and v.shape == param.shape and k not in keys
+            ]
+            cut = all(
+                t.is_contiguous() for t in (param, grad, *(state[k] for k in (*keys, *shaped)))
+            )
         if cut:
             close()
             for a in range(0, numel, per_piece):
