@@ -43,9 +43,9 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -445,6 +445,25 @@ class _Worker:
     conn: Any  # multiprocessing.connection.Connection: the bench's end of the worker's pipe
 
 
+class Executor(Protocol):
+    """Where the scheduler's runs execute: one run per :meth:`submit`, results from :meth:`wait`.
+
+    ``busy`` maps each submitted run not yet returned by :meth:`wait` to its spec (the scheduler
+    reads its size). :meth:`wait` blocks until at least one run has ended and returns every ended
+    run with its result dict (a run whose process died is ``{"status": "failed", "error": ...}``);
+    :meth:`close` stops the runs in progress and frees everything (the scheduler then releases
+    their claims, so the next bench runs them again).
+    """
+
+    busy: Mapping[Any, RunSpec]
+
+    def submit(self, spec: RunSpec) -> None: ...
+
+    def wait(self) -> list[tuple[RunSpec, dict[str, Any]]]: ...
+
+    def close(self) -> None: ...
+
+
 class _Workers:
     """The bench's worker processes (fresh interpreters, POSIX), one run at a time each, started as
     they are needed (the scheduler keeps at most ``jobs`` busy).
@@ -555,8 +574,13 @@ def run_plan(
     env_id: int | None = None,
     progress: Callable[[Progress], None] | None = None,
     on_start: Callable[[int, int, float], None] | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, int]:
     """Run every unfinished run of ``plan``; returns counts by status of the runs done now.
+
+    ``executor`` runs the runs elsewhere (e.g. on a Ray cluster); by default ``jobs`` > 1 starts
+    local worker processes and ``jobs`` = 1 runs in this process. The scheduler keeps at most
+    ``jobs`` runs with the executor at a time, and this process alone writes to the database.
 
     Runs that another bench on the same database finished or holds meanwhile are not run; their
     number is under ``RUN_ELSEWHERE``. Under the ``tune`` protocol, each group's next runs (the
@@ -666,7 +690,9 @@ def run_plan(
             n_total, cost_total = totals()
             progress(Progress(done_runs, n_total, cost_done, cost_total, spec, result["status"]))
 
-    workers = _Workers() if jobs > 1 else None
+    workers: Executor | None = (
+        executor if executor is not None else _Workers() if jobs > 1 else None
+    )
     try:
         if workers is None:
             _worker_init()
