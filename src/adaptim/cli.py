@@ -226,7 +226,22 @@ def _parser() -> argparse.ArgumentParser:
         "--jobs",
         type=_positive_int("--jobs"),
         default=None,
-        help=f"worker processes, one thread each (default: the number of cores, {_cores()})",
+        help=f"concurrent runs, one thread each: worker processes, or Ray tasks with --executor ray "
+        f"(default: the number of cores, {_cores()}; with --executor ray, the Ray cluster's CPUs)",
+    )
+    b.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where the runs execute: local worker processes (default), or Ray tasks on a local "
+        'Ray runtime or on the cluster at --ray-address (pip install "adaptim[ray]"); the '
+        "database stays here either way",
+    )
+    b.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="with --executor ray: the Ray cluster to run on (host:port, auto or ray://...; "
+        "default: start a Ray runtime on this machine)",
     )
     b.add_argument("--db", default=DEFAULT_DB, help=f"results database (default {DEFAULT_DB})")
     b.add_argument("--out", default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT}/)")
@@ -366,7 +381,22 @@ def _cmd_claims(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ray_executor(args: argparse.Namespace) -> Any:
+    """``--executor ray``'s executor, started (or connected to ``--ray-address``) now."""
+    from adaptim.bench.ray_executor import RayExecutor, RayUnavailable
+
+    try:
+        return RayExecutor(address=args.ray_address, num_cpus=args.jobs)
+    except RayUnavailable as err:
+        where = "--ray-address: " if args.ray_address else ""
+        raise UsageError(f"--executor ray: {where}{err}") from None
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.ray_address is not None and args.executor != "ray":
+        raise UsageError(f"--ray-address {args.ray_address} needs --executor ray")
+    if args.executor == "ray" and args.suite == "claims":
+        raise UsageError("--executor ray runs the default suite only (--suite claims runs here)")
     _require_extra("bench")
     if args.suite == "claims":
         return _cmd_claims(args)
@@ -398,11 +428,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
         return 1
 
-    store = Store(args.db)
-    env_id = store.add_environment(describe(threads_per_run=1, jobs=jobs))
+    # run_plan closes the executor whichever way it ends; until then, this function does.
+    executor = _ray_executor(args) if args.executor == "ray" else None
+    try:
+        if executor is not None:
+            jobs = args.jobs or executor.cpus
+        store = Store(args.db)
+        env_id = store.add_environment(describe(threads_per_run=1, jobs=jobs))
+    except BaseException:
+        if executor is not None:
+            executor.close()
+        raise
+    workers = "processes" if executor is None else "Ray tasks"
     print(
         f"adaptim bench: {len({g.task for g in plan.groups})} tasks x {len(optimizers)} optimizers, "
-        f"{seeds} seed{'s' if seeds > 1 else ''}, protocol {args.protocol}, {jobs} processes; "
+        f"{seeds} seed{'s' if seeds > 1 else ''}, protocol {args.protocol}, {jobs} {workers}; "
         f"results in {args.db}",
         flush=True,
     )
@@ -444,9 +484,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                     env_id=env_id,
                     on_start=on_start,
                     progress=_line_progress(start),
+                    executor=executor,
                 )
             else:
-                counts = _run_with_bar(plan, store, jobs, env_id, on_start)
+                counts = _run_with_bar(plan, store, jobs, env_id, on_start, executor)
     except (KeyboardInterrupt, _Terminated) as stop:
         # run_plan has stopped its workers and freed the runs they had in progress.
         done = store.counts()
@@ -517,7 +558,9 @@ def _line_progress(start: float):
     return report
 
 
-def _run_with_bar(plan: Any, store: Any, jobs: int, env_id: int, on_start: Any) -> dict[str, int]:
+def _run_with_bar(
+    plan: Any, store: Any, jobs: int, env_id: int, on_start: Any, executor: Any = None
+) -> dict[str, int]:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -558,7 +601,15 @@ def _run_with_bar(plan: Any, store: Any, jobs: int, env_id: int, on_start: Any) 
                 last=f"{spec.task} {spec.optimizer}: {p.status}"[:48],
             )
 
-        return run_plan(plan, store, jobs=jobs, env_id=env_id, on_start=started, progress=report)
+        return run_plan(
+            plan,
+            store,
+            jobs=jobs,
+            env_id=env_id,
+            on_start=started,
+            progress=report,
+            executor=executor,
+        )
 
 
 def _print_winners(store: Any, hashes: Sequence[str], optimizers: Sequence[str]) -> None:
