@@ -95,7 +95,12 @@ class RayExecutor:
                 logging_level=logging.ERROR,
             )
         else:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            try:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            except ConnectionError as err:  # e.g. "auto" with no cluster running on this machine
+                raise RayUnavailable(
+                    f"could not connect to a Ray cluster at {address}: {err}"
+                ) from None
         self._task = ray.remote(num_cpus=1, max_retries=0)(_run_in_worker)
 
     @property
