@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from adaptim.bench.costs import load_costs
-from adaptim.bench.runner import EXPECTED_SEARCH_EXTRA, make_plan
+from adaptim.bench.runner import EXPECTED_SEARCH_EXTRA, PROMOTE, make_plan
 from adaptim.bench.store import Store
 from adaptim.cli import main
 
@@ -109,9 +109,14 @@ def test_tiny_bench_end_to_end(tmp_path, capsys, bench_data):
         "--no-progress",
     ]
     # The estimate printed before the runs is the plan's: per group, the 3-lr starting grid, the
-    # runs a search is expected to add, and the second seed.
+    # runs a search is expected to add, the lrs a short-run search promotes (fmnist-mlp: successive
+    # halving), and the second seed.
     plan = make_plan(["beale", "fmnist-mlp"], ["adam", "torch-sgdm"], seeds=2, steps=12)
-    expected = sum(len(g.lrs) + EXPECTED_SEARCH_EXTRA + 1 for g in plan.groups)
+    halving = [g.search_steps is not None for g in plan.groups]
+    assert halving == [False, False, True, True]
+    expected = sum(
+        len(g.lrs) + EXPECTED_SEARCH_EXTRA + 1 + PROMOTE * h for g, h in zip(plan.groups, halving)
+    )
     assert plan.total_runs() == expected and len(plan.groups) == 4
     assert main(argv) == 0
     text = capsys.readouterr().out
@@ -125,7 +130,14 @@ def test_tiny_bench_end_to_end(tmp_path, capsys, bench_data):
     for task in ("beale", "fmnist-mlp"):
         for opt in ("adam", "torch-sgdm"):
             group = [r for r in runs if (r.task, r.optimizer) == (task, opt)]
-            assert len({r.lr for r in group if r.seed == 0}) >= 3  # at least the starting grid
+            search = [r for r in group if r.config.get("search_of")]
+            full = [r for r in group if not r.config.get("search_of")]
+            searched = search if task == "fmnist-mlp" else full
+            assert len({r.lr for r in searched if r.seed == 0}) >= 3  # at least the starting grid
+            if task == "fmnist-mlp":  # the short runs' best lrs ran at full length on seed 0
+                assert all(r.steps_done <= 3 and r.seed == 0 for r in search)
+                promoted = {r.lr for r in full if r.seed == 0}
+                assert 1 <= len(promoted) <= PROMOTE and promoted <= {r.lr for r in search}
             assert len([r for r in group if r.seed == 1]) <= 1  # the other seed, at the chosen lr
     (env,) = envs.values()
     assert env["threads_per_run"] == 1 and env["torch"] and env["cores"] >= 1 and "git" in env

@@ -250,3 +250,95 @@ def test_tie_groups_intervals_and_ranks_by_kind():
     # one seed says nothing about the spread: no ties claimed
     single = A.summarize([r for r in runs if r.seed == 0 and r.task == "fmnist-cnn"])[0]
     assert single.tie_groups() == [["a"], ["b"], ["c"]] and math.isnan(single.groups["a"].ci95)
+
+
+# -- successive halving: the search on short runs, its best lrs at full length ---------------------
+
+
+def _halving_group(**kwargs) -> R.Group:
+    plan = R.make_plan(["fmnist-mlp"], ["adam"], seeds=3, steps=400)
+    (group,) = plan.groups
+    return replace(group, lrs=START, **kwargs)
+
+
+def test_halving_searches_on_short_runs_then_decides_among_the_best_two_at_full_length():
+    g = _halving_group()
+    assert g.search_steps == 100 and g.search_hash not in (None, g.config_hash)
+
+    def short(lr: float) -> A.LrResult:  # the short runs' accuracy peaks at 0.01 ...
+        return A.LrResult("learned", 0.9 - 0.1 * (math.log10(lr) + 2.0) ** 2)
+
+    long_best = 0.003162  # ... the full-length runs the smaller of the two best short-run lrs
+    search: dict[float, A.LrResult] = {}
+    rounds = 0
+    while True:
+        pending, _, chosen, _ = g.next_runs(search, {})
+        if not pending or pending[0].search_of is None:
+            break
+        assert all(
+            s.steps == 100 and s.seed == 0 and s.config_hash == g.search_hash for s in pending
+        )
+        assert all(s.cost == pytest.approx(g.cost / 4) for s in pending)
+        search.update({s.lr: short(s.lr) for s in pending})
+        rounds += 1
+    assert rounds >= 2 and chosen == []  # widened past 0.01, then refined
+    finalists = [s.lr for s in pending]
+    assert all(s.steps == 400 and s.config_hash == g.config_hash for s in pending)
+    assert len(finalists) == R.PROMOTE and 0.01 in finalists
+    assert finalists == A.promoted(ACCURACY, sorted(search), search, R.PROMOTE)
+    # accuracy is higher-is-better: the full-length results make long_best the better one
+    full = {lr: A.LrResult("learned", 0.9 if lr == long_best else 0.8) for lr in finalists}
+    if long_best not in finalists:  # the refinement put another lr second: it wins at full length
+        long_best = next(lr for lr in finalists if lr != 0.01)
+        full = {lr: A.LrResult("learned", 0.9 if lr == long_best else 0.8) for lr in finalists}
+    pending, n_done, chosen, _ = g.next_runs(search, full)
+    assert pending == [] and chosen == [long_best] and n_done == len(search) + R.PROMOTE
+
+
+def test_halving_promotes_only_lrs_that_learned_and_none_when_none_did():
+    g = _halving_group()
+    nothing = {lr: A.LrResult("not-learned", 0.1) for lr in START}
+    # nothing learned: the search widens both ways to its bounds, then ends with no finalist
+    state = A.replay_search(ACCURACY, START, nothing)
+    while not state.finished:
+        nothing.update({lr: A.LrResult("not-learned", 0.1) for lr in state.pending})
+        state = A.replay_search(ACCURACY, START, nothing)
+    assert g.next_runs(nothing, {})[:3] == ([], len(nothing), [])
+    one = {**nothing, START[1]: A.LrResult("learned", 0.5)}
+    assert A.promoted(ACCURACY, sorted(one), one, 2) == [START[1]]
+
+
+def test_the_bench_runs_halving_end_to_end_and_the_report_reads_it_back(tmp_path, monkeypatch):
+    task = replace(TASKS["noisy-quadratic"], search_fraction=0.25)
+    monkeypatch.setitem(TASKS, "noisy-quadratic", task)
+    plan = R.make_plan(["noisy-quadratic"], ["adam"], seeds=3, steps=40)
+    (group,) = plan.groups
+    plan.groups = [replace(group, lrs=START)]
+    assert plan.config_hashes == sorted([group.config_hash, group.search_hash])
+    db = tmp_path / "r.db"
+    with Store(db) as store:
+        R.run_plan(plan, store, jobs=1)
+        runs = store.runs(with_metrics=False)
+    search = [r for r in runs if r.config.get("search_of") == group.config_hash]
+    full = [r for r in runs if r.config_hash == group.config_hash]
+    assert len(search) + len(full) == len(runs) and len(search) >= 4
+    assert {r.steps_done for r in search} == {10} and {r.seed for r in search} == {0}
+    finalists = {r.lr for r in full if r.seed == 0}
+    assert 1 <= len(finalists) <= R.PROMOTE and finalists <= {r.lr for r in search}
+    assert {r.steps_done for r in full} == {40}
+    (t,) = A.summarize(runs)  # one configuration: the search belongs to the full one
+    g = t.groups["adam"]
+    assert (
+        t.steps == 40 and t.config_hash == group.config_hash and len(g.search_runs) == len(search)
+    )
+    seeded = {r.lr for r in full if r.seed > 0}
+    assert seeded == {g.best_lr} and g.best_lr in finalists and g.n_seeds == 3
+    full_means = {r.lr: r.final_metric for r in full if r.seed == 0}
+    assert full_means[g.best_lr] == min(full_means.values())
+    assert g.searched == (min(r.lr for r in search), max(r.lr for r in search))
+    assert [p[0] for p in g.lr_curve] == sorted(r.lr for r in search)  # the short runs' curve
+    # resuming replays the search, the promotion and the seeds from the database: nothing to run
+    with Store(db) as store:
+        events = []
+        again = R.run_plan(plan, store, jobs=1, on_start=lambda n, d, c: events.append((n, d)))
+    assert again == {} and events == [(0, len(runs))]

@@ -144,13 +144,23 @@ class SearchState:
         return self.finished and self.chosen is not None
 
 
-def _best_learned(task: Task, lrs: Sequence[float], results: Mapping[float, LrResult]):
+def best_learned(task: Task, lrs: Sequence[float], results: Mapping[float, LrResult]):
     best = None
     for lr in lrs:  # ascending: a tie goes to the smaller lr
         r = results[lr]
         if r.kind == "learned" and (best is None or task.better(r.value, results[best].value)):
             best = lr
     return best
+
+
+def promoted(
+    task: Task, lrs: Sequence[float], results: Mapping[float, LrResult], k: int
+) -> list[float]:
+    """The ``k`` lrs that learned with the best metrics (successive halving: the short-run search's
+    lrs that go on to a full-length run), best first; a tie goes to the smaller lr."""
+    learned = [lr for lr in sorted(lrs) if results[lr].kind == "learned"]
+    sign = 1.0 if task.lower_is_better else -1.0
+    return sorted(learned, key=lambda lr: (sign * results[lr].value, lr))[:k]
 
 
 def replay_search(
@@ -175,7 +185,7 @@ def replay_search(
         if pending:
             return SearchState(tuple(searched), pending, False, None, (low, high))
         new: list[float] = []
-        best = _best_learned(task, searched, results)
+        best = best_learned(task, searched, results)
         if best is not None:
             i = searched.index(best)
             if i == 0 and low < widen:
@@ -269,6 +279,7 @@ class GroupSummary:
     band: tuple[float, float] | None = None
     band_decades: float | None = None
     band_open: bool = False
+    search_runs: list[RunRecord] = field(default_factory=list)  # successive halving's short runs
     statuses: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
@@ -342,41 +353,74 @@ class TaskSummary:
         )
 
 
-def _summarize_group(task: Task, optimizer: str, runs: list[RunRecord]) -> GroupSummary:
-    lrs = sorted({r.lr for r in runs}, key=lambda x: -1.0 if x is None else x)
-    g = GroupSummary(task.name, optimizer, lrs, runs)
-    status = {r.id: run_status(task, r.status, r.initial_metric, r.final_metric) for r in runs}
-    for r in runs:
-        g.statuses[status[r.id]] = g.statuses.get(status[r.id], 0) + 1
-        if r.status in ("failed", "timeout") and r.error:
-            g.errors.append(f"lr={r.lr} seed={r.seed}: {r.error.strip().splitlines()[0]}")
-    finished = [r for r in runs if status[r.id] in ("done", "did-not-learn", "diverged", "timeout")]
+def _lr_curve(
+    runs: Sequence[RunRecord], status: Mapping[int, str]
+) -> tuple[
+    list[tuple[float | None, float, float, float, int]],
+    dict[float | None, dict[int, float]],
+    dict[float | None, dict[int, float | None]],
+    set[int],
+]:
+    """Per lr (ascending): the mean, min and max final metric over the seeds that every lr ran
+    (NaN where a run diverged) and how many were finite; and the finals and initial metrics by lr
+    and seed, and those common seeds."""
     by_lr: dict[float | None, dict[int, float]] = defaultdict(dict)
     by_lr_init: dict[float | None, dict[int, float | None]] = defaultdict(dict)
-    for r in finished:
+    for r in runs:
+        if status[r.id] not in ("done", "did-not-learn", "diverged", "timeout"):
+            continue
         ran = status[r.id] in ("done", "did-not-learn") and _finite(r.final_metric)
         by_lr[r.lr][r.seed] = r.final_metric if ran else math.nan
         by_lr_init[r.lr][r.seed] = r.initial_metric
     if not by_lr:
-        return g
-    tried = [lr for lr in by_lr if lr is not None]
-    if tried:
-        g.searched = (min(tried), max(tried))
+        return [], by_lr, by_lr_init, set()
     common = set.intersection(*(set(d) for d in by_lr.values()))
     if not common:
         common = {min(min(d) for d in by_lr.values())}
-    initial = [r.initial_metric for r in finished if _finite(r.initial_metric)]
-    init = statistics.fmean(initial) if initial else math.nan
-    best_v = math.nan
+    curve = []
     for lr in sorted(by_lr, key=lambda x: -1.0 if x is None else x):
         vals = [by_lr[lr].get(s, math.nan) for s in sorted(common)]
         fin = [v for v in vals if _finite(v)]
-        ok = len(fin) == len(vals) and fin
-        mean = statistics.fmean(fin) if ok else math.nan
-        g.lr_curve.append(
-            (lr, mean, min(fin) if fin else math.nan, max(fin) if fin else math.nan, len(fin))
-        )
-        if not ok:
+        mean = statistics.fmean(fin) if fin and len(fin) == len(vals) else math.nan
+        lo, hi = (min(fin), max(fin)) if fin else (math.nan, math.nan)
+        curve.append((lr, mean, lo, hi, len(fin)))
+    return curve, by_lr, by_lr_init, common
+
+
+def _summarize_group(
+    task: Task,
+    optimizer: str,
+    runs: list[RunRecord],
+    search_runs: Sequence[RunRecord] = (),
+) -> GroupSummary:
+    """One optimizer on one task configuration.
+
+    ``search_runs``: the short runs of its lr search (successive halving), which give the lrs
+    searched, the lr curve, the lr band and the edge flag; the chosen lr (the best of the lrs that
+    ran at full length) and everything else come from the full-length ``runs``.
+    """
+    lrs = sorted({r.lr for r in runs}, key=lambda x: -1.0 if x is None else x)
+    g = GroupSummary(task.name, optimizer, lrs, runs, search_runs=list(search_runs))
+    every = [*runs, *search_runs]
+    status = {r.id: run_status(task, r.status, r.initial_metric, r.final_metric) for r in every}
+    search_ids = {r.id for r in search_runs}
+    for r in every:
+        g.statuses[status[r.id]] = g.statuses.get(status[r.id], 0) + 1
+        if r.status in ("failed", "timeout") and r.error:
+            where = f"lr={r.lr} seed={r.seed}" + (" (lr search)" if r.id in search_ids else "")
+            g.errors.append(f"{where}: {r.error.strip().splitlines()[0]}")
+    finished = [r for r in runs if status[r.id] in ("done", "did-not-learn", "diverged", "timeout")]
+    search_curve = _lr_curve(search_runs, status)[0]
+    full_curve, by_lr, by_lr_init, common = _lr_curve(runs, status)
+    g.lr_curve = search_curve or full_curve
+    tried = [p[0] for p in [*search_curve, *full_curve] if p[0] is not None]
+    if tried:
+        g.searched = (min(tried), max(tried))
+    if not by_lr:
+        return g
+    best_v = math.nan
+    for lr, mean, *_ in full_curve:
+        if not _finite(mean):
             continue
         # An lr that learned beats one that did not; then the better mean (a tie: the smaller lr).
         # Judged against the initial metric of the same runs, as the runner judged each run.
@@ -390,10 +434,11 @@ def _summarize_group(task: Task, optimizer: str, runs: list[RunRecord]) -> Group
     if not g.has_best:
         return g
     grid = [p[0] for p in g.lr_curve]
-    i_best = grid.index(g.best_lr)
-    g.best_at_edge = len(grid) > 1 and i_best in (0, len(grid) - 1)
-    if g.best_at_edge:
-        g.edge = "low" if i_best == 0 else "high"
+    if g.best_lr in grid:  # (a chosen lr is one of its search's lrs)
+        i_best = grid.index(g.best_lr)
+        g.best_at_edge = len(grid) > 1 and i_best in (0, len(grid) - 1)
+        if g.best_at_edge:
+            g.edge = "low" if i_best == 0 else "high"
     vals = [v for v in by_lr[g.best_lr].values() if _finite(v)]
     g.n_seeds = len(by_lr[g.best_lr])
     g.mean = statistics.fmean(vals) if vals else math.nan
@@ -415,33 +460,62 @@ def _summarize_group(task: Task, optimizer: str, runs: list[RunRecord]) -> Group
         )
         g.steps_to_target = float(np.median(steps))
         g.seconds_to_target = float(np.median(secs))
-    # lr band within 5% of the progress from the starting value.
-    if g.best_lr is not None and _finite(init):
-        tol = BAND_TOLERANCE * abs(init - best_v)
-        means = [p[1] for p in g.lr_curve]
-
-        def inside(i: int) -> bool:
-            return _finite(means[i]) and abs(means[i] - best_v) <= tol
-
-        lo = hi = i_best
-        while lo > 0 and inside(lo - 1):
-            lo -= 1
-        while hi < len(grid) - 1 and inside(hi + 1):
-            hi += 1
-        g.band = (grid[lo], grid[hi])
-        g.band_decades = math.log10(grid[hi] / grid[lo])
-        g.band_open = len(grid) > 1 and (lo == 0 or hi == len(grid) - 1)
+    _set_band(g, [r for r in (search_runs or runs) if status[r.id] != "failed"])
     return g
 
 
+def _set_band(g: GroupSummary, runs: Sequence[RunRecord]) -> None:
+    """The lr band within ``BAND_TOLERANCE`` of the progress from the starting value, on the lr
+    curve (the short runs' under successive halving), around the curve's best lr."""
+    means = [p[1] for p in g.lr_curve]
+    grid = [p[0] for p in g.lr_curve]
+    initial = [r.initial_metric for r in runs if _finite(r.initial_metric)]
+    finite = [i for i, m in enumerate(means) if _finite(m) and grid[i] is not None]
+    if not initial or not finite:
+        return
+    init = statistics.fmean(initial)
+    sign = 1.0 if TASKS[g.task].lower_is_better else -1.0
+    i_best = min(finite, key=lambda i: (sign * means[i], i))
+    best_v = means[i_best]
+    tol = BAND_TOLERANCE * abs(init - best_v)
+
+    def inside(i: int) -> bool:
+        return _finite(means[i]) and abs(means[i] - best_v) <= tol
+
+    lo = hi = i_best
+    while lo > 0 and inside(lo - 1):
+        lo -= 1
+    while hi < len(grid) - 1 and inside(hi + 1):
+        hi += 1
+    lo_lr, hi_lr = grid[lo], grid[hi]
+    assert lo_lr is not None and hi_lr is not None
+    g.band = (lo_lr, hi_lr)
+    g.band_decades = math.log10(hi_lr / lo_lr)
+    g.band_open = len(grid) > 1 and (lo == 0 or hi == len(grid) - 1)
+
+
 def summarize(runs: Sequence[RunRecord]) -> list[TaskSummary]:
-    """Group runs by task configuration and optimizer; tasks in the bench's order."""
+    """Group runs by task configuration and optimizer; tasks in the bench's order. The short runs
+    of a successive-halving lr search (``search_of`` in their configuration) belong to the
+    configuration they searched for, not to one of their own."""
     by_cfg: dict[tuple[str, str], dict[str, list[RunRecord]]] = defaultdict(
         lambda: defaultdict(list)
     )
+    search: dict[tuple[str, str], dict[str, list[RunRecord]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    steps_of: dict[tuple[str, str], int] = {}
     for r in runs:
-        if r.task in TASKS:
+        if r.task not in TASKS:
+            continue
+        of = r.config.get("search_of")
+        if of:
+            search[(r.task, of)][r.optimizer].append(r)
+            by_cfg[(r.task, of)].setdefault(r.optimizer, [])
+            steps_of[(r.task, of)] = int(r.config.get("full_steps") or TASKS[r.task].steps)
+        else:
             by_cfg[(r.task, r.config_hash)][r.optimizer].append(r)
+            steps_of[(r.task, r.config_hash)] = int(r.config.get("steps", TASKS[r.task].steps))
     order = {name: i for i, name in enumerate(TASKS)}
     n_cfg: dict[str, int] = defaultdict(int)
     for task, _ in by_cfg:
@@ -451,10 +525,13 @@ def summarize(runs: Sequence[RunRecord]) -> list[TaskSummary]:
         by_cfg.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])
     ):
         task = TASKS[task_name]
-        any_run = next(iter(groups.values()))[0]
-        steps = int(any_run.config.get("steps", task.steps))
+        steps = steps_of[(task_name, chash)]
         label = task_name if n_cfg[task_name] == 1 else f"{task_name} ({steps} steps)"
-        summaries = {opt: _summarize_group(task, opt, rs) for opt, rs in sorted(groups.items())}
+        short = search.get((task_name, chash), {})
+        summaries = {
+            opt: _summarize_group(task, opt, rs, short.get(opt, ()))
+            for opt, rs in sorted(groups.items())
+        }
         out.append(TaskSummary(task, chash, steps, label, summaries))
     return out
 

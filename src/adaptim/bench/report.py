@@ -305,10 +305,16 @@ def _lr_figure(t: TaskSummary, styles: dict, figs: _Figures) -> str | None:
     ax.set_xlabel("learning rate")
     ax.set_ylabel(f"final {t.task.metric}")
     ax.grid(alpha=0.3, which="both")
-    ax.set_title(
-        f"{t.label}: lr sensitivity (mean over the seeds every lr ran; bar: spread at the best lr)",
-        fontsize=9,
+    short = {
+        int(r.config["steps"]) for g in t.groups.values() for r in g.search_runs if g.search_runs
+    }
+    what = (
+        f"seed 0 of the lr search's {'/'.join(map(str, sorted(short)))}-step runs; bar: spread"
+        f" over the seeds of the {t.steps}-step runs at the chosen lr"
+        if short
+        else "mean over the seeds every lr ran; bar: spread at the best lr"
     )
+    ax.set_title(f"{t.label}: lr sensitivity ({what})", fontsize=9)
     _legend(fig, ax, drawn, reverse=True)
     return figs.save(fig, f"lr-{_slug(t.label)}")
 
@@ -909,7 +915,9 @@ def _advice_text(a: Advice, costs: dict[str, OptimizerCost]) -> tuple[str, list[
             "cannot tell apart, not proof that the optimizers are equal."
         )
     caveats.append(
-        "Budget: each optimizer's lr searched on seed 0 (other hyperparameters at their defaults)."
+        "Budget: each optimizer's lr searched on seed 0 (other hyperparameters at their defaults;"
+        " on the neural networks by successive halving: the search on runs a quarter as long, its"
+        " two best lrs at full length)."
         + (
             f" Best lr at an end of its search for {', '.join(a.at_edge)}: a wider search may "
             "change the picture."
@@ -1061,7 +1069,9 @@ def _render(store: Store, out: Path, config_hashes, optimizers, title: str) -> P
     page.body.append(f"<h1>{html.escape(title)}</h1>")
     page.body.append(
         f"<p>{intro} Each optimizer is shown at the best learning rate of its search (chosen on the"
-        " seeds that every lr ran); <code>*</code> marks a best lr at an end of the lrs searched (a"
+        " seeds that every lr ran; where the search ran on short runs, successive halving, the"
+        " best of its two best lrs rerun at full length, and the lr curve and band are the short"
+        " runs'); <code>*</code> marks a best lr at an end of the lrs searched (a"
         " wider search may do better). Optimizers whose best lr did not beat the task's trivial"
         " baseline (chance accuracy, the initial metric) are marked <i>did not learn</i> and rank"
         f" after every one that did. The lr band is the range of lrs within {BAND_TOLERANCE:.0%} of"

@@ -49,7 +49,7 @@ from typing import Any, Protocol
 
 import torch
 
-from adaptim.bench.analysis import lr_result, replay_search
+from adaptim.bench.analysis import best_learned, lr_result, promoted, replay_search
 from adaptim.bench.optimizers import (
     all_optimizers,
     bench_kwargs,
@@ -80,9 +80,11 @@ PARENT_POLL_SECONDS = 0.2  # how often a worker checks that its bench is still a
 RUN_ELSEWHERE = "run by another bench"  # a key of run_plan's counts
 
 
-def config_hash(task: Task, steps: int) -> str:
-    """Identifies a task configuration (not the optimizer, lr or seed)."""
-    cfg = {
+def config_hash(task: Task, steps: int, search_steps: int | None = None) -> str:
+    """Identifies a task configuration (not the optimizer, lr or seed). ``search_steps``: the length
+    of the short runs its lr search ran on (successive halving), part of the protocol that chose the
+    lr, so a configuration searched another way is another configuration."""
+    cfg: dict[str, Any] = {
         "bench": BENCH_VERSION,
         "task": task.name,
         "steps": steps,
@@ -92,6 +94,14 @@ def config_hash(task: Task, steps: int) -> str:
         "lr_hint": task.lr_hint,  # the default lr grid: a new grid is a new configuration
         "lr_scale": task.lr_scale,
     }
+    if search_steps is not None:
+        cfg["search_steps"] = search_steps
+    return hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def search_config_hash(task: Task, search_steps: int, full_hash: str) -> str:
+    """The configuration of the short lr-search runs of the configuration ``full_hash``."""
+    cfg = {"bench": BENCH_VERSION, "task": task.name, "steps": search_steps, "search_of": full_hash}
     return hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -110,6 +120,8 @@ class RunSpec:
     config_hash: str
     time_limit: float
     cost: float  # estimated seconds on one thread
+    search_of: str | None = None  # a short lr-search run: the full configuration it searches for
+    full_steps: int | None = None  # ... and that configuration's steps
 
     @property
     def key(self) -> str:
@@ -132,6 +144,11 @@ class RunSpec:
             "lower_is_better": task.lower_is_better,
             "bench_version": BENCH_VERSION,
             "optimizer_kwargs": _kwargs_of(self.optimizer),
+            **(
+                {"search_of": self.search_of, "full_steps": self.full_steps}
+                if self.search_of
+                else {}
+            ),
         }
 
 
@@ -149,12 +166,20 @@ def _kwargs_of(name: str) -> dict[str, Any]:
 # one widening (58% of the groups had their best lr at an edge of the 3-point grid in the last
 # default bench). Only for the estimates printed before and during a bench.
 EXPECTED_SEARCH_EXTRA = 2
+# Successive halving: the lrs of a short-run search that go on to a full-length run (seed 0); the
+# best of them at full length is the chosen lr.
+PROMOTE = 2
 
 
 @dataclass
 class Group:
     """One (task, optimizer) pair: its starting lr grid, whether the search may widen and refine it
-    (``search``), and its seeds."""
+    (``search``), and its seeds.
+
+    With ``search_steps`` (successive halving), the lr search runs on short runs of that many steps
+    (their own configuration, ``search_hash``, the schedule compressed to the short run); its
+    ``PROMOTE`` best lrs that learned then run at full length on seed 0, and the best of those is
+    the chosen lr. Without it, the search runs at full length."""
 
     task: str
     optimizer: str
@@ -166,23 +191,48 @@ class Group:
     cost: float
     time_limit: float
     search: bool = False
+    search_steps: int | None = None
+    search_hash: str | None = None
+
+    @property
+    def search_cost(self) -> float:
+        return self.cost * (self.search_steps or self.steps) / self.steps
 
     def next_runs(
-        self, results: dict[Any, Any]
-    ) -> tuple[list[float | None], list[float | None], list[float | None]]:
-        """From the seed-0 results known so far (``tune`` only): the seed-0 lrs still to run, the
-        lrs searched so far, and the lr for the other seeds (``[]``: none yet, or none learned)."""
+        self, search_results: dict[Any, Any], full_results: dict[Any, Any]
+    ) -> tuple[list[RunSpec], int, list[float | None], tuple[int, float]]:
+        """From the seed-0 results known so far (``tune`` only; ``search_results`` of the short
+        runs, ``full_results`` of the full-length ones): the seed-0 runs to do next, how many
+        seed-0 runs have finished, the lr for the other seeds (``[]``: none yet, or none learned),
+        and the number and estimated cost of the seed-0 runs expected beyond those returned."""
         if self.lrs == [None]:  # an optimizer without an lr: one setting, nothing to search
-            if None not in results:
-                return [None], [None], []
-            return [], [None], [None] if results[None].kind == "learned" else []
+            if None not in full_results:
+                return [self.spec(None, 0)], 0, [], (0, 0.0)
+            return [], 1, [None] if full_results[None].kind == "learned" else [], (0, 0.0)
         task, start = TASKS[self.task], [lr for lr in self.lrs if lr is not None]
+        short = self.search_steps is not None
+        results = search_results if short else full_results
         if self.search:
             state = replay_search(task, start, results)
         else:
             state = replay_search(task, start, results, widen=0, refine=False)
-        chosen: list[float | None] = [state.chosen] if state.found else []
-        return list(state.pending), list(state.searched), chosen
+        n_done = len(state.searched) - len(state.pending)
+        if not state.finished:
+            extra = max(0, len(start) + EXPECTED_SEARCH_EXTRA - len(state.searched))
+            extra = extra if self.search else 0
+            n_promote = PROMOTE if short else 0
+            later = (extra + n_promote, extra * self.search_cost + n_promote * self.cost)
+            make = self.search_spec if short else lambda lr: self.spec(lr, 0)
+            return [make(lr) for lr in state.pending], n_done, [], later
+        if not short:
+            return [], n_done, [state.chosen] if state.found else [], (0, 0.0)
+        finalists = promoted(task, state.searched, search_results, PROMOTE)
+        pending = [lr for lr in finalists if lr not in full_results]
+        n_done += len(finalists) - len(pending)
+        if pending:
+            return [self.spec(lr, 0) for lr in pending], n_done, [], (0, 0.0)
+        chosen = best_learned(task, sorted(finalists), full_results)
+        return [], n_done, [] if chosen is None else [chosen], (0, 0.0)
 
     def spec(self, lr: float | None, seed: int) -> RunSpec:
         return RunSpec(
@@ -196,16 +246,42 @@ class Group:
             self.cost,
         )
 
+    def search_spec(self, lr: float | None) -> RunSpec:
+        """A short lr-search run (seed 0) of a successive-halving group."""
+        assert self.search_steps is not None and self.search_hash is not None
+        return RunSpec(
+            self.task,
+            self.optimizer,
+            lr,
+            0,
+            self.search_steps,
+            self.search_hash,
+            self.time_limit,
+            self.search_cost,
+            search_of=self.config_hash,
+            full_steps=self.steps,
+        )
+
     def first_phase(self) -> list[RunSpec]:
         if self.protocol == "grid":
             return [self.spec(lr, s) for lr in self.lrs for s in range(self.seeds)]
+        if self.search_steps is not None and self.lrs != [None]:
+            return [self.search_spec(lr) for lr in self.lrs]
         return [self.spec(lr, 0) for lr in self.lrs]
 
     def n_runs(self) -> int:
         """The number of runs (an estimate for a searched group: the search adapts)."""
         if self.protocol == "grid":
             return len(self.lrs) * self.seeds
-        return len(self.lrs) + (EXPECTED_SEARCH_EXTRA if self.search else 0) + self.seeds - 1
+        n = len(self.lrs) + (EXPECTED_SEARCH_EXTRA if self.search else 0) + self.seeds - 1
+        return n + (PROMOTE if self.search_steps is not None and self.lrs != [None] else 0)
+
+    def expected_cost(self) -> float:
+        """Estimated one-thread seconds of all of the group's runs."""
+        if self.protocol == "grid" or self.search_steps is None or self.lrs == [None]:
+            return self.n_runs() * self.cost
+        n_search = len(self.lrs) + (EXPECTED_SEARCH_EXTRA if self.search else 0)
+        return n_search * self.search_cost + (PROMOTE + self.seeds - 1) * self.cost
 
 
 @dataclass
@@ -215,13 +291,15 @@ class Plan:
 
     @property
     def config_hashes(self) -> list[str]:
-        return sorted({g.config_hash for g in self.groups})
+        """Every configuration the plan's runs are stored under (the short search runs' too)."""
+        hashes = {g.config_hash for g in self.groups}
+        return sorted(hashes | {g.search_hash for g in self.groups if g.search_hash})
 
     def total_runs(self) -> int:
         return sum(g.n_runs() for g in self.groups)
 
     def total_cost(self) -> float:
-        return sum(g.n_runs() * g.cost for g in self.groups)
+        return sum(g.expected_cost() for g in self.groups)
 
 
 def make_plan(
@@ -247,9 +325,13 @@ def make_plan(
             plan.skipped_tasks[tname] = why
             continue
         n_steps = steps or (task.quick_steps if quick else task.steps)
-        chash = config_hash(task, n_steps)
         cost = task.seconds * n_steps / task.steps
         limit = max(60.0, TIME_LIMIT_FACTOR * cost)
+        # Successive halving where the task asks for it and the lr is searched (not --lrs/grid).
+        halving = protocol == "tune" and not lrs and task.search_fraction < 1.0
+        search_steps = max(1, round(n_steps * task.search_fraction)) if halving else None
+        chash = config_hash(task, n_steps, search_steps)
+        shash = None if search_steps is None else search_config_hash(task, search_steps, chash)
         for oname in optimizers:
             opt = known[oname]
             if not opt.uses_lr:
@@ -259,8 +341,22 @@ def make_plan(
             else:
                 grid = lr_grid(lr_center(opt, task.lr_hint, task.lr_scale), lr_points)
             search = protocol == "tune" and not lrs and opt.uses_lr
+            short = search_steps if opt.uses_lr else None
             plan.groups.append(
-                Group(tname, oname, grid, seeds, n_steps, chash, protocol, cost, limit, search)
+                Group(
+                    tname,
+                    oname,
+                    grid,
+                    seeds,
+                    n_steps,
+                    chash,
+                    protocol,
+                    cost,
+                    limit,
+                    search,
+                    short,
+                    shash if short else None,
+                )
             )
     return plan
 
@@ -546,8 +642,11 @@ class Progress:
     status: str | None
 
 
-def _seed0_results(store: Store, group: Group, retry: bool, ran_here: set[str]) -> dict[Any, Any]:
-    """The stored seed-0 results of a group, by lr, as the search reads them.
+def _seed0_results(
+    store: Store, group: Group, retry: bool, ran_here: set[str], search: bool = False
+) -> dict[Any, Any]:
+    """The stored seed-0 results of a group, by lr, as the search reads them (``search``: those of
+    its short search runs).
 
     A ``running`` row is no result yet. A ``failed`` row is one only if this bench ran it (``retry``
     off); a bench that starts retries the failed runs of earlier ones, as it does any unfinished run.
@@ -555,7 +654,7 @@ def _seed0_results(store: Store, group: Group, retry: bool, ran_here: set[str]) 
     rows = store.conn.execute(
         "SELECT key, lr, status, initial_metric, final_metric FROM runs"
         " WHERE task = ? AND optimizer = ? AND config_hash = ? AND seed = 0",
-        (group.task, group.optimizer, group.config_hash),
+        (group.task, group.optimizer, group.search_hash if search else group.config_hash),
     ).fetchall()
     task = TASKS[group.task]
     out: dict[Any, Any] = {}
@@ -595,8 +694,8 @@ def run_plan(
     ran_here: set[str] = set()
     running = 0
     counter = 0
-    # Runs a group is still expected to need beyond those queued (searches in progress).
-    future: dict[tuple[str, str], int] = {}
+    # The runs a group is still expected to need beyond those queued, and their one-thread seconds.
+    future: dict[tuple[str, str], tuple[int, float]] = {}
     by_group = {(g.task, g.optimizer): g for g in plan.groups}
 
     def push(spec: RunSpec) -> bool:
@@ -611,22 +710,20 @@ def run_plan(
 
     def advance(g: Group, retry: bool = False) -> int:
         """Queue what a ``tune`` group needs next; returns how many of its runs are finished."""
-        pending, searched, chosen = g.next_runs(_seed0_results(store, g, retry, ran_here))
-        n_done = len(searched) - len(pending)
-        for lr in pending:
-            push(g.spec(lr, 0))
-        expected = g.seeds - 1
-        if g.search and pending:
-            expected += max(0, len(g.lrs) + EXPECTED_SEARCH_EXTRA - len(searched))
-        if not pending:
-            expected = 0
-            for lr in chosen:
-                specs = [g.spec(lr, s) for s in range(1, g.seeds)]
-                done_keys = store.finished_keys(s.key for s in specs)
-                n_done += len(done_keys)
-                for s in specs:
-                    if s.key not in done_keys:
-                        push(s)
+        search = {} if g.search_hash is None else _seed0_results(store, g, retry, ran_here, True)
+        full = _seed0_results(store, g, retry, ran_here, False)
+        pending, n_done, chosen, (n_later, later) = g.next_runs(search, full)
+        for spec in pending:
+            push(spec)
+        # Once nothing is pending, the seeds are queued, or no lr learned and none will run.
+        expected = (n_later + g.seeds - 1, later + (g.seeds - 1) * g.cost) if pending else (0, 0.0)
+        for lr in chosen:
+            specs = [g.spec(lr, s) for s in range(1, g.seeds)]
+            done_keys = store.finished_keys(s.key for s in specs)
+            n_done += len(done_keys)
+            for s in specs:
+                if s.key not in done_keys:
+                    push(s)
         future[(g.task, g.optimizer)] = expected
         return n_done
 
@@ -643,9 +740,8 @@ def run_plan(
             already += advance(g, retry=True)
 
     def totals() -> tuple[int, float]:
-        n = len(queue) + running + sum(future.values())
-        cost = sum(-c for c, _, _ in queue) + running_cost
-        cost += sum(by_group[k].cost * n_future for k, n_future in future.items())
+        n = len(queue) + running + sum(n for n, _ in future.values())
+        cost = sum(-c for c, _, _ in queue) + running_cost + sum(c for _, c in future.values())
         return done_runs + n, cost_done + cost
 
     counts: dict[str, int] = {}

@@ -206,6 +206,11 @@ class Task:
     # diagonal is computed: :func:`rmed_method`); None: no R_med.
     probe_layer: str | None = None
     probe_shape: tuple[int, ...] = ()
+    # Successive halving: the lr search runs on short runs of this fraction of the steps (the
+    # schedule compressed to them), then its best lrs at full length (runner.Group). 1: the search
+    # runs at full length (the cheap tasks, and the test functions, whose constant-lr runs a short
+    # run would not predict).
+    search_fraction: float = 1.0
 
     def missing_data(self) -> str | None:
         """``None`` when the task can run, else a message saying what is missing (data or a package)
@@ -725,6 +730,10 @@ def _build_charlm(seed: int, steps: int) -> Problem:
 # on beale, digits-logreg, the Fashion-MNIST tasks and charlm (short runs favour large steps), and at
 # the lower edge on diffgrad-f2 (the global minimum is 0.1 from the start). A second run (version 2)
 # put fmnist-mlp at 10 and found it too high (17 of 31 at the lower edge): 5.
+# The neural networks' lr search runs on a quarter of their steps (successive halving, issue 11):
+# the search costs about a quarter as much, and the lrs it promotes are decided at full length.
+SEARCH_FRACTION = 0.25
+
 LR_SCALE = {
     "beale": 3.0,
     "diffgrad-f2": 0.3,
@@ -821,6 +830,7 @@ def _task_list() -> list[Task]:
             build=functools.partial(_build_fmnist, model_kind="mlp"),
             lr_scale=LR_SCALE["fmnist-mlp"],
             schedule="cosine",
+            search_fraction=SEARCH_FRACTION,
             seconds=0.5,
             requires=_require_fmnist,
             chance=0.1,
@@ -842,6 +852,7 @@ def _task_list() -> list[Task]:
             build=functools.partial(_build_fmnist, model_kind="cnn"),
             lr_scale=LR_SCALE["fmnist-cnn"],
             schedule="cosine",
+            search_fraction=SEARCH_FRACTION,
             seconds=2.0,
             requires=_require_fmnist,
             chance=0.1,
@@ -863,6 +874,7 @@ def _task_list() -> list[Task]:
             build=_build_charlm,
             lr_scale=LR_SCALE["charlm"],
             schedule="cosine",
+            search_fraction=SEARCH_FRACTION,
             seconds=1.9,
             requires=_require_text,
             probe_layer="the first transformer block's feed-forward input weight "
