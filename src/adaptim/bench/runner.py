@@ -70,7 +70,7 @@ __all__ = [
     "run_plan",
 ]
 
-BENCH_VERSION = 3  # bump when a task changes, so old results are not mixed in
+BENCH_VERSION = 4  # bump when a task changes, so old results are not mixed in
 DIVERGED_LOSS = 1e12  # |loss| above this (or NaN/inf) marks the run as diverged
 TIME_LIMIT_FACTOR = 20.0  # a run is stopped after this many times its task's estimated seconds
 # A claim's lease is the run's time limit plus this (a worker's start-up, a busy machine): a claim
@@ -78,6 +78,9 @@ TIME_LIMIT_FACTOR = 20.0  # a run is stopped after this many times its task's es
 CLAIM_GRACE_SECONDS = 120.0
 PARENT_POLL_SECONDS = 0.2  # how often a worker checks that its bench is still alive
 RUN_ELSEWHERE = "run by another bench"  # a key of run_plan's counts
+# The 2-D and 1-D test functions are diagnostics, outside the ranks (issue 11): at most this many
+# seeds each, which leaves the time budget to the seeds of the tasks that are ranked.
+DIAGNOSTIC_SEEDS = 3
 
 
 def config_hash(task: Task, steps: int, search_steps: int | None = None) -> str:
@@ -342,12 +345,13 @@ def make_plan(
                 grid = lr_grid(lr_center(opt, task.lr_hint, task.lr_scale), lr_points)
             search = protocol == "tune" and not lrs and opt.uses_lr
             short = search_steps if opt.uses_lr else None
+            n_seeds = seeds if task.group == "training" else min(seeds, DIAGNOSTIC_SEEDS)
             plan.groups.append(
                 Group(
                     tname,
                     oname,
                     grid,
-                    seeds,
+                    n_seeds,
                     n_steps,
                     chash,
                     protocol,
@@ -464,10 +468,12 @@ def execute_run(spec: dict[str, Any] | RunSpec, time_limit: float | None = None)
             seconds_to_target=seconds_to_target,
         )
         result["metrics"] = {"train_loss": losses, "metric": evals}
-        if problem.probe is not None and status in ("done", "did-not-learn"):
+        # not on a short lr-search run: its network is not one the report shows
+        probe = None if spec.get("search_of") else problem.probe
+        if probe is not None and status in ("done", "did-not-learn"):
             t0 = time.process_time()
             try:
-                value = problem.probe.r_med()
+                value = probe.r_med()
             except Exception as err:  # a failing diagnostic costs the run nothing but its value
                 value = math.nan
                 result["error"] = f"R_med diagnostic failed: {type(err).__name__}: {err}"

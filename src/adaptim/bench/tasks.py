@@ -119,11 +119,19 @@ class HessianProbe:
     def r_med(self) -> float:
         """``R_med`` (Jiang, Malik & Li, NeurIPS 2023, arXiv:2211.02254) of ``weight`` on the probe
         batch at the model's current parameters, by :func:`rmed_method`; ``inf`` when the diagonal's
-        median is zero (e.g. most of the layer's units dead on the probe)."""
+        median is zero (e.g. most of the layer's units dead on the probe).
+
+        Puts the model in the default memory format first (torch.func's vmap cannot query a
+        channels-last tensor's layout): the probe comes after training, and the values are the
+        same in either layout."""
+        self.model.to(memory_format=torch.contiguous_format)
+        batch = self.batch
+        if isinstance(batch, tuple):
+            batch = tuple(b.contiguous() if isinstance(b, torch.Tensor) else b for b in batch)
         return r_med(
             self.model,
             self.loss,
-            self.batch,
+            batch,
             params=[self.weight],
             method=rmed_method(self.weight.numel()),
             samples=RMED_SAMPLES,
@@ -175,7 +183,9 @@ class Task:
     ``"default"`` (its default lr), ``"rosenbrock"`` or ``"quadratic"`` (its registry ``tuned_lr``
     for that problem), times ``lr_scale``. ``schedule`` is ``"constant"`` or ``"cosine"`` (annealed to zero over the run).
     ``seconds`` is the measured cost of one run of ``steps`` steps on one thread of the reference
-    machine (for the estimate printed before a run and the progress bar's ETA).
+    machine, in a warm worker, R_med included (for the estimate printed before a run and the
+    progress bar's ETA; measured 2026-12-06 on this project's 2-core machine, the mean of AdamW,
+    AdaBelief, Adan and SGDP).
 
     ``chance`` is the accuracy of guessing (classification tasks), the trivial baseline a run must
     beat to have learned; without it the baseline is the run's initial metric. ``ideal`` is the best
@@ -550,6 +560,9 @@ def _build_fmnist(seed: int, steps: int, model_kind: str) -> Problem:
             nn.Flatten(),
             nn.Linear(16 * 7 * 7, 10),
         )
+        # channels-last: half the time per step of the default layout on one CPU thread (max-pool
+        # and the first convolution dominate), the same model; optimizers see channels-last weights
+        model = model.to(memory_format=torch.channels_last)
     train_x, train_y = data["train_x"], data["train_y"]
     test_x, test_y = data["test_x"], data["test_y"]
     order = _batches(len(train_y), FMNIST_BATCH, steps, gen)
@@ -558,7 +571,8 @@ def _build_fmnist(seed: int, steps: int, model_kind: str) -> Problem:
     ]
 
     def prep(images: torch.Tensor) -> torch.Tensor:
-        return ((images.float() / 255.0) - 0.2860).div_(0.3530).unsqueeze(1)
+        x = ((images.float() / 255.0) - 0.2860).div_(0.3530).unsqueeze(1)
+        return x if model_kind == "mlp" else x.contiguous(memory_format=torch.channels_last)
 
     def loss(step: int) -> torch.Tensor:
         idx = order[step]
@@ -762,7 +776,7 @@ def _task_list() -> list[Task]:
                 build=functools.partial(_build_function, name, dim=2),
                 lr_hint="rosenbrock",
                 lr_scale=LR_SCALE.get(name, 1.0),
-                seconds=0.18,
+                seconds=0.45,
                 group="2d",
             )
         )
@@ -782,7 +796,7 @@ def _task_list() -> list[Task]:
                 build=functools.partial(_build_function, name, dim=1),
                 lr_hint="rosenbrock",
                 lr_scale=LR_SCALE.get(name, 1.0),
-                seconds=0.06,
+                seconds=0.15,
                 group="1d",
             )
         )
@@ -800,7 +814,7 @@ def _task_list() -> list[Task]:
             build=_build_nqm,
             lr_hint="quadratic",
             schedule="cosine",
-            seconds=0.12,
+            seconds=0.36,
         ),
         Task(
             name="digits-logreg",
@@ -815,7 +829,7 @@ def _task_list() -> list[Task]:
             build=_build_logreg,
             lr_scale=LR_SCALE["digits-logreg"],
             schedule="cosine",
-            seconds=0.1,
+            seconds=0.2,
             requires=_require_digits,
         ),
         Task(
@@ -831,7 +845,7 @@ def _task_list() -> list[Task]:
             lr_scale=LR_SCALE["fmnist-mlp"],
             schedule="cosine",
             search_fraction=SEARCH_FRACTION,
-            seconds=0.5,
+            seconds=0.66,
             requires=_require_fmnist,
             chance=0.1,
             ideal=1.0,
@@ -853,7 +867,7 @@ def _task_list() -> list[Task]:
             lr_scale=LR_SCALE["fmnist-cnn"],
             schedule="cosine",
             search_fraction=SEARCH_FRACTION,
-            seconds=2.0,
+            seconds=2.1,
             requires=_require_fmnist,
             chance=0.1,
             ideal=1.0,
@@ -875,7 +889,7 @@ def _task_list() -> list[Task]:
             lr_scale=LR_SCALE["charlm"],
             schedule="cosine",
             search_fraction=SEARCH_FRACTION,
-            seconds=1.9,
+            seconds=2.7,
             requires=_require_text,
             probe_layer="the first transformer block's feed-forward input weight "
             f"({4 * CHARLM_WIDTH} x {CHARLM_WIDTH}), on {CHARLM_PROBE} training windows of "
