@@ -440,9 +440,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             executor.close()
         raise
     workers = "processes" if executor is None else "Ray tasks"
+    fewer = sorted({g.seeds for g in plan.groups if g.seeds < seeds})
+    diag = f" ({fewer[0]} on the diagnostic test functions)" if fewer else ""
     print(
         f"adaptim bench: {len({g.task for g in plan.groups})} tasks x {len(optimizers)} optimizers, "
-        f"{seeds} seed{'s' if seeds > 1 else ''}, protocol {args.protocol}, {jobs} {workers}; "
+        f"{seeds} seed{'s' if seeds > 1 else ''}{diag}, protocol {args.protocol}, {jobs} {workers}; "
         f"results in {args.db}",
         flush=True,
     )

@@ -265,10 +265,9 @@ def test_halving_searches_on_short_runs_then_decides_among_the_best_two_at_full_
     g = _halving_group()
     assert g.search_steps == 100 and g.search_hash not in (None, g.config_hash)
 
-    def short(lr: float) -> A.LrResult:  # the short runs' accuracy peaks at 0.01 ...
+    def short(lr: float) -> A.LrResult:  # the short runs' accuracy peaks at 0.01
         return A.LrResult("learned", 0.9 - 0.1 * (math.log10(lr) + 2.0) ** 2)
 
-    long_best = 0.003162  # ... the full-length runs the smaller of the two best short-run lrs
     search: dict[float, A.LrResult] = {}
     rounds = 0
     while True:
@@ -286,12 +285,18 @@ def test_halving_searches_on_short_runs_then_decides_among_the_best_two_at_full_
     assert all(s.steps == 400 and s.config_hash == g.config_hash for s in pending)
     assert len(finalists) == R.PROMOTE and 0.01 in finalists
     assert finalists == A.promoted(ACCURACY, sorted(search), search, R.PROMOTE)
-    # accuracy is higher-is-better: the full-length results make long_best the better one
-    full = {lr: A.LrResult("learned", 0.9 if lr == long_best else 0.8) for lr in finalists}
-    if long_best not in finalists:  # the refinement put another lr second: it wins at full length
-        long_best = next(lr for lr in finalists if lr != 0.01)
-        full = {lr: A.LrResult("learned", 0.9 if lr == long_best else 0.8) for lr in finalists}
+    # the second finalist is the short runs' second best (a neighbour of 0.01, within the band)
+    second = sorted(search, key=lambda lr: -search[lr].value)[1]
+    assert finalists == [0.01, second] and second != 0.01
+    # at full length the second finalist is the better one: it is chosen, not the short runs' best
+    full = {0.01: A.LrResult("learned", 0.8), second: A.LrResult("learned", 0.9)}
     pending, n_done, chosen, _ = g.next_runs(search, full)
+    assert chosen == [second]
+    # one finalist done, the other not: only the other is pending (a resumed bench)
+    pending, _, chosen, _ = g.next_runs(search, {0.01: full[0.01]})
+    assert [s.lr for s in pending] == [second] and chosen == []
+    pending, n_done, chosen, _ = g.next_runs(search, full)
+    long_best = second
     assert pending == [] and chosen == [long_best] and n_done == len(search) + R.PROMOTE
 
 
@@ -306,6 +311,21 @@ def test_halving_promotes_only_lrs_that_learned_and_none_when_none_did():
     assert g.next_runs(nothing, {})[:3] == ([], len(nothing), [])
     one = {**nothing, START[1]: A.LrResult("learned", 0.5)}
     assert A.promoted(ACCURACY, sorted(one), one, 2) == [START[1]]
+
+
+def test_halving_promotes_the_runner_up_only_when_the_short_runs_cannot_tell_it_from_the_best():
+    # accuracy: chance 0.1, best 0.9, so the band is 5% of 0.8 = 0.04 wide
+    close = {1e-3: A.LrResult("learned", 0.87), 1e-2: A.LrResult("learned", 0.9)}
+    assert A.promoted(ACCURACY, sorted(close), close, 2) == [1e-2, 1e-3]
+    apart = {1e-3: A.LrResult("learned", 0.85), 1e-2: A.LrResult("learned", 0.9)}
+    assert A.promoted(ACCURACY, sorted(apart), apart, 2) == [1e-2]
+    # a loss: the baseline is the run's initial metric (here 10, best 1: a band of 0.45)
+    losses = {
+        lr: A.LrResult("learned", v, 10.0) for lr, v in [(1e-3, 1.4), (1e-2, 1.0), (0.1, 1.5)]
+    }
+    assert A.promoted(QUADRATIC, sorted(losses), losses, 2) == [1e-2, 1e-3]
+    losses[1e-3] = A.LrResult("learned", 1.5, 10.0)  # tie with 0.1 at 1.5: the smaller lr, apart
+    assert A.promoted(QUADRATIC, sorted(losses), losses, 2) == [1e-2]
 
 
 def test_the_bench_runs_halving_end_to_end_and_the_report_reads_it_back(tmp_path, monkeypatch):
@@ -342,3 +362,26 @@ def test_the_bench_runs_halving_end_to_end_and_the_report_reads_it_back(tmp_path
         events = []
         again = R.run_plan(plan, store, jobs=1, on_start=lambda n, d, c: events.append((n, d)))
     assert again == {} and events == [(0, len(runs))]
+
+
+def test_the_report_shows_a_halving_group_whose_short_runs_never_learned(tmp_path):
+    from adaptim.bench.report import _fmt_searched
+
+    full = [_rec(1, "ok", 1e-2, s, 0.8 + 0.01 * s) for s in range(3)]
+    short = [
+        replace(_rec(10 + i, opt, lr, 0, v), config={"steps": 3, "search_of": "h"}, config_hash="s")
+        for i, (opt, lr, v) in enumerate(
+            [
+                *[("ok", 1e-3, 0.5), ("ok", 1e-2, 0.6), ("ok", 1e-1, 0.4)],
+                *[("stuck", 1e-3, 0.1), ("stuck", 1e-2, 0.1), ("stuck", 1e-1, 0.1)],
+            ]
+        )
+    ]
+    (t,) = A.summarize(full + short)  # one configuration, the full one
+    ok, stuck = t.groups["ok"], t.groups["stuck"]
+    assert t.config_hash == "h" and t.label == "fmnist-cnn"
+    assert ok.best_lr == 1e-2 and ok.n_seeds == 3 and len(ok.search_runs) == 3
+    assert _fmt_searched(ok) == "0.001 – 0.1 (3 lrs)"  # the short runs' lrs, counted once
+    assert not stuck.has_best and stuck.statuses == {"did-not-learn": 3}
+    assert _fmt_searched(stuck) == "0.001 – 0.1 (3 lrs)"
+    assert [g.optimizer for g in t.ranked()] == ["ok", "stuck"]

@@ -164,8 +164,9 @@ def test_worker_pool_gives_the_same_results_as_in_process(tmp_path, jobs):
         R.run_plan(plan, b, jobs=jobs)
         ra = {r.key: r.final_metric for r in a.runs(with_metrics=False)}
         rb = {r.key: r.final_metric for r in b.runs(with_metrics=False)}
-    # 2 tasks x 2 optimizers: the lr searches (3 lrs, then widened and refined) take the same steps
-    assert ra.keys() == rb.keys() and len(ra) >= 4 * 4
+    # 2 tasks x 2 optimizers: the lr searches (3 lrs, then widened; the quadratic's refined) take
+    # the same steps
+    assert ra.keys() == rb.keys() and len(ra) >= 4 * 3 + 2
     for k in ra:  # one thread per run: deterministic
         assert ra[k] == rb[k], k
 

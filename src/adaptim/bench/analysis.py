@@ -112,19 +112,21 @@ def run_status(task: Task, status: str, initial: float | None, final: float | No
 @dataclass(frozen=True)
 class LrResult:
     """What a seed-0 run says to the search: ``kind`` is ``learned``, ``not-learned``, ``diverged``
-    or ``failed`` (a timeout or an error: nothing about the lr); ``value`` its final metric."""
+    or ``failed`` (a timeout or an error: nothing about the lr); ``value`` its final metric and
+    ``initial`` its initial one."""
 
     kind: str
     value: float = math.nan
+    initial: float | None = None
 
 
 def lr_result(task: Task, status: str, initial: float | None, final: float | None) -> LrResult:
     status = run_status(task, status, initial, final)
     if status == "done":
-        return LrResult("learned", float(final))
+        return LrResult("learned", float(final), initial)
     if status == "did-not-learn":
-        return LrResult("not-learned", float(final))
-    return LrResult("diverged" if status == "diverged" else "failed")
+        return LrResult("not-learned", float(final), initial)
+    return LrResult("diverged" if status == "diverged" else "failed", initial=initial)
 
 
 @dataclass(frozen=True)
@@ -156,11 +158,24 @@ def best_learned(task: Task, lrs: Sequence[float], results: Mapping[float, LrRes
 def promoted(
     task: Task, lrs: Sequence[float], results: Mapping[float, LrResult], k: int
 ) -> list[float]:
-    """The ``k`` lrs that learned with the best metrics (successive halving: the short-run search's
-    lrs that go on to a full-length run), best first; a tie goes to the smaller lr."""
+    """Of the ``k`` lrs that learned with the best metrics, those that the short runs cannot tell
+    from the best (successive halving: the short-run search's lrs that go on to a full-length
+    run), best first; a tie goes to the smaller lr.
+
+    "Cannot tell": within ``BAND_TOLERANCE`` of the progress from the trivial baseline to the best,
+    the report's lr band. A runner-up clearly worse at short length is not worth a full run.
+    """
     learned = [lr for lr in sorted(lrs) if results[lr].kind == "learned"]
     sign = 1.0 if task.lower_is_better else -1.0
-    return sorted(learned, key=lambda lr: (sign * results[lr].value, lr))[:k]
+    top = sorted(learned, key=lambda lr: (sign * results[lr].value, lr))[:k]
+    if not top:
+        return []
+    best = results[top[0]]
+    base = task.baseline(best.initial)
+    if base is None:  # no baseline known (an old run): keep them all
+        return top
+    tolerance = BAND_TOLERANCE * abs(base - best.value)
+    return [lr for lr in top if abs(results[lr].value - best.value) <= tolerance]
 
 
 def replay_search(
@@ -399,7 +414,8 @@ def _summarize_group(
     searched, the lr curve, the lr band and the edge flag; the chosen lr (the best of the lrs that
     ran at full length) and everything else come from the full-length ``runs``.
     """
-    lrs = sorted({r.lr for r in runs}, key=lambda x: -1.0 if x is None else x)
+    every_lr = {r.lr for r in [*runs, *search_runs]}
+    lrs = sorted(every_lr, key=lambda x: -1.0 if x is None else x)
     g = GroupSummary(task.name, optimizer, lrs, runs, search_runs=list(search_runs))
     every = [*runs, *search_runs]
     status = {r.id: run_status(task, r.status, r.initial_metric, r.final_metric) for r in every}
@@ -518,16 +534,23 @@ def summarize(runs: Sequence[RunRecord]) -> list[TaskSummary]:
             steps_of[(r.task, r.config_hash)] = int(r.config.get("steps", TASKS[r.task].steps))
     order = {name: i for i, name in enumerate(TASKS)}
     n_cfg: dict[str, int] = defaultdict(int)
-    for task, _ in by_cfg:
-        n_cfg[task] += 1
+    n_same: dict[tuple[str, int], int] = defaultdict(int)
+    for key in by_cfg:
+        n_cfg[key[0]] += 1
+        n_same[(key[0], steps_of[key])] += 1
     out = []
     for (task_name, chash), groups in sorted(
         by_cfg.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])
     ):
         task = TASKS[task_name]
         steps = steps_of[(task_name, chash)]
-        label = task_name if n_cfg[task_name] == 1 else f"{task_name} ({steps} steps)"
         short = search.get((task_name, chash), {})
+        label = task_name
+        if n_cfg[task_name] > 1:  # several configurations: tell them apart (labels name figures)
+            how = ", lr search on short runs" if short else ""
+            if n_same[(task_name, steps)] > 1 and not short:
+                how = f", configuration {chash[:6]}"
+            label = f"{task_name} ({steps} steps{how})"
         summaries = {
             opt: _summarize_group(task, opt, rs, short.get(opt, ()))
             for opt, rs in sorted(groups.items())

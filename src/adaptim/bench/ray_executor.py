@@ -142,9 +142,14 @@ class RayExecutor:
 
     def close(self) -> None:
         """Stop the runs in progress (their workers are killed) and release Ray if it is ours."""
-        for ref in self.busy:
-            self._ray.cancel(ref, force=True)
-        self.busy.clear()
-        if self.owns_ray and self._ray.is_initialized():
-            self._ray.shutdown()
-        self.owns_ray = False
+        try:
+            for ref in self.busy:
+                try:
+                    self._ray.cancel(ref, force=True)
+                except Exception:  # e.g. the cluster is gone: nothing left to cancel there
+                    pass
+            self.busy.clear()
+        finally:
+            if self.owns_ray and self._ray.is_initialized():
+                self._ray.shutdown()
+            self.owns_ray = False

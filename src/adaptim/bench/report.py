@@ -801,6 +801,7 @@ class Advice:
     seeds: tuple[int, int]  # the fewest and most seeds at a best lr, over the kind's groups
     steps: tuple[int, int]  # the shortest and longest run, in steps
     at_edge: tuple[str, ...]  # those of ``best`` whose best lr is at an end of its search somewhere
+    halving: bool = False  # some lr search of the kind ran on short runs (successive halving)
 
 
 def recommendations(tasks: Sequence[TaskSummary]) -> list[Advice]:
@@ -843,6 +844,7 @@ def recommendations(tasks: Sequence[TaskSummary]) -> list[Advice]:
                 (min(seeds), max(seeds)),
                 (min(t.steps for t in ts), max(t.steps for t in ts)),
                 tuple(sorted(edge)),
+                any(g.search_runs for t in ts for g in t.groups.values()),
             )
         )
     return out
@@ -915,9 +917,12 @@ def _advice_text(a: Advice, costs: dict[str, OptimizerCost]) -> tuple[str, list[
             "cannot tell apart, not proof that the optimizers are equal."
         )
     caveats.append(
-        "Budget: each optimizer's lr searched on seed 0 (other hyperparameters at their defaults;"
-        " on the neural networks by successive halving: the search on runs a quarter as long, its"
-        " two best lrs at full length)."
+        "Budget: each optimizer's lr searched on seed 0 (other hyperparameters at their defaults)."
+        + (
+            " Successive halving: the search on short runs, its two best lrs at full length."
+            if a.halving
+            else ""
+        )
         + (
             f" Best lr at an end of its search for {', '.join(a.at_edge)}: a wider search may "
             "change the picture."

@@ -25,10 +25,11 @@ runner measures ``R_med`` (Jiang, Malik & Li, NeurIPS 2023, arXiv:2211.02254;
 :mod:`adaptim.bench.diagnostics`) of the first layer's weight on the task's fixed probe batch
 (:meth:`adaptim.bench.tasks.HessianProbe.r_med`: exact, or Hutchinson's estimate for a weight of
 more than a few thousand entries), and stores it as the run's ``r_med`` metric: one point at
-the last step, whose ``seconds`` are the CPU seconds the measurement took. Every run gets it (not only
-the seeds at the chosen lr): seed 0 of the chosen lr is a search run, known only once the search
-ends. It comes after training and evaluation, from its own random source, so it changes no result;
-it is in ``wall_seconds`` and ``cpu_seconds``, never in ``train_seconds``.
+the last step, whose ``seconds`` are the CPU seconds the measurement took. Every full-length run
+gets it (not only the seeds at the chosen lr): seed 0 of the chosen lr is a search run, known only
+once the search ends. It comes after training and evaluation, from its own random source, so it changes no result;
+it is in ``wall_seconds`` and ``cpu_seconds``, never in ``train_seconds``. A short lr-search run of
+successive halving gets none: its network is not one the report shows.
 """
 
 from __future__ import annotations
@@ -165,12 +166,13 @@ def _kwargs_of(name: str) -> dict[str, Any]:
         return {}
 
 
-# Runs a searched group is expected to add to its starting grid: one refinement and, on average, about
-# one widening (58% of the groups had their best lr at an edge of the 3-point grid in the last
-# default bench). Only for the estimates printed before and during a bench.
+# Runs a searched group is expected to add to its starting grid: one refinement (not on the
+# diagnostic test functions) and, on average, about one widening (0.6 to 0.9 per search in the
+# default bench of 2026-12-06). Only for the estimates printed before and during a bench.
 EXPECTED_SEARCH_EXTRA = 2
-# Successive halving: the lrs of a short-run search that go on to a full-length run (seed 0); the
-# best of them at full length is the chosen lr.
+# Successive halving: at most this many lrs of a short-run search go on to a full-length run (seed
+# 0; the runner-up only if the short runs cannot tell it from the best: analysis.promoted); the best
+# of them at full length is the chosen lr.
 PROMOTE = 2
 
 
@@ -198,8 +200,21 @@ class Group:
     search_hash: str | None = None
 
     @property
+    def refines(self) -> bool:
+        """Whether the lr search refines around its best (the test functions are diagnostics:
+        bracketing their lr is enough)."""
+        return TASKS[self.task].group == "training"
+
+    @property
+    def expected_extra(self) -> int:
+        """The runs the search is expected to add to the starting grid (estimates only)."""
+        if not self.search:
+            return 0
+        return EXPECTED_SEARCH_EXTRA - (0 if self.refines else 1)
+
+    @property
     def search_cost(self) -> float:
-        return self.cost * (self.search_steps or self.steps) / self.steps
+        return TASKS[self.task].run_seconds(self.search_steps or self.steps)
 
     def next_runs(
         self, search_results: dict[Any, Any], full_results: dict[Any, Any]
@@ -216,12 +231,12 @@ class Group:
         short = self.search_steps is not None
         results = search_results if short else full_results
         if self.search:
-            state = replay_search(task, start, results)
+            state = replay_search(task, start, results, refine=self.refines)
         else:
             state = replay_search(task, start, results, widen=0, refine=False)
         n_done = len(state.searched) - len(state.pending)
         if not state.finished:
-            extra = max(0, len(start) + EXPECTED_SEARCH_EXTRA - len(state.searched))
+            extra = max(0, len(start) + self.expected_extra - len(state.searched))
             extra = extra if self.search else 0
             n_promote = PROMOTE if short else 0
             later = (extra + n_promote, extra * self.search_cost + n_promote * self.cost)
@@ -276,14 +291,14 @@ class Group:
         """The number of runs (an estimate for a searched group: the search adapts)."""
         if self.protocol == "grid":
             return len(self.lrs) * self.seeds
-        n = len(self.lrs) + (EXPECTED_SEARCH_EXTRA if self.search else 0) + self.seeds - 1
+        n = len(self.lrs) + self.expected_extra + self.seeds - 1
         return n + (PROMOTE if self.search_steps is not None and self.lrs != [None] else 0)
 
     def expected_cost(self) -> float:
         """Estimated one-thread seconds of all of the group's runs."""
         if self.protocol == "grid" or self.search_steps is None or self.lrs == [None]:
             return self.n_runs() * self.cost
-        n_search = len(self.lrs) + (EXPECTED_SEARCH_EXTRA if self.search else 0)
+        n_search = len(self.lrs) + self.expected_extra
         return n_search * self.search_cost + (PROMOTE + self.seeds - 1) * self.cost
 
 
@@ -328,11 +343,13 @@ def make_plan(
             plan.skipped_tasks[tname] = why
             continue
         n_steps = steps or (task.quick_steps if quick else task.steps)
-        cost = task.seconds * n_steps / task.steps
+        cost = task.run_seconds(n_steps)
         limit = max(60.0, TIME_LIMIT_FACTOR * cost)
         # Successive halving where the task asks for it and the lr is searched (not --lrs/grid).
         halving = protocol == "tune" and not lrs and task.search_fraction < 1.0
         search_steps = max(1, round(n_steps * task.search_fraction)) if halving else None
+        if search_steps is not None and search_steps >= n_steps:  # e.g. --steps 2: no shorter run
+            search_steps = None
         chash = config_hash(task, n_steps, search_steps)
         shash = None if search_steps is None else search_config_hash(task, search_steps, chash)
         for oname in optimizers:
@@ -813,12 +830,14 @@ def run_plan(
                 for spec, result in workers.wait():
                     finish(spec, result)
     finally:
-        if workers is not None:
-            workers.close()
-        try:  # an interrupted bench frees its runs in progress for the next one
-            store.release_claims()
-        except sqlite3.Error:  # the database itself failed: the claims lapse with this process
-            pass
+        try:
+            if workers is not None:
+                workers.close()
+        finally:
+            try:  # an interrupted bench frees its runs in progress for the next one
+                store.release_claims()
+            except sqlite3.Error:  # the database itself failed: the claims lapse with this process
+                pass
     if elsewhere:
         counts[RUN_ELSEWHERE] = elsewhere
     return counts
