@@ -615,7 +615,7 @@ def _run_with_bar(
 
 
 def _print_winners(store: Any, hashes: Sequence[str], optimizers: Sequence[str]) -> None:
-    from adaptim.bench.analysis import describe_value, summarize
+    from adaptim.bench.analysis import DIAGNOSTIC, describe_value, summarize
 
     runs = [
         r
@@ -625,18 +625,21 @@ def _print_winners(store: Any, hashes: Sequence[str], optimizers: Sequence[str])
     tasks = summarize(runs)
     if not tasks:
         return
-    print("\nbest per task (mean over seeds at the best lr; rank, ties sharing it):")
+    print(
+        "\nbest per task (mean over seeds at the best lr): the top tie group of a ranked task,"
+        " the best means of a diagnostic"
+    )
     width = max(len(t.label) for t in tasks)
     for t in tasks:
-        ranks = t.ranks()
         ranked = [g for g in t.ranked() if g.has_best and g.learned]
-        top = (
-            ", ".join(
-                f"{ranks[g.optimizer]}. {g.optimizer} {describe_value(t.task, g.mean)}"
-                for g in ranked[:3]
-            )
-            or "no optimizer learned"
-        )
+        if t.kind == DIAGNOSTIC:
+            shown, more = ranked[:3], 0
+        else:  # a tie group need not be contiguous in means: show it, not the next means
+            top_group = set(t.tie_groups()[0]) if ranked else set()
+            members = [g for g in ranked if g.optimizer in top_group]
+            shown, more = members[:3], max(0, len(members) - 3)
+        top = ", ".join(f"{g.optimizer} {describe_value(t.task, g.mean)}" for g in shown)
+        top = (top + (f" (+{more} tied)" if more else "")) or "no optimizer learned"
         print(f"  {t.label:<{width}}  {top}")
 
 

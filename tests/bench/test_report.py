@@ -395,3 +395,27 @@ def test_1d_paths_that_leave_the_window_stay_in_view(tmp_path):
     assert not tasks[0].groups["b"].learned  # it ran away from the minimizer
     low, high = seen["ylim"]
     assert low <= -1.0 and high >= 2.5  # b's path is drawn to its end
+
+
+def test_the_lr_figure_stops_a_little_above_the_initial_metric(tmp_path):
+    # charlm-like: starts near 6, one lr ended at 37 (worse than the start), the others near 3
+    runs = [
+        _rec(1, 1e-3, 0, 3.4, init=6.0, task="charlm"),
+        _rec(2, 1e-2, 0, 3.1, init=6.2, task="charlm"),
+        _rec(3, 1e-1, 0, 37.0, init=6.0, task="charlm"),
+    ]
+    (t,) = A.summarize(runs)
+    assert REP._worse_than_start_cap(t) == pytest.approx(1.1 * 6.0)
+    (acc,) = A.summarize([_rec(1, 1e-3, 0, 0.8, init=0.1, task="fmnist-mlp")])
+    assert REP._worse_than_start_cap(acc) is None  # a chance level bounds the axis already
+    seen = {}
+
+    class Capture(REP._Figures):
+        def save(self, fig, name, dpi=90):
+            seen["ylim"], seen["title"] = fig.axes[0].get_ylim(), fig.axes[0].get_title()
+            return super().save(fig, name, dpi)
+
+    assert REP._lr_figure(t, {"x": ("C0", "-")}, Capture(tmp_path)) is not None
+    low, high = seen["ylim"]
+    assert 3.1 > low > 2.5 and 3.4 < high < 6.6  # the 37 is off the top, 3.1-3.4 fills the axis
+    assert "off the top" in seen["title"]

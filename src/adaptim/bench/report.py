@@ -258,6 +258,7 @@ def _lr_figure(t: TaskSummary, styles: dict, figs: _Figures) -> str | None:
     drawn = 0
     finite_vals = []
     diverged: list[tuple[float, str]] = []
+    finite_bars: list[float] = []  # the lower ends of the error bars
     ranked = [g for g in t.ranked() if any(p[0] is not None for p in g.lr_curve)]
     shown = _highlighted([g.optimizer for g in ranked])
     n_other, labelled = len(ranked) - len(shown), {}
@@ -275,6 +276,7 @@ def _lr_figure(t: TaskSummary, styles: dict, figs: _Figures) -> str | None:
             lrs, means, color=color, ls=ls, marker="o", ms=3, lw=1.2, label=g.optimizer, zorder=3
         )
         if g.has_best and g.best_lr is not None and g.n_seeds > 1 and math.isfinite(g.std):
+            finite_bars.append(g.mean - g.std)
             ax.errorbar(
                 [g.best_lr], [g.mean], yerr=[[g.std], [g.std]], color=color, capsize=3, lw=1
             )
@@ -287,6 +289,12 @@ def _lr_figure(t: TaskSummary, styles: dict, figs: _Figures) -> str | None:
         return None
     ax.set_xscale("log")
     vals = np.array(finite_vals)
+    # A few lrs that ended far worse than they started (a loss of 37 bits/char) would squash the
+    # range where the optimizers differ: the axis stops a little above the initial metric.
+    cap = _worse_than_start_cap(t)
+    clipped = cap is not None and bool((vals > cap).any())
+    if clipped:
+        vals = vals[vals <= cap]
     if _log_ok(vals):
         ax.set_yscale("log")
     if diverged and vals.size:
@@ -314,9 +322,33 @@ def _lr_figure(t: TaskSummary, styles: dict, figs: _Figures) -> str | None:
         if short
         else "mean over the seeds every lr ran; bar: spread at the best lr"
     )
+    if clipped and vals.size:
+        log = ax.get_yscale() == "log"
+        highest = vals.max() * ((3 if log else 1.05) if diverged else 1.0)  # the "diverged" row
+        lowest = min([vals.min(), *[b for b in finite_bars if not log or b > 0]])
+        if log:
+            ax.set_ylim(lowest / 1.5, highest * 1.5)
+        else:
+            margin = 0.05 * (highest - lowest)
+            ax.set_ylim(lowest - margin, highest + margin)
+        what += "; lrs that ended above 1.1x the initial metric are off the top"
     ax.set_title(f"{t.label}: lr sensitivity ({what})", fontsize=9)
     _legend(fig, ax, drawn, reverse=True)
     return figs.save(fig, f"lr-{_slug(t.label)}")
+
+
+def _worse_than_start_cap(t: TaskSummary) -> float | None:
+    """1.1 x the median initial metric of a lower-is-better task without a chance level (``None``
+    otherwise): where an lr's final metric stops telling anything but "worse than the start"."""
+    if not t.task.lower_is_better or t.task.chance is not None:
+        return None
+    starts = [
+        r.initial_metric
+        for g in t.groups.values()
+        for r in [*g.runs, *g.search_runs]
+        if r.initial_metric is not None and math.isfinite(r.initial_metric)
+    ]
+    return 1.1 * float(np.median(starts)) if starts else None
 
 
 def _trajectory_figure(t: TaskSummary, styles: dict, figs: _Figures, store: Store) -> str | None:
