@@ -99,10 +99,15 @@ def _running_task_pids(timeout: float = 60.0) -> list[int]:
     raise AssertionError("no Ray worker started the run")
 
 
-def test_ray_gives_the_local_executors_results(tmp_path):
+def test_ray_gives_the_local_executors_results(tmp_path, monkeypatch):
+    # the quadratic with successive halving: short search runs (their own configuration) go
+    # through Ray as well
+    halving = dataclasses.replace(R.TASKS["noisy-quadratic"], search_fraction=0.5)
+    monkeypatch.setitem(R.TASKS, "noisy-quadratic", halving)
     plan = R.make_plan(
         ["diffgrad-f1", "noisy-quadratic"], ["adam", "torch-sgdm"], seeds=2, steps=30
     )
+    assert [g.search_steps for g in plan.groups] == [None, None, 15, 15]
     with Store(tmp_path / "local.db") as store:
         R.run_plan(plan, store, jobs=1)
     executor = RayExecutor()
@@ -110,9 +115,11 @@ def test_ray_gives_the_local_executors_results(tmp_path):
     with Store(tmp_path / "ray.db") as store:
         counts = R.run_plan(plan, store, jobs=2, executor=executor)
     local, on_ray = _results(tmp_path / "local.db"), _results(tmp_path / "ray.db")
-    # 2 tasks x 2 optimizers: each lr search (widened, refined) and the second seed, the same runs
-    assert sum(counts.values()) == len(on_ray) >= 4 * 5
+    # 2 tasks x 2 optimizers: each lr search (3 lrs, widened; the quadratic's refined, on short
+    # runs, then its finalists at full length) and the second seed, the same runs
+    assert sum(counts.values()) == len(on_ray) >= 4 * 4 + 2
     assert on_ray == local  # statuses, final metrics, steps: one thread per run, deterministic
+    assert {steps for _, _, steps in on_ray.values()} >= {15, 30}  # short and full runs
     assert ray.is_initialized() and not executor.busy  # closed, the runtime left to its owner
 
 
