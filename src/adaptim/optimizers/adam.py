@@ -153,6 +153,7 @@ class Adam(AdaptimOptimizer):
         # torch's CPU kernel walks the raw memory of param, grad and states in step: a tensor whose
         # layouts differ (a transposed parameter with a contiguous gradient) takes the eager update
         lists = [params, grads, exp_avgs, exp_avg_sqs, *rest]
+        steps = batch.steps  # a new list at each read: read once, not per tensor (O(n^2))
         same_layout = [all(ts[i].is_contiguous() for ts in lists) for i in range(len(params))]
         odd = [i for i, ok in enumerate(same_layout) if not ok]
         kept = [i for i, ok in enumerate(same_layout) if ok]
@@ -160,11 +161,11 @@ class Adam(AdaptimOptimizer):
             run_elementwise(
                 _single_tensor_adam,
                 [[ts[i] for i in odd] for ts in lists] + ([] if rest else [None]),
-                [batch.steps[i] for i in odd],
+                [steps[i] for i in odd],
                 lambda step: self._step_scalars(group, step),
                 fused=False,
             )
-        for step, positions in by_step([batch.steps[i] for i in kept]).items():
+        for step, positions in by_step([steps[i] for i in kept]).items():
             idx = [kept[j] for j in positions]
 
             def pick(ts: list[torch.Tensor], idx: list[int] = idx) -> list[torch.Tensor]:
