@@ -115,6 +115,8 @@ class TensorBatch:
 
     @property
     def steps(self) -> list[int]:
+        """The tensors' step counts: a new list at each read (read it once, not once per tensor:
+        a per-tensor read made Adam's step quadratic in the number of tensors)."""
         return [s["step"] for s in self.states]
 
     def local(self, *keys: str) -> list[list[torch.Tensor]]:

@@ -306,9 +306,10 @@ class SGDHess(AdaptimOptimizer):
         if foreach:
             _multi_tensor_sgdhess(params, grads, bufs, steps, hvps, batch.steps, **kwargs)
         else:
+            step_counts = batch.steps  # a new list at each read: once, not once per tensor
             for i in range(len(params)):
                 _single_tensor_sgdhess(
-                    params[i], grads[i], bufs[i], steps[i], hvps[i], batch.steps[i], **kwargs
+                    params[i], grads[i], bufs[i], steps[i], hvps[i], step_counts[i], **kwargs
                 )
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
