@@ -385,3 +385,27 @@ def test_the_report_shows_a_halving_group_whose_short_runs_never_learned(tmp_pat
     assert not stuck.has_best and stuck.statuses == {"did-not-learn": 3}
     assert _fmt_searched(stuck) == "0.001 – 0.1 (3 lrs)"
     assert [g.optimizer for g in t.ranked()] == ["ok", "stuck"]
+
+
+def test_the_report_chooses_among_the_finalists_of_the_short_runs_as_the_runner_did():
+    short = [
+        replace(
+            _rec(10 + i, "ok", lr, 0, v), config={"steps": 3, "search_of": "h"}, config_hash="s"
+        )
+        for i, (lr, v) in enumerate([(1e-3, 0.5), (1e-2, 0.8), (1e-1, 0.79)])
+    ]
+    full = [
+        *[_rec(1 + s, "ok", 1e-1, s, 0.84) for s in range(3)],  # the chosen finalist, 3 seeds
+        _rec(4, "ok", 1e-2, 0, 0.83),  # the other finalist
+        _rec(5, "ok", 1e-3, 0, 0.90),  # left by an earlier search: not a finalist now
+    ]
+    (t,) = A.summarize(short + full)
+    g = t.groups["ok"]
+    assert A.promoted(
+        ACCURACY,
+        [1e-3, 1e-2, 1e-1],
+        {r.lr: A.LrResult("learned", r.final_metric, r.initial_metric) for r in short},
+        A.PROMOTE,
+    ) == [1e-2, 1e-1]
+    assert g.best_lr == 1e-1 and g.n_seeds == 3  # not 1e-3, the better single run
+    assert {p[0] for p in g.lr_curve} == {1e-3, 1e-2, 1e-1}

@@ -63,6 +63,7 @@ from adaptim.bench.tasks import TASKS, Task
 
 __all__ = [
     "BAND_TOLERANCE",
+    "PROMOTE",
     "SEARCH_MAX_WIDEN",
     "SEARCH_SPACING",
     "TASK_KINDS",
@@ -73,6 +74,7 @@ __all__ = [
     "lr_result",
     "overall_ranking",
     "performance_profile",
+    "promoted",
     "ranking_by_kind",
     "replay_search",
     "run_status",
@@ -93,6 +95,10 @@ DIAGNOSTIC = "diagnostic"
 SEARCH_SPACING = 0.5  # decades between an end of the searched range and the lr that widens it
 SEARCH_MAX_WIDEN = 4  # lrs added beyond each end of the starting grid at most (2 decades)
 REFINE_MIN_DECADES = 0.05  # a refinement closer than this to the best lr is not worth a run
+# Successive halving: at most this many lrs of a short-run search go on to a full-length run (seed
+# 0; the runner-up only if the short runs cannot tell it from the best: promoted); the best of
+# them at full length is the chosen lr.
+PROMOTE = 2
 
 
 def _finite(x: float | None) -> bool:
@@ -434,9 +440,13 @@ def _summarize_group(
         g.searched = (min(tried), max(tried))
     if not by_lr:
         return g
+    # Under successive halving the runner chose among the finalists of the short runs (replayed
+    # here from them), so the report does too: a full-length run at another lr (left by an earlier
+    # search) is shown, never chosen.
+    finalists = _finalists(task, search_runs, status)
     best_v = math.nan
     for lr, mean, *_ in full_curve:
-        if not _finite(mean):
+        if not _finite(mean) or (finalists and lr not in finalists):
             continue
         # An lr that learned beats one that did not; then the better mean (a tie: the smaller lr).
         # Judged against the initial metric of the same runs, as the runner judged each run.
@@ -478,6 +488,18 @@ def _summarize_group(
         g.seconds_to_target = float(np.median(secs))
     _set_band(g, [r for r in (search_runs or runs) if status[r.id] != "failed"])
     return g
+
+
+def _finalists(
+    task: Task, search_runs: Sequence[RunRecord], status: Mapping[int, str]
+) -> set[float | None]:
+    """The lrs a successive-halving search promoted to full length (empty: no short runs)."""
+    short = {
+        r.lr: lr_result(task, r.status, r.initial_metric, r.final_metric)
+        for r in search_runs
+        if r.seed == 0 and r.lr is not None and status[r.id] != "running"
+    }
+    return set(promoted(task, sorted(short), short, PROMOTE))
 
 
 def _set_band(g: GroupSummary, runs: Sequence[RunRecord]) -> None:

@@ -50,7 +50,7 @@ from typing import Any, Protocol
 
 import torch
 
-from adaptim.bench.analysis import best_learned, lr_result, promoted, replay_search
+from adaptim.bench.analysis import PROMOTE, best_learned, lr_result, promoted, replay_search
 from adaptim.bench.optimizers import (
     all_optimizers,
     bench_kwargs,
@@ -170,10 +170,6 @@ def _kwargs_of(name: str) -> dict[str, Any]:
 # diagnostic test functions) and, on average, about one widening (0.6 to 0.9 per search in the
 # default bench of 2026-12-06). Only for the estimates printed before and during a bench.
 EXPECTED_SEARCH_EXTRA = 2
-# Successive halving: at most this many lrs of a short-run search go on to a full-length run (seed
-# 0; the runner-up only if the short runs cannot tell it from the best: analysis.promoted); the best
-# of them at full length is the chosen lr.
-PROMOTE = 2
 
 
 @dataclass
