@@ -419,3 +419,25 @@ def test_the_lr_figure_stops_a_little_above_the_initial_metric(tmp_path):
     low, high = seen["ylim"]
     assert 3.1 > low > 2.5 and 3.4 < high < 6.6  # the 37 is off the top, 3.1-3.4 fills the axis
     assert "off the top" in seen["title"]
+
+
+def test_a_clipped_log_axis_leaves_exact_zeros_out(tmp_path):
+    import warnings
+
+    runs = [  # distances: one lr reached the minimizer exactly, one ended far from the start
+        _rec(i, lr, 0, final, init=2.0, task="rosenbrock")
+        for i, (lr, final) in enumerate([(1e-3, 1e-3), (1e-2, 0.0), (1e-1, 1e-5), (1.0, 100.0)])
+    ]
+    (t,) = A.summarize(runs)
+    seen = {}
+
+    class Capture(REP._Figures):
+        def save(self, fig, name, dpi=90):
+            seen["ylim"], seen["scale"] = fig.axes[0].get_ylim(), fig.axes[0].get_yscale()
+            return super().save(fig, name, dpi)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "non-positive ylim on a log-scaled axis"
+        assert REP._lr_figure(t, {"x": ("C0", "-")}, Capture(tmp_path)) is not None
+    low, high = seen["ylim"]
+    assert seen["scale"] == "log" and 0 < low < 1e-5 and 1e-3 < high < 2.2

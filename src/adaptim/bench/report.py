@@ -325,10 +325,12 @@ def _lr_figure(t: TaskSummary, styles: dict, figs: _Figures) -> str | None:
     if clipped and vals.size:
         log = ax.get_yscale() == "log"
         highest = vals.max() * ((3 if log else 1.05) if diverged else 1.0)  # the "diverged" row
-        lowest = min([vals.min(), *[b for b in finite_bars if not log or b > 0]])
-        if log:
+        if log:  # exact zeros (a minimizer reached) are left out of a log axis
+            positive = [v for v in [*vals, *finite_bars] if v > 0]
+            lowest = min(positive) if positive else highest / 10
             ax.set_ylim(lowest / 1.5, highest * 1.5)
         else:
+            lowest = min([vals.min(), *finite_bars])
             margin = 0.05 * (highest - lowest)
             ax.set_ylim(lowest - margin, highest + margin)
         what += "; lrs that ended above 1.1x the initial metric are off the top"
