@@ -397,6 +397,20 @@ def test_1d_paths_that_leave_the_window_stay_in_view(tmp_path):
     assert low <= -1.0 and high >= 2.5  # b's path is drawn to its end
 
 
+def _draw_lr_figure(t, folder) -> dict:
+    """Draw ``t``'s lr figure (one optimizer, "x"); its y limits, y scale and title."""
+    seen = {}
+
+    class Capture(REP._Figures):
+        def save(self, fig, name, dpi=90):
+            ax = fig.axes[0]
+            seen.update(ylim=ax.get_ylim(), scale=ax.get_yscale(), title=ax.get_title())
+            return super().save(fig, name, dpi)
+
+    assert REP._lr_figure(t, {"x": ("C0", "-")}, Capture(folder)) is not None
+    return seen
+
+
 def test_the_lr_figure_stops_a_little_above_the_initial_metric(tmp_path):
     # charlm-like: starts near 6, one lr ended at 37 (worse than the start), the others near 3
     runs = [
@@ -408,14 +422,7 @@ def test_the_lr_figure_stops_a_little_above_the_initial_metric(tmp_path):
     assert REP._worse_than_start_cap(t) == pytest.approx(1.1 * 6.0)
     (acc,) = A.summarize([_rec(1, 1e-3, 0, 0.8, init=0.1, task="fmnist-mlp")])
     assert REP._worse_than_start_cap(acc) is None  # a chance level bounds the axis already
-    seen = {}
-
-    class Capture(REP._Figures):
-        def save(self, fig, name, dpi=90):
-            seen["ylim"], seen["title"] = fig.axes[0].get_ylim(), fig.axes[0].get_title()
-            return super().save(fig, name, dpi)
-
-    assert REP._lr_figure(t, {"x": ("C0", "-")}, Capture(tmp_path)) is not None
+    seen = _draw_lr_figure(t, tmp_path)
     low, high = seen["ylim"]
     assert 3.1 > low > 2.5 and 3.4 < high < 6.6  # the 37 is off the top, 3.1-3.4 fills the axis
     assert "off the top" in seen["title"]
@@ -429,15 +436,8 @@ def test_a_clipped_log_axis_leaves_exact_zeros_out(tmp_path):
         for i, (lr, final) in enumerate([(1e-3, 1e-3), (1e-2, 0.0), (1e-1, 1e-5), (1.0, 100.0)])
     ]
     (t,) = A.summarize(runs)
-    seen = {}
-
-    class Capture(REP._Figures):
-        def save(self, fig, name, dpi=90):
-            seen["ylim"], seen["scale"] = fig.axes[0].get_ylim(), fig.axes[0].get_yscale()
-            return super().save(fig, name, dpi)
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "non-positive ylim on a log-scaled axis"
-        assert REP._lr_figure(t, {"x": ("C0", "-")}, Capture(tmp_path)) is not None
+        seen = _draw_lr_figure(t, tmp_path)
     low, high = seen["ylim"]
     assert seen["scale"] == "log" and 0 < low < 1e-5 and 1e-3 < high < 2.2

@@ -420,10 +420,9 @@ def _summarize_group(
     searched, the lr curve, the lr band and the edge flag; the chosen lr (the best of the lrs that
     ran at full length) and everything else come from the full-length ``runs``.
     """
-    every_lr = {r.lr for r in [*runs, *search_runs]}
-    lrs = sorted(every_lr, key=lambda x: -1.0 if x is None else x)
-    g = GroupSummary(task.name, optimizer, lrs, runs, search_runs=list(search_runs))
     every = [*runs, *search_runs]
+    lrs = sorted({r.lr for r in every}, key=lambda x: -1.0 if x is None else x)
+    g = GroupSummary(task.name, optimizer, lrs, runs, search_runs=list(search_runs))
     status = {r.id: run_status(task, r.status, r.initial_metric, r.final_metric) for r in every}
     search_ids = {r.id for r in search_runs}
     for r in every:

@@ -313,9 +313,7 @@ def _lr_figure(t: TaskSummary, styles: dict, figs: _Figures) -> str | None:
     ax.set_xlabel("learning rate")
     ax.set_ylabel(f"final {t.task.metric}")
     ax.grid(alpha=0.3, which="both")
-    short = {
-        int(r.config["steps"]) for g in t.groups.values() for r in g.search_runs if g.search_runs
-    }
+    short = {int(r.config["steps"]) for g in t.groups.values() for r in g.search_runs}
     what = (
         f"seed 0 of the lr search's {'/'.join(map(str, sorted(short)))}-step runs; bar: spread"
         f" over the seeds of the {t.steps}-step runs at the chosen lr"
@@ -333,14 +331,18 @@ def _lr_figure(t: TaskSummary, styles: dict, figs: _Figures) -> str | None:
             lowest = min([vals.min(), *finite_bars])
             margin = 0.05 * (highest - lowest)
             ax.set_ylim(lowest - margin, highest + margin)
-        what += "; lrs that ended above 1.1x the initial metric are off the top"
+        what += f"; lrs that ended above {CLIP_ABOVE_INITIAL:g}x the initial metric are off the top"
     ax.set_title(f"{t.label}: lr sensitivity ({what})", fontsize=9)
     _legend(fig, ax, drawn, reverse=True)
     return figs.save(fig, f"lr-{_slug(t.label)}")
 
 
+# The lr figure's axis of a lower-is-better task stops at this multiple of the initial metric.
+CLIP_ABOVE_INITIAL = 1.1
+
+
 def _worse_than_start_cap(t: TaskSummary) -> float | None:
-    """1.1 x the median initial metric of a lower-is-better task without a chance level (``None``
+    """``CLIP_ABOVE_INITIAL`` x the median initial metric of a lower-is-better task without a chance level (``None``
     otherwise): where an lr's final metric stops telling anything but "worse than the start"."""
     if not t.task.lower_is_better or t.task.chance is not None:
         return None
@@ -350,7 +352,7 @@ def _worse_than_start_cap(t: TaskSummary) -> float | None:
         for r in [*g.runs, *g.search_runs]
         if r.initial_metric is not None and math.isfinite(r.initial_metric)
     ]
-    return 1.1 * float(np.median(starts)) if starts else None
+    return CLIP_ABOVE_INITIAL * float(np.median(starts)) if starts else None
 
 
 def _trajectory_figure(t: TaskSummary, styles: dict, figs: _Figures, store: Store) -> str | None:

@@ -27,9 +27,9 @@ runner measures ``R_med`` (Jiang, Malik & Li, NeurIPS 2023, arXiv:2211.02254;
 more than a few thousand entries), and stores it as the run's ``r_med`` metric: one point at
 the last step, whose ``seconds`` are the CPU seconds the measurement took. Every full-length run
 gets it (not only the seeds at the chosen lr): seed 0 of the chosen lr is a search run, known only
-once the search ends. It comes after training and evaluation, from its own random source, so it changes no result;
-it is in ``wall_seconds`` and ``cpu_seconds``, never in ``train_seconds``. A short lr-search run of
-successive halving gets none: its network is not one the report shows.
+once the search ends. It comes after training and evaluation, from its own random source, so it
+changes no result; it is in ``wall_seconds`` and ``cpu_seconds``, never in ``train_seconds``. A
+short lr-search run of successive halving gets none: its network is not one the report shows.
 """
 
 from __future__ import annotations
@@ -233,7 +233,6 @@ class Group:
         n_done = len(state.searched) - len(state.pending)
         if not state.finished:
             extra = max(0, len(start) + self.expected_extra - len(state.searched))
-            extra = extra if self.search else 0
             n_promote = PROMOTE if short else 0
             later = (extra + n_promote, extra * self.search_cost + n_promote * self.cost)
             make = self.search_spec if short else lambda lr: self.spec(lr, 0)
@@ -279,7 +278,7 @@ class Group:
     def first_phase(self) -> list[RunSpec]:
         if self.protocol == "grid":
             return [self.spec(lr, s) for lr in self.lrs for s in range(self.seeds)]
-        if self.search_steps is not None and self.lrs != [None]:
+        if self.search_steps is not None:  # (never set for an optimizer without an lr)
             return [self.search_spec(lr) for lr in self.lrs]
         return [self.spec(lr, 0) for lr in self.lrs]
 
@@ -288,11 +287,11 @@ class Group:
         if self.protocol == "grid":
             return len(self.lrs) * self.seeds
         n = len(self.lrs) + self.expected_extra + self.seeds - 1
-        return n + (PROMOTE if self.search_steps is not None and self.lrs != [None] else 0)
+        return n + (PROMOTE if self.search_steps is not None else 0)
 
     def expected_cost(self) -> float:
         """Estimated one-thread seconds of all of the group's runs."""
-        if self.protocol == "grid" or self.search_steps is None or self.lrs == [None]:
+        if self.protocol == "grid" or self.search_steps is None:
             return self.n_runs() * self.cost
         n_search = len(self.lrs) + self.expected_extra
         return n_search * self.search_cost + (PROMOTE + self.seeds - 1) * self.cost
