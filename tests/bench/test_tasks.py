@@ -177,3 +177,66 @@ def test_noisy_quadratic_metric_is_the_exact_loss():
     noise = torch.stack(grads)
     assert noise.abs().max() > 0
     assert not torch.allclose(noise[0], noise[1])
+
+
+@pytest.mark.parametrize("name", [*T.FUNCTIONS_2D, *T.FUNCTIONS_1D])
+def test_analytic_gradients_equal_autograd(name):
+    # The runner trains the test functions through Problem.backward (closed-form gradients); it
+    # must be the tensor definition's loss and autograd gradient, kinks and branch edges included.
+    dim = 2 if name in T.FUNCTIONS_2D else 1
+    gen = torch.Generator().manual_seed(3)
+    points = (3 * torch.rand(200, dim, generator=gen, dtype=torch.float64) - 1.5).tolist()
+    if dim == 1:
+        points += [[v] for v in (-0.9, -0.5, -0.4, 0.0, 0.4, 0.5, -0.3, 0.2)]
+    for point in points:
+        problem = T._build_function(name, seed=0, steps=1, dim=dim)
+        (x,) = problem.params
+        with torch.no_grad():
+            x.copy_(torch.tensor(point, dtype=torch.float64))
+        problem.loss(0).backward()
+        expected_value, expected_grad = float(problem.loss(0)), x.grad.clone()
+        x.grad = None
+        value = problem.backward(0)
+        assert math.isclose(float(value), expected_value, rel_tol=1e-12, abs_tol=1e-12), point
+        torch.testing.assert_close(x.grad, expected_grad, rtol=1e-12, atol=1e-12)
+        problem.backward(0)  # accumulates, as backward() does
+        torch.testing.assert_close(x.grad, 2 * expected_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_noisy_quadratic_analytic_gradient_equals_autograd():
+    problem = T._build_nqm(seed=2, steps=5)
+    (x,) = problem.params
+    with torch.no_grad():
+        x.mul_(torch.linspace(-2, 2, x.numel(), dtype=torch.float64))
+    for step in (0, 3, 7):  # past the last step: the last minibatch
+        x.grad = None
+        loss = problem.loss(step)
+        loss.backward()
+        expected_value, expected_grad = float(loss), x.grad.clone()
+        x.grad = None
+        value = problem.backward(step)
+        assert math.isclose(float(value), expected_value, rel_tol=1e-12)
+        torch.testing.assert_close(x.grad, expected_grad, rtol=1e-12, atol=1e-15)
+        problem.backward(step)
+        torch.testing.assert_close(x.grad, 2 * expected_grad, rtol=1e-12, atol=1e-15)
+
+
+def test_cnn_pools_before_relu_with_the_same_function_and_gradients():
+    # The bench's CNN pools before its first ReLU (a quarter of the elements); it must be the
+    # conv-ReLU-pool network it describes: the same outputs and gradients, bit for bit.
+    torch.manual_seed(0)
+    net = T.fmnist_model("cnn")
+    conv, pool, relu = net[0], net[1], net[2]
+    assert isinstance(pool, torch.nn.MaxPool2d) and isinstance(relu, torch.nn.ReLU)
+    reference = torch.nn.Sequential(conv, relu, pool, *list(net)[3:])
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(32, 1, 28, 28, generator=gen).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (32,), generator=gen)
+    grads = []
+    for model in (net, reference):
+        model.zero_grad()
+        out = model(x)
+        torch.nn.functional.cross_entropy(out, y).backward()
+        grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(grads[0][1], grads[1][1], strict=True))

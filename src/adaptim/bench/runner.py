@@ -71,7 +71,7 @@ __all__ = [
     "run_plan",
 ]
 
-BENCH_VERSION = 4  # bump when a task changes, so old results are not mixed in
+BENCH_VERSION = 5  # bump when a task changes, so old results are not mixed in
 DIVERGED_LOSS = 1e12  # |loss| above this (or NaN/inf) marks the run as diverged
 TIME_LIMIT_FACTOR = 20.0  # a run is stopped after this many times its task's estimated seconds
 # A claim's lease is the run's time limit plus this (a worker's start-up, a busy machine): a claim
@@ -423,8 +423,11 @@ def execute_run(spec: dict[str, Any] | RunSpec, time_limit: float | None = None)
 
             def closure(step: int = step, seen: list[float] = seen) -> torch.Tensor:
                 opt.zero_grad(set_to_none=True)
-                loss = problem.loss(step)
-                loss.backward()
+                if problem.backward is not None:
+                    loss = problem.backward(step)
+                else:
+                    loss = problem.loss(step)
+                    loss.backward()
                 if not seen:
                     seen.append(float(loss.detach()))
                 return loss
