@@ -69,7 +69,13 @@ def test_bad_arguments_exit_nonzero_with_a_hint(argv, expected, capsys, tmp_path
 
 
 @pytest.mark.parametrize(
-    "argv", [["bench", "--seeds", "0"], ["bench", "--jobs", "-1"], ["frobnicate"]]
+    "argv",
+    [
+        ["bench", "--seeds", "0"],
+        ["bench", "--jobs", "-1"],
+        ["bench", "--quick", "--long"],
+        ["frobnicate"],
+    ],
 )
 def test_argparse_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -172,8 +178,11 @@ def test_bench_defaults_to_five_seeds(monkeypatch, tmp_path, capsys):
     argv = ["bench", "--tasks", "beale", "--optimizers", "adam", "--db", str(tmp_path / "x.db")]
     assert cli.main(argv) == 1  # an empty plan: nothing to run
     assert seen["seeds"] == 5 == cli.DEFAULT_SEEDS
+    assert seen["length"] == "default"
     assert cli.main([*argv, "--quick"]) == 1
-    assert seen["seeds"] == 1
+    assert seen["seeds"] == 1 and seen["length"] == "quick"
+    assert cli.main([*argv, "--long"]) == 1
+    assert seen["seeds"] == 5 and seen["length"] == "long"
 
 
 def test_bench_skips_tasks_without_data(tmp_path, capsys, no_data):

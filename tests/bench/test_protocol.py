@@ -409,3 +409,21 @@ def test_the_report_chooses_among_the_finalists_of_the_short_runs_as_the_runner_
     ) == [1e-2, 1e-1]
     assert g.best_lr == 1e-1 and g.n_seeds == 3  # not 1e-3, the better single run
     assert {p[0] for p in g.lr_curve} == {1e-3, 1e-2, 1e-1}
+
+
+def test_long_runs_train_the_networks_longer_and_only_them(bench_data):
+    default = {g.task: g for g in R.make_plan(["charlm", "beale"], ["adam"], seeds=5).groups}
+    long = {
+        g.task: g for g in R.make_plan(["charlm", "beale"], ["adam"], seeds=5, length="long").groups
+    }
+    assert long["charlm"].steps == TASKS["charlm"].long_steps > 3 * default["charlm"].steps
+    # a configuration of its own: long results never mix with default ones
+    assert long["charlm"].config_hash != default["charlm"].config_hash
+    assert long["charlm"].search_hash != default["charlm"].search_hash
+    assert long["beale"].steps == default["beale"].steps
+    assert long["beale"].config_hash == default["beale"].config_hash
+    quick = R.make_plan(["charlm"], ["adam"], seeds=1, length="quick").groups[0]
+    assert quick.steps == TASKS["charlm"].quick_steps
+    assert R.make_plan(["charlm"], ["adam"], steps=7, length="long").groups[0].steps == 7
+    with pytest.raises(ValueError, match="length must be one of quick, default, long"):
+        R.make_plan(["charlm"], ["adam"], length="longer")

@@ -59,7 +59,7 @@ from adaptim.bench.optimizers import (
     make_optimizer,
 )
 from adaptim.bench.store import Store
-from adaptim.bench.tasks import TASKS, Task
+from adaptim.bench.tasks import LENGTHS, TASKS, Task
 
 __all__ = [
     "BENCH_VERSION",
@@ -323,12 +323,16 @@ def make_plan(
     lrs: Sequence[float] | None = None,
     lr_points: int = 3,
     steps: int | None = None,
-    quick: bool = False,
+    length: str = "default",
     protocol: str = "tune",
 ) -> Plan:
-    """The runs of a bench invocation (tasks whose data is missing are left out, with the reason)."""
+    """The runs of a bench invocation (tasks whose data is missing are left out, with the reason).
+    ``length`` (``"quick"``, ``"default"``, ``"long"``) picks each task's steps; ``steps``, when
+    given, overrides it for every task."""
     if protocol not in ("tune", "grid"):
         raise ValueError(f"protocol must be 'tune' or 'grid', got {protocol!r}")
+    if length not in LENGTHS:
+        raise ValueError(f"length must be one of {', '.join(LENGTHS)}, got {length!r}")
     known = all_optimizers()
     plan = Plan(groups=[])
     for tname in tasks:
@@ -337,7 +341,7 @@ def make_plan(
         if why is not None:
             plan.skipped_tasks[tname] = why
             continue
-        n_steps = steps or (task.quick_steps if quick else task.steps)
+        n_steps = steps or task.steps_for(length)
         cost = task.run_seconds(n_steps)
         limit = max(60.0, TIME_LIMIT_FACTOR * cost)
         # Successive halving where the task asks for it and the lr is searched (not --lrs/grid).

@@ -83,6 +83,10 @@ TEXT_HINT = (
 )
 
 
+#: run lengths of the bench (``adaptim bench --quick``, the default, ``--long``)
+LENGTHS = ("quick", "default", "long")
+
+
 class DataMissing(RuntimeError):
     """A task's data is not installed; the message says how to install it."""
 
@@ -227,6 +231,19 @@ class Task:
     # run would not predict).
     search_fraction: float = 1.0
     setup_seconds: float = 0.0  # the part of ``seconds`` that does not grow with the steps
+    # ``adaptim bench --long``: steps long enough to reach the regime where optimizers differ
+    # (None: ``steps``, the tasks that are there already)
+    long_steps: int | None = None
+
+    def steps_for(self, length: str) -> int:
+        """The steps of a run of ``length`` ``"quick"``, ``"default"`` or ``"long"``."""
+        if length not in LENGTHS:
+            raise ValueError(f"length must be one of {', '.join(LENGTHS)}, got {length!r}")
+        if length == "quick":
+            return self.quick_steps
+        if length == "long" and self.long_steps is not None:
+            return self.long_steps
+        return self.steps
 
     def run_seconds(self, steps: int) -> float:
         """Estimated one-thread seconds of a run of ``steps`` steps: ``setup_seconds`` (building the
@@ -946,6 +963,7 @@ def _task_list() -> list[Task]:
             target=0.80,
             steps=400,
             quick_steps=200,
+            long_steps=1600,
             eval_every=40,
             build=functools.partial(_build_fmnist, model_kind="mlp"),
             lr_scale=LR_SCALE["fmnist-mlp"],
@@ -968,6 +986,7 @@ def _task_list() -> list[Task]:
             target=0.80,
             steps=300,
             quick_steps=150,
+            long_steps=1200,
             eval_every=60,
             build=functools.partial(_build_fmnist, model_kind="cnn"),
             lr_scale=LR_SCALE["fmnist-cnn"],
@@ -991,6 +1010,7 @@ def _task_list() -> list[Task]:
             target=3.3,
             steps=300,
             quick_steps=150,
+            long_steps=1200,
             eval_every=60,
             build=_build_charlm,
             lr_scale=LR_SCALE["charlm"],
