@@ -182,3 +182,30 @@ def test_a_worker_that_dies_fails_its_own_run_only(tmp_path):
         assert f"exit code {-9}" in result["error"] and not workers.busy and not workers.idle
     finally:
         workers.close()
+
+
+def test_a_long_configuration_times_its_own_target(tmp_path, monkeypatch):
+    # --long runs time the first crossing of the task's long_target, stored with the configuration
+    # and used again by the report's summary; the default configuration keeps the task's target.
+    from dataclasses import replace
+
+    from adaptim.bench import analysis as A
+    from adaptim.bench.tasks import TASKS
+
+    task = TASKS["noisy-quadratic"]
+    loose = 1e6  # crossed before the first step
+    monkeypatch.setitem(TASKS, task.name, replace(task, long_steps=30, long_target=loose))
+    kw = dict(seeds=1, lrs=[0.03])
+    long, default = (
+        R.make_plan([task.name], ["torch-sgdm"], length=n, **kw) for n in ("long", "default")
+    )
+    assert long.groups[0].config_hash != default.groups[0].config_hash
+    with Store(tmp_path / "r.db") as store:
+        R.run_plan(long, store, jobs=1)
+        R.run_plan(default, store, jobs=1)
+        runs = store.runs(with_metrics=False)
+    by_steps = {r.steps_done: r for r in runs}
+    assert by_steps[30].steps_to_target == 0
+    assert by_steps[task.steps].steps_to_target != 0
+    targets = {t.steps: t.task.target for t in A.summarize(runs)}
+    assert targets == {30: loose, task.steps: task.target}

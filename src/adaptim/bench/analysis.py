@@ -52,7 +52,7 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -542,6 +542,7 @@ def summarize(runs: Sequence[RunRecord]) -> list[TaskSummary]:
         lambda: defaultdict(list)
     )
     steps_of: dict[tuple[str, str], int] = {}
+    target_of: dict[tuple[str, str], float] = {}  # a configuration's own target (e.g. --long's)
     for r in runs:
         if r.task not in TASKS:
             continue
@@ -553,6 +554,8 @@ def summarize(runs: Sequence[RunRecord]) -> list[TaskSummary]:
         else:
             by_cfg[(r.task, r.config_hash)][r.optimizer].append(r)
             steps_of[(r.task, r.config_hash)] = int(r.config.get("steps", TASKS[r.task].steps))
+            if r.config.get("target") is not None:
+                target_of[(r.task, r.config_hash)] = float(r.config["target"])
     order = {name: i for i, name in enumerate(TASKS)}
     n_cfg: dict[str, int] = defaultdict(int)
     n_same: dict[tuple[str, int], int] = defaultdict(int)
@@ -564,6 +567,9 @@ def summarize(runs: Sequence[RunRecord]) -> list[TaskSummary]:
         by_cfg.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])
     ):
         task = TASKS[task_name]
+        target = target_of.get((task_name, chash), task.target)
+        if target != task.target:
+            task = replace(task, target=target)
         steps = steps_of[(task_name, chash)]
         short = search.get((task_name, chash), {})
         label = task_name

@@ -45,7 +45,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -84,17 +84,20 @@ RUN_ELSEWHERE = "run by another bench"  # a key of run_plan's counts
 DIAGNOSTIC_SEEDS = 3
 
 
-def config_hash(task: Task, steps: int, search_steps: int | None = None) -> str:
+def config_hash(
+    task: Task, steps: int, search_steps: int | None = None, target: float | None = None
+) -> str:
     """Identifies a task configuration (not the optimizer, lr or seed). ``search_steps``: the length
     of the short runs its lr search ran on (successive halving), part of the protocol that chose the
-    lr, so a configuration searched another way is another configuration."""
+    lr, so a configuration searched another way is another configuration. ``target``: the metric
+    value whose first crossing is timed (default: the task's)."""
     cfg: dict[str, Any] = {
         "bench": BENCH_VERSION,
         "task": task.name,
         "steps": steps,
         "schedule": task.schedule,
         "eval_every": task.eval_every,
-        "target": task.target,
+        "target": task.target if target is None else target,
         "lr_hint": task.lr_hint,  # the default lr grid: a new grid is a new configuration
         "lr_scale": task.lr_scale,
     }
@@ -126,6 +129,7 @@ class RunSpec:
     cost: float  # estimated seconds on one thread
     search_of: str | None = None  # a short lr-search run: the full configuration it searches for
     full_steps: int | None = None  # ... and that configuration's steps
+    target: float | None = None  # the metric value to time the first crossing of (None: the task's)
 
     @property
     def key(self) -> str:
@@ -143,7 +147,7 @@ class RunSpec:
             "config_hash": self.config_hash,
             "schedule": task.schedule,
             "eval_every": task.eval_every,
-            "target": task.target,
+            "target": task.target if self.target is None else self.target,
             "metric": task.metric,
             "lower_is_better": task.lower_is_better,
             "bench_version": BENCH_VERSION,
@@ -194,6 +198,7 @@ class Group:
     search: bool = False
     search_steps: int | None = None
     search_hash: str | None = None
+    target: float | None = None  # None: the task's
 
     @property
     def refines(self) -> bool:
@@ -257,6 +262,7 @@ class Group:
             self.config_hash,
             self.time_limit,
             self.cost,
+            target=self.target,
         )
 
     def search_spec(self, lr: float | None) -> RunSpec:
@@ -273,6 +279,7 @@ class Group:
             self.search_cost,
             search_of=self.config_hash,
             full_steps=self.steps,
+            target=self.target,
         )
 
     def first_phase(self) -> list[RunSpec]:
@@ -349,7 +356,8 @@ def make_plan(
         search_steps = max(1, round(n_steps * task.search_fraction)) if halving else None
         if search_steps is not None and search_steps >= n_steps:  # e.g. --steps 2: no shorter run
             search_steps = None
-        chash = config_hash(task, n_steps, search_steps)
+        target = task.target_for(length)
+        chash = config_hash(task, n_steps, search_steps, target)
         shash = None if search_steps is None else search_config_hash(task, search_steps, chash)
         for oname in optimizers:
             opt = known[oname]
@@ -376,6 +384,7 @@ def make_plan(
                     search,
                     short,
                     shash if short else None,
+                    target if target != task.target else None,
                 )
             )
     return plan
@@ -400,6 +409,8 @@ def execute_run(spec: dict[str, Any] | RunSpec, time_limit: float | None = None)
     try:
         torch.set_num_threads(1)
         task = TASKS[spec["task"]]
+        if spec.get("target") is not None and spec["target"] != task.target:  # e.g. --long's
+            task = replace(task, target=float(spec["target"]))
         steps, seed, lr = int(spec["steps"]), int(spec["seed"]), spec["lr"]
         torch.manual_seed(seed)
         problem = task.build(seed=seed, steps=steps)

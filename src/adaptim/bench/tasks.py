@@ -234,6 +234,7 @@ class Task:
     # ``adaptim bench --long``: steps long enough to reach the regime where optimizers differ
     # (None: ``steps``, the tasks that are there already)
     long_steps: int | None = None
+    long_target: float | None = None  # ... and their target (None: ``target``)
 
     def steps_for(self, length: str) -> int:
         """The steps of a run of ``length`` ``"quick"``, ``"default"`` or ``"long"``."""
@@ -244,6 +245,14 @@ class Task:
         if length == "long" and self.long_steps is not None:
             return self.long_steps
         return self.steps
+
+    def target_for(self, length: str) -> float:
+        """The target of a run of ``length`` ``"quick"``, ``"default"`` or ``"long"``."""
+        if length not in LENGTHS:
+            raise ValueError(f"length must be one of {', '.join(LENGTHS)}, got {length!r}")
+        return (
+            self.long_target if length == "long" and self.long_target is not None else self.target
+        )
 
     def run_seconds(self, steps: int) -> float:
         """Estimated one-thread seconds of a run of ``steps`` steps: ``setup_seconds`` (building the
@@ -964,6 +973,7 @@ def _task_list() -> list[Task]:
             steps=400,
             quick_steps=200,
             long_steps=1600,
+            long_target=0.86,
             eval_every=40,
             build=functools.partial(_build_fmnist, model_kind="mlp"),
             lr_scale=LR_SCALE["fmnist-mlp"],
@@ -987,6 +997,7 @@ def _task_list() -> list[Task]:
             steps=300,
             quick_steps=150,
             long_steps=1200,
+            long_target=0.87,
             eval_every=60,
             build=functools.partial(_build_fmnist, model_kind="cnn"),
             lr_scale=LR_SCALE["fmnist-cnn"],
@@ -1011,6 +1022,7 @@ def _task_list() -> list[Task]:
             steps=300,
             quick_steps=150,
             long_steps=1200,
+            long_target=2.7,
             eval_every=60,
             build=_build_charlm,
             lr_scale=LR_SCALE["charlm"],
