@@ -221,7 +221,7 @@ def _parser() -> argparse.ArgumentParser:
         "--steps",
         type=_positive_int("--steps"),
         help="training steps per run for every chosen task (default: each task's own; overrides "
-        "--quick's and --long's)",
+        "--quick's and --long's steps, not --long's targets)",
     )
     b.add_argument(
         "--jobs",
@@ -298,7 +298,10 @@ def _cmd_list() -> int:
     for name, task in TASKS.items():
         missing = task.missing_data()
         note = f"  [cannot run: {missing}]" if missing else ""
-        print(f"  {name:<{width}}  {task.description} [{task.steps} steps]{note}")
+        steps = f"{task.steps} steps"
+        if task.long_steps is not None:
+            steps += f"; --long: {task.long_steps}, target {task.target_for('long'):g}"
+        print(f"  {name:<{width}}  {task.description} [{steps}]{note}")
     print()
     opts = all_optimizers()
     print("Optimizers (adaptim bench --optimizers NAME,...):")

@@ -33,6 +33,7 @@ def test_list_shows_tasks_and_optimizers(capsys):
     ):
         assert f"  {name} " in out, name
     assert "Tasks" in out and "Optimizers" in out
+    assert "[300 steps; --long: 1200, target 2.7]" in out  # charlm
 
 
 def test_console_entry_point_runs():

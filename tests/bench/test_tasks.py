@@ -240,3 +240,26 @@ def test_cnn_pools_before_relu_with_the_same_function_and_gradients():
         grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
     assert torch.equal(grads[0][0], grads[1][0])
     assert all(torch.equal(a, b) for a, b in zip(grads[0][1], grads[1][1], strict=True))
+
+
+@pytest.mark.parametrize("name", [*T.FUNCTIONS_2D, *T.FUNCTIONS_1D])
+def test_closed_form_gradient_far_out_is_a_non_finite_loss_not_an_error(name):
+    # Python floats raise OverflowError (or ValueError for sin(inf)) where tensors give inf; the
+    # runner must see a non-finite loss (the run diverged), never an exception (a failed run).
+    dim = 2 if name in T.FUNCTIONS_2D else 1
+    problem = T._build_function(name, seed=0, steps=1, dim=dim)
+    (x,) = problem.params
+    for far in (1e200, -1e300, math.inf):
+        with torch.no_grad():
+            x.fill_(far)
+        x.grad = None
+        value = float(problem.backward(0))
+        finite = math.isfinite(value) and bool(torch.isfinite(x.grad).all())
+        expected = float(problem.loss(0))  # the tensor definition (f2 is linear far left: finite)
+        assert finite == math.isfinite(expected), (name, far, value, expected)
+
+
+def test_a_far_out_run_is_diverged_not_failed():
+    spec = {"key": "k", "task": "rosenbrock", "optimizer": "torch-sgdm", "lr": 1e3, "seed": 0}
+    result = execute_run({**spec, "steps": 50, "config_hash": "h"})
+    assert result["status"] == "diverged", result.get("error")

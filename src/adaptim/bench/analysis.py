@@ -551,6 +551,8 @@ def summarize(runs: Sequence[RunRecord]) -> list[TaskSummary]:
             search[(r.task, of)][r.optimizer].append(r)
             by_cfg[(r.task, of)].setdefault(r.optimizer, [])
             steps_of[(r.task, of)] = int(r.config.get("full_steps") or TASKS[r.task].steps)
+            if r.config.get("target") is not None:  # (before any full-length run has finished)
+                target_of.setdefault((r.task, of), float(r.config["target"]))
         else:
             by_cfg[(r.task, r.config_hash)][r.optimizer].append(r)
             steps_of[(r.task, r.config_hash)] = int(r.config.get("steps", TASKS[r.task].steps))
