@@ -66,9 +66,12 @@ would be dozens); traced by ``torch.compile`` they use the lookup-free ones, whi
 one vectorized loop. The two give the same codes and values.
 
 **Special blocks.** An all-zero block stores absmax 0 and the zero code everywhere and decodes to
-exact zeros. A block holding an inf or NaN stores absmax NaN and the zero code everywhere, so it
-decodes to NaN in all of its elements and in no other block (an inf in a block whose fp32 state
-would have been finite elsewhere cannot be kept by a per-block scale).
+exact zeros. A block holding ±inf (a second moment of gradients of 1e20 and more overflows float32)
+stores absmax inf; its infinities take the end codes (1.0, and the signed map's most negative
+value) and decode to ±inf exactly, its finite elements the zero code and decode to 0 (a per-block
+scale of inf keeps nothing of them). So an infinite second moment zeroes its coordinate's update,
+as in fp32, instead of turning the parameter to NaN. A block holding a NaN stores absmax NaN and
+decodes to NaN in all of its elements and in no other block.
 
 **For the integrator.** Per chunk: :func:`dequantize_blockwise` into a reused fp32 scratch
 (``out=``), the unchanged fp32 update on it, :func:`quantize_blockwise` back (``out=(codes,
@@ -84,7 +87,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -335,10 +337,11 @@ def quantize_blocks(
     their absmax into ``absmax`` (one per row). The loop body of :func:`quantize_blockwise`, for a
     caller that compiles it over whole blocks (shapes ``(n, BLOCK)``: no index arithmetic)."""
     encoder = encode if torch.compiler.is_compiling() else encode_reference
-    amax = blocks.abs().amax(dim=1)
-    amax = torch.where(torch.isfinite(amax), amax, math.nan)  # inf or NaN in a block: NaN
+    amax = blocks.abs().amax(dim=1)  # inf with an inf in the block, NaN with a NaN
     scale = torch.where(amax == 0, 1.0, amax)  # an all-zero block: y = 0
-    codes.copy_(encoder(blocks / scale[:, None], signed=signed))
+    # an infinite element: its sign, the end code (inf / inf would be NaN); the rest of its block 0
+    y = torch.where(blocks.isinf(), blocks.sign(), blocks / scale[:, None])
+    codes.copy_(encoder(y, signed=signed))
     absmax.copy_(amax)
 
 
@@ -348,7 +351,11 @@ def dequantize_blocks(
     """Decode 2-D ``codes`` (one block per row) with their ``absmax`` into ``out`` (float32, same
     shape): the loop body of :func:`dequantize_blockwise`."""
     decoder = decode if torch.compiler.is_compiling() else decode_reference
-    torch.mul(decoder(codes, signed=signed), absmax[:, None], out=out)
+    values = decoder(codes, signed=signed)
+    # 0 * inf is NaN: the zero code of a block with infinities (absmax inf) decodes to 0
+    infinite = absmax.isinf()[:, None] & (values == 0)
+    torch.mul(values, absmax[:, None], out=out)
+    out.masked_fill_(infinite, 0.0)
 
 
 def quantize_blockwise(
