@@ -116,6 +116,9 @@ class SGDHess(AdaptimOptimizer):
         "hvp": OneOf(HVP_MODES),
     }
     state_keys = ("momentum_buffer", "displacement")
+    #: ``state_bits=8``: the momentum (signed map); the last step is a difference of parameters
+    #: and stays in the working dtype, as copies of parameters do
+    quantized_states: ClassVar[Mapping[str, bool]] = {"momentum_buffer": True}
     #: the Hessian-vector product mixes tensors, so real and imaginary parts are not coordinates
     elementwise = False
     #: the step calls autograd (or the closure a second time) and reads norms on the host
@@ -203,11 +206,19 @@ class SGDHess(AdaptimOptimizer):
                         _as_working(grads_at_x[p], w, group["maximize"])
                         for p, w in zip(batch.originals, batch.params, strict=True)
                     ]
-                batch_hvps = [
-                    None if p not in hvps else hvps[p].to(w.dtype)
+                hvp_of = {
+                    id(w): None if p not in hvps else hvps[p].to(w.dtype)
                     for p, w in zip(batch.originals, batch.params, strict=True)
-                ]
-                self._update_with_hvp(group, batch, batch_hvps, foreach=self._use_foreach(group))
+                }
+                # with 8-bit momentum, parts of whole tensors (splits_tensors is off), decoded
+                # around the unchanged update
+                for part, coded in self._parts(batch):
+                    if coded is not None:
+                        coded.decode()
+                    part_hvps = [hvp_of[id(w)] for w in part.params]
+                    self._update_with_hvp(group, part, part_hvps, self._use_foreach(group))
+                    if coded is not None:
+                        coded.encode()
                 batch.write_back()
             for p in group["params"]:  # it did not move: its next correction has no last step
                 if p.grad is None and "displacement" in self.state.get(p, {}):
