@@ -258,7 +258,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the neural networks trained 4x longer (charlm 1,200 steps, fmnist-mlp 1,600, "
         "fmnist-cnn 1,200) with tighter targets, into the regime where optimizers differ (about "
-        "45 minutes on 2 cores; scale out with --executor ray)",
+        "45 minutes on 2 cores, estimated; scale out with --executor ray)",
     )
     b.add_argument(
         "--suite",
