@@ -252,7 +252,7 @@ BENCH_ARGS = [
     "--tasks",
     "noisy-quadratic",
     "--steps",
-    "2000",
+    "5000",  # about 1 s a run: the bench is still running when the test stops it
     "--seeds",
     "2",
     "--lrs",  # a fixed grid: a known number of runs (2 x (3 lrs + 1 seed)), no search
