@@ -87,6 +87,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -339,8 +340,8 @@ def quantize_blocks(
     encoder = encode if torch.compiler.is_compiling() else encode_reference
     amax = blocks.abs().amax(dim=1)  # inf with an inf in the block, NaN with a NaN
     scale = torch.where(amax == 0, 1.0, amax)  # an all-zero block: y = 0
-    # an infinite element: its sign, the end code (inf / inf would be NaN); the rest of its block 0
-    y = torch.where(blocks.isinf(), blocks.sign(), blocks / scale[:, None])
+    # an infinite element: +-1, the end code (inf / inf would be NaN); the rest of its block 0
+    y = torch.where(blocks.abs() == math.inf, blocks.clamp(-1.0, 1.0), blocks / scale[:, None])
     codes.copy_(encoder(y, signed=signed))
     absmax.copy_(amax)
 
