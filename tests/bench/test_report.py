@@ -178,6 +178,7 @@ def test_report_renders_images_tables_and_claims(tmp_path):
         "What to use when",
         "Convex problems (noisy-quadratic)",
         "Cost: state memory and step time",
+        "No compile time: the bench steps every optimizer as <code>fused=None</code>",
         "<td>torch-sgdm</td><td>4</td><td>no 8-bit states</td><td>0.97×</td>",
     ):
         assert text in page, text

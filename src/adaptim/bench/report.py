@@ -1218,7 +1218,11 @@ def _render(store: Store, out: Path, config_hashes, optimizers, title: str) -> P
             f" included) relative to {html.escape(REFERENCE)} timed in the same bench. On a model"
             " this small the forward and backward pass is most of a step, so these ratios"
             " understate how much slower an update is. <code>--quick</code> measures no step"
-            " time.</p>"
+            " time. No compile time: the bench steps every optimizer as <code>fused=None</code>"
+            " does (eager; Adam and AdamW through torch's own fused kernels, which need no"
+            " compiling), so nothing compiles; <code>python benchmarks/step_time.py"
+            " --compile-times</code> measures the compile time of each <code>fused=True</code>"
+            " step (the README's speed section).</p>"
         )
         header = ["optimizer", *COST_HEADER, "error"]
         page.body.append(_html_table(header, cost_rows))
