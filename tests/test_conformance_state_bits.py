@@ -7,7 +7,8 @@ threshold (4,096 elements) is lowered to 1, so the suite's small models (tensors
 elements, one partial block each) have 8-bit states, and parts are made small (1,024 elements), so
 a batch runs in several. Only the contracts whose parameters are float32 or bf16 are taken: float64
 parameters keep float64 states (``docs/state_bits.md``), so a float64 contract would check 32-bit
-states again. Left out as well: ``maximize`` against the negated loss (the signed map is not
+states again (so would the refused step's and another optimizer's state dict, whose models are
+float64). Left out as well: ``maximize`` against the negated loss (the signed map is not
 symmetric, its most negative value is -0.993, so negated states round differently) and an fp64
 checkpoint continuing in fp32 within 1e-4 (quantized on load, it continues within 8-bit rounding:
 ``test_state_bits.py`` checks the moves between precisions).
@@ -31,10 +32,8 @@ from test_conformance import (
     test_params_without_grad_are_skipped,
     test_state_dict_round_trip_continues_bit_identically,
 )
-from test_conformance_checkpoints import test_another_optimizers_state_dict_is_refused_or_continues
 from test_conformance_dtypes import test_mixed_dtypes_in_one_group_train_each_param_as_alone
 from test_conformance_robustness import (
-    test_a_refused_step_changes_nothing,
     test_all_zero_gradients_keep_everything_finite,
     test_huge_gradients_keep_parameters_finite,
 )
@@ -47,9 +46,7 @@ CONTRACTS = [
     test_frozen_then_unfrozen,
     test_bf16_params_follow_fp32_with_fp32_states,
     test_lr_scheduler_drives_lr,
-    test_another_optimizers_state_dict_is_refused_or_continues,
     test_mixed_dtypes_in_one_group_train_each_param_as_alone,
-    test_a_refused_step_changes_nothing,
     test_all_zero_gradients_keep_everything_finite,
     test_huge_gradients_keep_parameters_finite,
 ]

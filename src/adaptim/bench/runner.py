@@ -59,7 +59,7 @@ from adaptim.bench.optimizers import (
     make_optimizer,
 )
 from adaptim.bench.store import Store
-from adaptim.bench.tasks import LENGTHS, TASKS, Task
+from adaptim.bench.tasks import TASKS, Task, check_length
 
 __all__ = [
     "BENCH_VERSION",
@@ -338,8 +338,7 @@ def make_plan(
     given, overrides it for every task."""
     if protocol not in ("tune", "grid"):
         raise ValueError(f"protocol must be 'tune' or 'grid', got {protocol!r}")
-    if length not in LENGTHS:
-        raise ValueError(f"length must be one of {', '.join(LENGTHS)}, got {length!r}")
+    check_length(length)
     known = all_optimizers()
     plan = Plan(groups=[])
     for tname in tasks:

@@ -87,6 +87,19 @@ TEXT_HINT = (
 LENGTHS = ("quick", "default", "long")
 
 
+def check_length(length: str) -> None:
+    if length not in LENGTHS:
+        raise ValueError(f"length must be one of {', '.join(LENGTHS)}, got {length!r}")
+
+
+def _accumulate_grad(x: torch.Tensor, g: torch.Tensor) -> None:
+    """``x.grad += g`` (set when there is none), as ``backward()`` accumulates."""
+    if x.grad is None:
+        x.grad = g
+    else:
+        x.grad.add_(g)
+
+
 class DataMissing(RuntimeError):
     """A task's data is not installed; the message says how to install it."""
 
@@ -238,8 +251,7 @@ class Task:
 
     def steps_for(self, length: str) -> int:
         """The steps of a run of ``length`` ``"quick"``, ``"default"`` or ``"long"``."""
-        if length not in LENGTHS:
-            raise ValueError(f"length must be one of {', '.join(LENGTHS)}, got {length!r}")
+        check_length(length)
         if length == "quick":
             return self.quick_steps
         if length == "long" and self.long_steps is not None:
@@ -248,8 +260,7 @@ class Task:
 
     def target_for(self, length: str) -> float:
         """The target of a run of ``length`` ``"quick"``, ``"default"`` or ``"long"``."""
-        if length not in LENGTHS:
-            raise ValueError(f"length must be one of {', '.join(LENGTHS)}, got {length!r}")
+        check_length(length)
         return (
             self.long_target if length == "long" and self.long_target is not None else self.target
         )
@@ -454,16 +465,9 @@ def _build_function(name: str, seed: int, steps: int, dim: int) -> Problem:
         xs = x.tolist()
         try:
             value, grad = value_and_grad(xs)
-        except (
-            OverflowError,
-            ValueError,
-        ):  # far out (|x| ~ 1e77), where tensors give inf: diverged
+        except (OverflowError, ValueError):  # |x| ~ 1e77, where tensors give inf: diverged
             value, grad = math.inf, [math.nan] * len(xs)
-        g = torch.tensor(grad, dtype=x.dtype)
-        if x.grad is None:
-            x.grad = g
-        else:  # accumulate, as backward() does (a closure may skip zeroing)
-            x.grad.add_(g)
+        _accumulate_grad(x, torch.tensor(grad, dtype=x.dtype))
         return torch.tensor(value, dtype=x.dtype)
 
     return Problem(
@@ -497,10 +501,7 @@ def _build_nqm(seed: int, steps: int) -> Problem:
             e = noise[min(step, steps - 1)]
             hx = h * x
             value = torch.dot(0.5 * hx + e, x)
-            if x.grad is None:
-                x.grad = hx.add_(e)
-            else:
-                x.grad.add_(hx).add_(e)
+            _accumulate_grad(x, hx.add_(e))
         return value
 
     return Problem(
