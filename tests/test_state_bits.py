@@ -542,3 +542,36 @@ def test_lookahead_momentum_handling_with_8_bit_inner_states(mode: str) -> None:
         assert (m8 - m32).abs().max().item() <= 0.05 * m32.abs().max().item()
     for a, b in zip(p32, p8, strict=True):
         assert (a - b).abs().max().item() <= 0.05
+
+
+@pytest.mark.parametrize("part_elements", [1024, 8192])
+@pytest.mark.parametrize("name", ["adamw", "adan", "pnm", "adai", "radam"])
+def test_reused_scratch_changes_nothing(
+    name: str, part_elements: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoded states live in scratch buffers reused from part to part and step to step: the run is
+    bit for bit the one with fresh buffers, and the scratch kept stays within its limit. (Parts of
+    1,024 elements: pieces of tensors, or for Adai, which decodes whole tensors, none kept; of
+    8,192: whole tensors.)"""
+    monkeypatch.setattr(sp, "CPU_PART_ELEMENTS", part_elements)
+    info = next(i for i in QUANTIZING if i.name == name)
+
+    def run(limit: int) -> tuple[list[torch.Tensor], dict[str, Any], sp._Scratch]:
+        scratch = sp._Scratch(limit)
+        monkeypatch.setattr(sp, "_SCRATCH", scratch)
+        params = _params()
+        opt = make(info, params, state_bits=8)
+        for step in range(5):
+            _grads(params, step)
+            opt.step()
+        return [p.detach().clone() for p in params], opt.state_dict(), scratch
+
+    params_fresh, state_fresh, _ = run(0)
+    params_reused, state_reused, scratch = run(64 * 1024)
+    assert scratch.kept_bytes <= 64 * 1024
+    assert (scratch.kept_bytes > 0) == (info.cls.splits_tensors or part_elements == 8192)
+    assert all(torch.equal(a, b) for a, b in zip(params_fresh, params_reused, strict=True))
+    for pid, state in state_fresh["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                assert torch.equal(value, state_reused["state"][pid][key]), (pid, key)
