@@ -9,6 +9,8 @@ moves 8 bytes per element, an encode 5 plus the absmax, a decode 5):
   256-entry gather;
 * ``quantize`` / ``dequantize``: the block-wise functions (absmax per block of 256 and the codec),
   ``dequantize gather``: the same with the gather;
+* ``native quantize`` / ``native dequantize``: the C loop (``adaptim.core.native_codec``), the one
+  the optimizers use on a CPU (not compiled by Inductor: built once with the system C compiler);
 * eager rows: what an optimizer gets when it calls the codec op by op without compiling.
 
     python benchmarks/codec.py                  # 2^24 elements, 1 thread
@@ -27,6 +29,7 @@ from collections.abc import Callable
 
 import torch
 
+from adaptim.core import native_codec
 from adaptim.core.quantization import (
     BLOCK,
     decode,
@@ -86,6 +89,22 @@ def main() -> None:
         ("dequantize", lambda: dequantize_c(codes, absmax, signed=True, out=out), block_bytes),
         ("dequantize gather", lambda: dequantize_gather_c(codes, absmax), block_bytes),
     ]
+    if native_codec.available():  # the C loop the optimizers use on a CPU
+        n_codes, n_absmax = torch.empty_like(codes), torch.empty_like(absmax)
+        cases += [
+            (
+                "native quantize",
+                lambda: native_codec.quantize_blockwise(x, signed=True, out=(n_codes, n_absmax)),
+                block_bytes,
+            ),
+            (
+                "native dequantize",
+                lambda: native_codec.dequantize_blockwise(codes, absmax, signed=True, out=out),
+                block_bytes,
+            ),
+        ]
+    else:
+        print(f"no native codec rows: {native_codec.unavailable_reason()}")
     if not args.no_eager:
         cases += [
             ("eager encode", lambda: encode(y, signed=True), 5),

@@ -3,9 +3,12 @@
 Each rank quantizes its local shard: codes shaped like the shard, one absmax per block of the shard.
 Where every shard is a whole number of blocks (here a 512 x 16 weight, 256 rows = 16 blocks per
 rank), the blocks are those of the unsharded tensor, so the sharded run equals a single-process
-8-bit run. The state dict gives these states as float32 DTensors (the per-shard absmax has no place
-in a sharded checkpoint); loading quantizes them again. The threshold is the parameter's global size: the 512-element bias of the last layer
-keeps fp32 states on both sides (its shards are 256 elements each).
+8-bit run. Its rows (16 elements) are not whole blocks, so the state dict gives these states as
+float32 DTensors (a per-shard absmax has no place in a sharded checkpoint); loading quantizes them
+again. A 64 x 256 weight (rows of one block) is saved with 8 bits: uint8 codes and an absmax of
+shape (rows, blocks per row), both sharded by rows, through ``torch.distributed.checkpoint``. The
+threshold is the parameter's global size: the 512-element bias of the last layer keeps fp32 states
+on both sides (its shards are 256 elements each).
 """
 
 from __future__ import annotations
@@ -113,3 +116,115 @@ def test_sharded_8_bit_state_dict_is_float32_dtensors_and_resumes(sharded, name,
         # the signed map's -0.993, and its absmax with it): the two steps after the resume move
         # coordinates by at most a fifth of lr (1e-2) apart
         assert (got - want).abs().max().item() <= 2e-3
+
+
+# --- 8-bit-sized distributed checkpoints -------------------------------------------------------------
+
+
+def make_wide_model() -> nn.Sequential:
+    """A 64 x 256 weight: every row is one block, so each rank's 32 rows are whole blocks."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(256, 64), nn.Tanh(), nn.Linear(64, 1))
+
+
+def _wide_steps(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
+    for step in steps:
+        gen = torch.Generator().manual_seed(100 + step)
+        x, y = torch.randn(16, 256, generator=gen), torch.randn(16, 1, generator=gen)
+        opt.zero_grad(set_to_none=True)
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+def _run_dcp(rank: int, path: str) -> dict[str, Any]:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (2,))
+
+    def build(bits: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+        model = make_wide_model()
+        fully_shard(model, mesh=mesh)
+        return model, adaptim.AdamW(model.parameters(), lr=1e-2, state_bits=bits)
+
+    def checkpoint(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+        model_state, optim_state = get_state_dict(model, opt)
+        return {"model": model_state, "optim": optim_state}
+
+    model, opt = build(8)
+    _wide_steps(model, opt, range(3))
+    saved = checkpoint(model, opt)
+    weight_state = saved["optim"]["state"]["0.weight"]
+    bias_keys = sorted(saved["optim"]["state"]["0.bias"])
+    dcp.save(saved, checkpoint_id=path)
+    _wide_steps(model, opt, range(3, 6))
+
+    resumed, resumed_opt = build(8)
+    state = checkpoint(resumed, resumed_opt)
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(
+        resumed, resumed_opt, model_state_dict=state["model"], optim_state_dict=state["optim"]
+    )
+    _wide_steps(resumed, resumed_opt, range(3, 6))
+
+    # a 32-bit optimizer cannot take an 8-bit checkpoint for its float32 moments: loud, not cast
+    model32, opt32 = build(32)
+    error = ""
+    try:
+        dcp.load(checkpoint(model32, opt32), checkpoint_id=path)
+    except CheckpointException as exc:  # DCP gathers the ranks' errors (a BaseException)
+        error = str(exc)
+    return dict(
+        codes=(type(weight_state["exp_avg_codes"]).__name__, weight_state["exp_avg_codes"].dtype),
+        absmax=(
+            type(weight_state["exp_avg_absmax"]).__name__,
+            tuple(weight_state["exp_avg_absmax"].shape),
+        ),
+        float_key="exp_avg" in weight_state,
+        bias=bias_keys,
+        params=[p.full_tensor().detach().clone() for p in model.parameters()],
+        resumed=[p.full_tensor().detach().clone() for p in resumed.parameters()],
+        error=error,
+    )
+
+
+@pytest.fixture(scope="module")
+def dcp_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    path = tmp_path_factory.mktemp("dcp8")
+    results = run_on_ranks(_run_dcp, str(path))
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    results[0]["saved"] = {
+        key: (meta.properties.dtype, tuple(meta.size))
+        for key, meta in saved.items()
+        if key.startswith("optim.state.0.weight.") and isinstance(meta, TensorStorageMetadata)
+    }
+    return results[0]
+
+
+def test_a_distributed_checkpoint_keeps_8_bits_and_resumes_exactly(dcp_run) -> None:
+    """Rows of whole blocks: the codes are saved as a uint8 DTensor and the absmax as a DTensor of
+    shape (rows, blocks per row), sharded as the codes are; the run resumed from the checkpoint is
+    bit for bit the uninterrupted one."""
+    assert dcp_run["codes"] == ("DTensor", torch.uint8)
+    assert dcp_run["absmax"] == ("DTensor", (64, 1))
+    assert not dcp_run["float_key"]
+    assert dcp_run["bias"] == ["exp_avg", "exp_avg_sq", "step"]  # 64 elements: fp32
+    for got, want in zip(dcp_run["resumed"], dcp_run["params"], strict=True):
+        assert torch.equal(got, want)
+    # in the checkpoint: the global codes and absmax of the weight's two moments, 8-bit sized
+    assert dcp_run["saved"] == {
+        "optim.state.0.weight.exp_avg_codes": (torch.uint8, (64, 256)),
+        "optim.state.0.weight.exp_avg_absmax": (torch.float32, (64, 1)),
+        "optim.state.0.weight.exp_avg_sq_codes": (torch.uint8, (64, 256)),
+        "optim.state.0.weight.exp_avg_sq_absmax": (torch.float32, (64, 1)),
+    }
+
+
+def test_a_32_bit_optimizer_refuses_an_8_bit_distributed_checkpoint(dcp_run) -> None:
+    assert "exp_avg" in dcp_run["error"] and "issing" in dcp_run["error"]

@@ -575,3 +575,80 @@ def test_reused_scratch_changes_nothing(
         for key, value in state.items():
             if torch.is_tensor(value):
                 assert torch.equal(value, state_reused["state"][pid][key]), (pid, key)
+
+
+def test_distributed_checkpoint_of_other_precision_fails_loudly(tmp_path: Any) -> None:
+    """``torch.distributed.checkpoint`` copies each saved tensor into the template's tensor of the
+    same key, casting it. Codes under ``exp_avg`` would load into a 32-bit optimizer's float32
+    ``exp_avg`` as the numbers 0-255, silently; under their own key they fail to load, and an
+    8-bit optimizer resumes from them bit for bit."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    def build(bits: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(256, 64)
+        return model, adaptim.AdamW(model.parameters(), lr=1e-2, state_bits=bits)
+
+    def steps(model: torch.nn.Module, opt: torch.optim.Optimizer, which: range) -> None:
+        for step in which:
+            gen = torch.Generator().manual_seed(step)
+            opt.zero_grad()
+            model(torch.randn(8, 256, generator=gen)).square().mean().backward()
+            opt.step()
+
+    def template(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+        model_state, optim_state = get_state_dict(model, opt)
+        return {"model": model_state, "optim": optim_state}
+
+    model, opt = build(8)
+    steps(model, opt, range(3))
+    dcp.save(template(model, opt), checkpoint_id=tmp_path)
+    steps(model, opt, range(3, 6))
+
+    resumed, resumed_opt = build(8)
+    state = template(resumed, resumed_opt)
+    dcp.load(state, checkpoint_id=tmp_path)
+    set_state_dict(
+        resumed, resumed_opt, model_state_dict=state["model"], optim_state_dict=state["optim"]
+    )
+    steps(resumed, resumed_opt, range(3, 6))
+    assert torch.equal(resumed.weight, model.weight)
+
+    model32, opt32 = build(32)
+    with pytest.raises(
+        CheckpointException,
+        match=r"Missing key in checkpoint state_dict: optim\.state\.weight\.exp_avg",
+    ):
+        dcp.load(template(model32, opt32), checkpoint_id=tmp_path)
+
+
+def test_saved_codes_have_their_own_key_and_old_checkpoints_load() -> None:
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(64, 80))]
+    opt = adaptim.AdamW(params, lr=1e-2, state_bits=8)
+    _grads(params, 0)
+    opt.step()
+    saved = opt.state_dict()["state"][0]
+    assert sorted(saved) == [
+        "exp_avg_absmax",
+        "exp_avg_codes",
+        "exp_avg_sq_absmax",
+        "exp_avg_sq_codes",
+        "step",
+    ]
+    assert saved["exp_avg_codes"].dtype == torch.uint8
+    assert sp.is_quantized(opt.state[params[0]], "exp_avg")  # the live state keeps its names
+    # a checkpoint written before the codes had their own key (uint8 under "exp_avg") still loads
+    old = copy.deepcopy(opt.state_dict())
+    for key in ("exp_avg", "exp_avg_sq"):
+        old["state"][0][key] = old["state"][0].pop(sp.codes_key(key))
+    again = adaptim.AdamW(params, lr=1e-2, state_bits=8)
+    again.load_state_dict(old)
+    for key in ("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax"):
+        assert torch.equal(again.state[params[0]][key], opt.state[params[0]][key])
+    broken = copy.deepcopy(opt.state_dict())
+    del broken["state"][0]["exp_avg_absmax"]
+    with pytest.raises(ValueError, match="'exp_avg_codes' comes without its 'exp_avg_absmax'"):
+        adaptim.AdamW(params, lr=1e-2, state_bits=8).load_state_dict(broken)

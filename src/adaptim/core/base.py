@@ -57,9 +57,11 @@ from adaptim.core.state_precision import (
     absmax_key,
     dequantize_state_,
     is_quantized,
+    loaded_state,
     plan_parts,
     quantize_state_,
     quantizes,
+    saved_state,
 )
 from adaptim.core.validation import (
     BOOL,
@@ -398,21 +400,21 @@ class AdaptimOptimizer(Optimizer):
                 group.setdefault(key, value)
 
     def state_dict(self) -> dict[str, Any]:
-        """``torch.optim``'s state dict. The 8-bit states of sharded (FSDP2) parameters are given
-        as float32 DTensors: their block absmax is per shard, which a sharded checkpoint
-        (``torch.distributed.checkpoint``) could not place; loading quantizes them again."""
+        """``torch.optim``'s state dict, with each 8-bit state saved as ``key_codes`` (uint8) and
+        ``key_absmax`` (float32), never under ``key``: a checkpoint of the other precision then
+        fails to load into a template state dict (``torch.distributed.checkpoint``) instead of
+        casting codes to numbers. The 8-bit states of sharded (FSDP2) parameters keep 8 bits
+        where each row of the parameter is whole blocks (the absmax is then a DTensor sharded as
+        the codes); others are given as float32 DTensors and quantized again on loading
+        (:func:`~adaptim.core.state_precision.saved_state`)."""
         state_dict = super().state_dict()
         if not self.__dict__.get("_quantized_before"):
             return state_dict
         states = state_dict["state"]
         for pid, state in states.items():
-            sharded = [
-                k for k in self.quantized_states if is_quantized(state, k) and is_dtensor(state[k])
-            ]
-            if sharded:
-                state = states[pid] = dict(state)  # torch's state dict shares the live dicts
-                for key in sharded:
-                    dequantize_state_(state, key, self.quantized_states[key])
+            if any(is_quantized(state, k) for k in self.quantized_states):
+                # torch's state dict shares the live dicts: a new one
+                states[pid] = saved_state(state, self.quantized_states)
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -429,6 +431,14 @@ class AdaptimOptimizer(Optimizer):
         checkpoint loaded into an 8-bit optimizer is quantized, an 8-bit one loaded with 32 bits is
         decoded (and block absmaxes stay float32 whatever the parameter's dtype).
         """
+        if self.quantized_states:  # 8-bit states saved under their own keys: back under theirs
+            state_dict = {
+                **state_dict,
+                "state": {
+                    pid: loaded_state(state, self.quantized_states)
+                    for pid, state in state_dict["state"].items()
+                },
+            }
         self._check_state_dict_kind(state_dict)
         # state precision is this optimizer's choice, as ``foreach`` is, not the checkpoint's
         bits = [group["state_bits"] for group in self.param_groups]

@@ -47,6 +47,7 @@ from adaptim.core.distributed import is_dtensor
 from adaptim.core.quantization import (
     BLOCK,
     MIN_QUANTIZED_NUMEL,
+    _describe,
     dequantize_blocks,
     dequantize_blockwise,
     num_blocks,
@@ -58,12 +59,15 @@ __all__ = [
     "STATE_BITS",
     "Part",
     "absmax_key",
+    "codes_key",
     "dequantize_state_",
     "dequantized_state_dict",
     "is_quantized",
+    "loaded_state",
     "part_elements",
     "quantize_state_",
     "quantizes",
+    "saved_state",
     "zero_state_",
 ]
 
@@ -459,6 +463,94 @@ def plan_parts(
 # --- checkpoints ----------------------------------------------------------------------------------
 
 
+def codes_key(key: str) -> str:
+    """The state-dict key of the codes of quantized state ``key`` in a saved state dict."""
+    return f"{key}_codes"
+
+
+def _row_blocks(codes: torch.Tensor, absmax: torch.Tensor) -> int | None:
+    """Blocks per row when a sharded state's absmax can be saved as a DTensor of its own: the
+    codes are sharded by rows (``Shard(0)`` on a 1-D mesh, FSDP2's layout), each row is whole
+    blocks, so every shard is too, and block ``j`` of a shard lies in its row ``j // per_row``;
+    else ``None``."""
+    from torch.distributed.tensor import Shard
+
+    if codes.dim() < 1 or codes.shape[0] == 0 or codes.device_mesh.ndim != 1:
+        return None
+    if tuple(codes.placements) != (Shard(0),) or not codes.to_local().is_contiguous():
+        return None
+    row = codes.numel() // codes.shape[0]
+    local_rows = codes.to_local().shape[0] if codes.to_local().dim() else 0
+    if row == 0 or row % BLOCK or absmax.numel() != local_rows * (row // BLOCK):
+        return None
+    return row // BLOCK
+
+
+def saved_state(state: Mapping[str, Any], quantized: Mapping[str, bool]) -> dict[str, Any]:
+    """A parameter's state as a state dict saves it: quantized state ``key`` as ``key_codes``
+    (uint8) and ``key_absmax`` (float32), never under ``key``.
+
+    A tool that loads into the tensors of a template state dict (``torch.distributed.checkpoint``
+    copies each saved tensor into the template's tensor of the same key, casting it) would
+    otherwise read codes into a 32-bit optimizer's float32 ``exp_avg`` as the numbers 0-255,
+    silently; with their own key, a checkpoint of the other precision fails to load, naming the
+    missing key. Sharded (DTensor) codes whose absmax can be placed (:func:`_row_blocks`) keep 8
+    bits, the absmax as a DTensor of shape ``(rows, blocks per row)`` sharded as the codes are,
+    so a distributed checkpoint places and reshards both; other sharded states are saved
+    decoded, as float32 DTensors under ``key``, and quantized again on loading."""
+    out = dict(state)
+    for key, signed in quantized.items():
+        if not is_quantized(out, key) or absmax_key(key) not in out:
+            continue
+        codes, absmax = out[key], out[absmax_key(key)]
+        if is_dtensor(codes):
+            per_row = _row_blocks(codes, absmax)
+            if per_row is None:
+                dequantize_state_(out, key, signed)
+                continue
+            from torch.distributed.tensor import DTensor
+
+            rows = codes.shape[0]
+            absmax = DTensor.from_local(
+                absmax.view(-1, per_row),
+                codes.device_mesh,
+                codes.placements,
+                shape=torch.Size((rows, per_row)),
+                stride=(per_row, 1),
+            )
+        del out[key]
+        out[codes_key(key)] = codes
+        out[absmax_key(key)] = absmax
+    return out
+
+
+def loaded_state(state: Mapping[str, Any], quantized: Mapping[str, bool]) -> dict[str, Any]:
+    """:func:`saved_state` undone: codes back under ``key``, a DTensor absmax as the 1-D absmax of
+    the local shard. A state saved before codes had their own key (uint8 under ``key``) passes."""
+    out = dict(state)
+    for key in quantized:
+        if codes_key(key) not in out:
+            continue
+        codes = out.pop(codes_key(key))
+        if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8:
+            raise ValueError(
+                f"state {codes_key(key)!r} must be a uint8 tensor of codes, got {_describe(codes)}"
+            )
+        absmax = out.get(absmax_key(key))
+        if not isinstance(absmax, torch.Tensor):
+            raise ValueError(f"state {codes_key(key)!r} comes without its {absmax_key(key)!r}")
+        if is_dtensor(absmax):
+            absmax = absmax.to_local().reshape(-1)
+        if absmax.numel() != num_blocks(_local(codes).numel()):
+            raise ValueError(
+                f"state {absmax_key(key)!r} has {absmax.numel()} blocks, but {codes_key(key)!r} "
+                f"needs {num_blocks(_local(codes).numel())}"
+            )
+        out[key] = codes
+        out[absmax_key(key)] = absmax
+    return out
+
+
 def dequantized_state_dict(
     state_dict: Mapping[str, Any], quantized: Mapping[str, bool]
 ) -> dict[str, Any]:
@@ -470,7 +562,7 @@ def dequantized_state_dict(
     out = dict(state_dict)
     out["state"] = {}
     for pid, state in state_dict["state"].items():
-        state = dict(state)
+        state = loaded_state(state, quantized)
         for key, signed in quantized.items():
             if is_quantized(state, key) and absmax_key(key) in state:
                 dequantize_state_(state, key, signed)
