@@ -398,6 +398,19 @@ class AdaptimOptimizer(Optimizer):
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+        self._note_quantized_states()
+
+    def _note_quantized_states(self) -> None:
+        """Mark that some state is quantized (``_parts`` and ``state_dict`` look only where it
+        is): a copy or an unpickled optimizer (torch pickles ``state`` and ``param_groups``, not
+        the instance's other attributes) and a loaded one must decode its codes before its first
+        step, which may not start with ``_prepare_group`` (KOALA-M's ``predict()``)."""
+        if self.quantized_states and any(
+            is_quantized(state, key)
+            for state in self.state.values()
+            for key in self.quantized_states
+        ):
+            self.__dict__["_quantized_before"] = True
 
     def state_dict(self) -> dict[str, Any]:
         """``torch.optim``'s state dict, with each 8-bit state saved as ``key_codes`` (uint8) and
@@ -472,6 +485,7 @@ class AdaptimOptimizer(Optimizer):
             for param in group["params"]:
                 if self.state.get(param):
                     self._set_state_precision(group, param, self.state[param])
+        self._note_quantized_states()
 
     def _check_state_dict_kind(self, state_dict: Mapping[str, Any]) -> None:
         """Refuse a state dict that another optimizer wrote: its param groups have other

@@ -130,6 +130,7 @@ from adaptim.core.distributed import (
     shard_groups,
 )
 from adaptim.core.functional import l2_weight_decay
+from adaptim.core.state_precision import absmax_key
 from adaptim.core.validation import POSITIVE, UNIT_CLOSED, Interval, Optional
 from adaptim.registry import OptimInfo, register
 
@@ -821,6 +822,10 @@ class MomentumKOALA(_KOALA):
         "alpha_r": UNIT_CLOSED,
     }
     state_keys = ("velocity", "param_avg")
+    #: 8-bit states: the velocity, a momentum (signed). The parameter average is a copy of the
+    #: parameters and stays in the working dtype. predict() and the measurement update each decode
+    #: and encode it around their unchanged loops, part by part.
+    quantized_states: ClassVar[Mapping[str, bool]] = {"velocity": True}
     #: lr scales the Kalman gains only; the velocity keeps moving the weights at lr = 0 (official code)
     moves_at_zero_lr: ClassVar[bool] = True
 
@@ -899,7 +904,12 @@ class MomentumKOALA(_KOALA):
         if not unstepped:
             return []
         moved = [p for p in params if self.state.get(p)]
-        tensors = local_list([t for p in moved for t in (p, self.state[p]["velocity"])])
+        # an 8-bit velocity: its codes and their block absmax
+        kept = ("velocity", absmax_key("velocity"))
+        tensors = local_list(
+            [p for p in moved]
+            + [self.state[p][k] for p in moved for k in kept if k in self.state[p]]
+        )
         return [(t, t.clone()) for t in tensors]
 
     def _put_back(self, copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -932,9 +942,14 @@ class MomentumKOALA(_KOALA):
                 continue
             batch = TensorBatch(with_state, with_state, [self.state[p] for p in with_state])
             foreach = self._use_foreach(group)
-            for part in self._chunks(batch) if foreach else (batch,):
-                likes, (moved, _, vels, avgs) = _local(part, "velocity", "param_avg")
-                norms += _koala_m_predict(moved, vels, avgs, a=a, likes=likes, foreach=foreach)
+            for unit, coded in self._parts(batch):
+                if coded is not None:
+                    coded.decode()
+                for part in self._chunks(unit) if foreach else (unit,):
+                    likes, (moved, _, vels, avgs) = _local(part, "velocity", "param_avg")
+                    norms += _koala_m_predict(moved, vels, avgs, a=a, likes=likes, foreach=foreach)
+                if coded is not None:
+                    coded.encode()
         drift_sq = 0.0
         if norms:
             devices = {n.device for n in norms}
@@ -962,20 +977,25 @@ class MomentumKOALA(_KOALA):
             foreach = self._use_foreach(group)
             fn = _multi_tensor_koala_m if foreach else _single_tensor_koala_m
             for batch in batches:
-                for part in self._chunks(batch) if foreach else (batch,):
-                    likes, lists = _local(part, "velocity", "param_avg")
-                    out = fn(
-                        *lists,
-                        likes=likes,
-                        loss=loss,
-                        p00=p00,
-                        p10=p10,
-                        r=r,
-                        lr=float(group["lr"]),
-                        weight_decay=group["weight_decay"],
-                    )
-                    if out is not None:
-                        hh = out if hh is None else max(hh, out)
+                for unit, coded in self._parts(batch):
+                    if coded is not None:
+                        coded.decode()
+                    for part in self._chunks(unit) if foreach else (unit,):
+                        likes, lists = _local(part, "velocity", "param_avg")
+                        out = fn(
+                            *lists,
+                            likes=likes,
+                            loss=loss,
+                            p00=p00,
+                            p10=p10,
+                            r=r,
+                            lr=float(group["lr"]),
+                            weight_decay=group["weight_decay"],
+                        )
+                        if out is not None:
+                            hh = out if hh is None else max(hh, out)
+                    if coded is not None:
+                        coded.encode()
                 batch.write_back()
         hh = self._partition_max(hh)
         if hh is not None:
