@@ -139,7 +139,11 @@ def _wide_steps(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> N
 def _run_dcp(rank: int, path: str) -> dict[str, Any]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_state_dict,
+        set_state_dict,
+    )
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -156,6 +160,9 @@ def _run_dcp(rank: int, path: str) -> dict[str, Any]:
 
     model, opt = build(8)
     _wide_steps(model, opt, range(3))
+    # gathered into plain tensors on rank 0, as for a checkpoint read without FSDP2
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    gathered = get_state_dict(model, opt, options=full)
     saved = checkpoint(model, opt)
     weight_state = saved["optim"]["state"]["0.weight"]
     bias_keys = sorted(saved["optim"]["state"]["0.bias"])
@@ -188,6 +195,7 @@ def _run_dcp(rank: int, path: str) -> dict[str, Any]:
         params=[p.full_tensor().detach().clone() for p in model.parameters()],
         resumed=[p.full_tensor().detach().clone() for p in resumed.parameters()],
         error=error,
+        gathered=gathered if rank == 0 else None,
     )
 
 
@@ -228,3 +236,22 @@ def test_a_distributed_checkpoint_keeps_8_bits_and_resumes_exactly(dcp_run) -> N
 
 def test_a_32_bit_optimizer_refuses_an_8_bit_distributed_checkpoint(dcp_run) -> None:
     assert "exp_avg" in dcp_run["error"] and "issing" in dcp_run["error"]
+
+
+def test_a_gathered_8_bit_checkpoint_continues_in_a_single_process(dcp_run) -> None:
+    """A full state dict (``full_state_dict=True``) gathers the codes and the (rows, blocks per
+    row) absmax into plain tensors: a single process loads it (the blocks of whole rows are its own
+    blocks) and continues as the sharded run does."""
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    model_state, optim_state = dcp_run["gathered"]
+    weight_state = optim_state["state"]["0.weight"]
+    assert weight_state["exp_avg_codes"].dtype == torch.uint8
+    assert tuple(weight_state["exp_avg_absmax"].shape) == (64, 1)
+    model = make_wide_model()
+    opt = adaptim.AdamW(model.parameters(), lr=1e-2, state_bits=8)
+    set_state_dict(model, opt, model_state_dict=model_state, optim_state_dict=optim_state)
+    assert opt.state[model[0].weight]["exp_avg_absmax"].shape == (64,)
+    _wide_steps(model, opt, range(3, 6))
+    for got, want in zip(model.parameters(), dcp_run["params"], strict=True):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)

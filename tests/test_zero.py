@@ -186,3 +186,65 @@ def test_only_optimizers_with_global_statistics_look_for_a_partition():
     assert not {"adam", "avgrad"} & flagged
     opt = adaptim.Adai([nn.Parameter(torch.zeros(2))], lr=0.1)
     assert opt.partition is None
+
+
+# --- a consolidated checkpoint with 8-bit states ---------------------------------------------------
+
+
+def _run_8_bit_checkpoint(rank: int, path: str) -> dict[str, Any]:
+    """AdamW with 8-bit states under ZeRO: 3 steps, consolidate the state on rank 0 and save it,
+    3 more steps; then a fresh model and ZeRO optimizer load the checkpoint and take the same 3.
+    ``ZeroRedundancyOptimizer.load_state_dict`` writes each saved entry straight into the inner
+    optimizer's ``state`` (codes under ``exp_avg_codes``), without its ``load_state_dict``."""
+    import torch.distributed as dist
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    def build() -> tuple[nn.Module, ZeroRedundancyOptimizer]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 128), nn.Tanh(), nn.Linear(128, 64))
+        zero = ZeroRedundancyOptimizer(
+            model.parameters(), optimizer_class=adaptim.AdamW, lr=1e-2, state_bits=8
+        )
+        return model, zero
+
+    def steps(model: nn.Module, zero: ZeroRedundancyOptimizer, which: range) -> None:
+        for step in which:
+            gen = torch.Generator().manual_seed(step)
+            x = torch.randn(16, 64, generator=gen)
+            zero.zero_grad(set_to_none=True)
+            model(x).square().mean().backward()
+            zero.step()
+
+    model, zero = build()
+    steps(model, zero, range(3))
+    zero.consolidate_state_dict(to=0)
+    if rank == 0:
+        torch.save(zero.state_dict(), path)
+    dist.barrier()
+    steps(model, zero, range(3, 6))
+
+    resumed, resumed_zero = build()
+    twin, twin_zero = build()
+    steps(twin, twin_zero, range(3))  # the parameters at the checkpoint (deterministic)
+    resumed.load_state_dict(twin.state_dict())
+    resumed_zero.load_state_dict(torch.load(path, weights_only=True))
+    steps(resumed, resumed_zero, range(3, 6))
+    local = [p for g in resumed_zero.optim.param_groups for p in g["params"]]
+    return dict(
+        same=all(
+            torch.equal(a, b) for a, b in zip(model.parameters(), resumed.parameters(), strict=True)
+        ),
+        quantized=sorted(
+            k
+            for p in local
+            for k, v in resumed_zero.optim.state[p].items()
+            if torch.is_tensor(v) and v.dtype == torch.uint8
+        ),
+    )
+
+
+def test_a_consolidated_8_bit_checkpoint_resumes_exactly(tmp_path) -> None:
+    results = run_on_ranks(_run_8_bit_checkpoint, str(tmp_path / "zero.pt"))
+    assert all(r["same"] for r in results)
+    assert sum(len(r["quantized"]) for r in results) == 4  # two weights, two moments each
+    assert all(set(r["quantized"]) <= {"exp_avg", "exp_avg_sq"} for r in results)

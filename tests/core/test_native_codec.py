@@ -271,3 +271,49 @@ def test_an_8bit_run_is_the_same_with_the_table_codec(name, monkeypatch):
             if isinstance(value, torch.Tensor):
                 assert torch.equal(value, state_table["state"][pid][key]), key
     assert num_blocks(5000) == len(state_native["state"][1]["exp_avg_absmax"])
+
+
+def test_the_portable_build_gives_the_same_codes(tmp_path, monkeypatch):
+    """Built without ``-march=native`` and without OpenMP (the scalar loop, slices on a thread
+    pool), as on a CPU without AVX2 or a compiler without OpenMP: the same codes and values."""
+    monkeypatch.setenv("ADAPTIM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native_codec, "_flag_sets", lambda: [native_codec._BASE_FLAGS])
+    lib, reason = native_codec._build()
+    assert reason is None and not lib.adaptim_codec_vectorized() and not lib.adaptim_codec_openmp()
+    monkeypatch.setattr(native_codec, "_library", lambda: (lib, None))
+    monkeypatch.setattr(native_codec, "_PARALLEL_MIN", 1024)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for signed in (True, False):
+            x = sample(40 * BLOCK + 13, signed, seed=21)
+            x[3 * BLOCK + 1] = math.inf
+            x[5 * BLOCK + 2] = math.nan
+            codes, absmax = native_codec.quantize_blockwise(x, signed=signed)
+            expected = quantize_blockwise(x, signed=signed)
+            assert torch.equal(codes, expected[0])
+            assert torch.equal(absmax.nan_to_num(7.0), expected[1].nan_to_num(7.0))
+            values = native_codec.dequantize_blockwise(codes, absmax, signed=signed)
+            reference = dequantize_blockwise(codes, absmax, signed=signed)
+            assert torch.equal(values.nan_to_num(7.0), reference.nan_to_num(7.0))
+            y = boundary_values(signed)
+            y = y[y.abs() <= 1]
+            assert torch.equal(encode_via_blocks(y, signed), encode_reference(y, signed=signed))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_temporary_cache_must_be_private(tmp_path, monkeypatch):
+    """The fallback cache under a shared temporary directory is used only while it is a real
+    directory of this user's that no one else can write: another user could plant a library."""
+    monkeypatch.setattr(native_codec.tempfile, "gettempdir", lambda: str(tmp_path))
+    private = tmp_path / f"adaptim-{os.getuid()}"
+    assert native_codec._private_temp_dir() == private
+    assert (private.stat().st_mode & 0o777) == 0o700
+    private.chmod(0o777)
+    assert native_codec._private_temp_dir() is None
+    private.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    private.symlink_to(elsewhere)
+    assert native_codec._private_temp_dir() is None

@@ -55,6 +55,7 @@ from adaptim.core.state_precision import (
     STATE_BITS,
     Part,
     absmax_key,
+    codes_key,
     dequantize_state_,
     is_quantized,
     loaded_state,
@@ -399,6 +400,21 @@ class AdaptimOptimizer(Optimizer):
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
         self._note_quantized_states()
+
+    def _saved_codes_keys(self) -> frozenset[str]:
+        """The keys under which a saved state dict holds codes (``key_codes``)."""
+        return frozenset(codes_key(k) for k in self.quantized_states)
+
+    def _adopt_saved_state(self, state: dict[str, Any]) -> None:
+        """Take a parameter's state as a state dict saved it (codes under ``key_codes``) into the
+        live format, in place: ``ZeroRedundancyOptimizer.load_state_dict`` writes saved entries
+        straight into the inner optimizer's ``state``, without its ``load_state_dict``."""
+        adopted = loaded_state(state, self.quantized_states)
+        state.clear()
+        state.update(adopted)
+        if isinstance(state.get("step"), torch.Tensor):  # torch.optim's format
+            state["step"] = int(state["step"].item())
+        self.__dict__["_quantized_before"] = True
 
     def _note_quantized_states(self) -> None:
         """Mark that some state is quantized (``_parts`` and ``state_dict`` look only where it
@@ -748,6 +764,7 @@ class AdaptimOptimizer(Optimizer):
         if bits8:
             self.__dict__["_quantized_before"] = True
         quantized_before = self.__dict__.get("_quantized_before", False)
+        saved_keys = self._saved_codes_keys()
         for p in group["params"]:
             grad = p.grad
             if grad is None:
@@ -764,6 +781,9 @@ class AdaptimOptimizer(Optimizer):
             if not state:
                 state["step"] = 0
                 self._init_state(group, working, state)
+            elif saved_keys and not saved_keys.isdisjoint(state):
+                self._adopt_saved_state(state)
+                quantized_before = True
             for key in optional:  # an option switched on mid-run gets its state now
                 if key not in state:
                     state[key] = torch.zeros_like(working, memory_format=torch.preserve_format)

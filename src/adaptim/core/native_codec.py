@@ -36,6 +36,7 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -104,15 +105,38 @@ _TABLES = {True: _Tables(True), False: _Tables(False)}
 
 
 def _cache_dirs() -> list[Path]:
-    """Where built libraries go: ``$ADAPTIM_CACHE_DIR``, else the user's cache, and a private
-    temporary directory where that cannot be written."""
+    """Where built libraries are looked for and go, in order: ``$ADAPTIM_CACHE_DIR``, else the
+    user's cache directory; then a private directory under the temporary directory, for when
+    that cannot be written."""
+    dirs = []
     base = os.environ.get("ADAPTIM_CACHE_DIR")
     if base:
-        first = Path(base)
+        dirs.append(Path(base))
     else:
         xdg = os.environ.get("XDG_CACHE_HOME")
-        first = (Path(xdg) if xdg else Path.home() / ".cache") / "adaptim"
-    return [first, Path(tempfile.gettempdir()) / f"adaptim-{os.getuid()}"]
+        try:
+            dirs.append((Path(xdg) if xdg else Path.home() / ".cache") / "adaptim")
+        except RuntimeError:  # no home directory (an arbitrary user id in a container)
+            pass
+    private = _private_temp_dir()
+    if private is not None:
+        dirs.append(private)
+    return dirs
+
+
+def _private_temp_dir() -> Path | None:
+    """``$TMPDIR/adaptim-<uid>``, created mode 0700, and used only while it is a real directory
+    owned by this user that no one else can write: in a shared temporary directory another user
+    could otherwise plant a library there for this process to load."""
+    path = Path(tempfile.gettempdir()) / f"adaptim-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        return None
+    return path
 
 
 def _compiler() -> str | None:
@@ -122,6 +146,10 @@ def _compiler() -> str | None:
     return None
 
 
+#: /proc/cpuinfo lines that say what ``-march=native`` compiles for (x86, then AArch64)
+_CPU_FIELDS = ("model name", "flags", "CPU implementer", "CPU part", "CPU architecture", "Features")
+
+
 @functools.cache
 def _cpu() -> bytes:
     """What ``-march=native`` compiles for: a library built on another CPU (a home directory
@@ -129,7 +157,7 @@ def _cpu() -> bytes:
     identity = [platform.machine(), platform.processor()]
     try:
         with open("/proc/cpuinfo") as f:
-            identity += sorted({line for line in f if line.startswith(("model name", "flags"))})
+            identity += sorted({line for line in f if line.startswith(_CPU_FIELDS)})
     except OSError:
         pass
     return "\n".join(identity).encode()
@@ -141,50 +169,82 @@ def _library_name(source: bytes, flags: tuple[str, ...]) -> str:
 
 
 def _build() -> tuple[ctypes.CDLL | None, str | None]:
-    """The loaded library, or ``(None, reason)``: a cached build if there is one, else built now."""
+    """The loaded library, or ``(None, reason)``: never an exception, since the codecs it stands
+    in for need nothing."""
     if os.environ.get("ADAPTIM_NATIVE_CODEC", "1") == "0":
         return None, "disabled by ADAPTIM_NATIVE_CODEC=0"
     if sys.platform == "win32":
         return None, "the native codec is built on Linux and macOS only"
+    try:
+        return _find_or_build()
+    except Exception as exc:  # anything unforeseen: the fallback codecs give the same codes
+        return None, f"could not build the native codec: {type(exc).__name__}: {exc}"
+
+
+def _find_or_build() -> tuple[ctypes.CDLL | None, str | None]:
+    """A cached build if there is one that loads, else one built now."""
     source = resources.files("adaptim.core").joinpath(_SOURCE).read_bytes()
     candidates = [(flags, _library_name(source, flags)) for flags in _flag_sets()]
-    for _, name in candidates:
-        for directory in _cache_dirs():
+    dirs = _cache_dirs()
+    errors = []
+    for flags, name in candidates:
+        for directory in dirs:
             if (directory / name).exists():
-                return _load(directory / name)
+                lib, reason = _load(directory / name, flags)
+                if lib is not None:
+                    return lib, None
+                errors.append(str(reason))
     compiler = _compiler()
     if compiler is None:
         return None, "no C compiler found ($CC, cc, gcc or clang)"
-    errors = []
     for flags, name in candidates:
-        for directory in _cache_dirs():
+        for directory in dirs:
             try:
                 _compile(compiler, flags, source, directory / name)
-            except PermissionError as exc:  # an unwritable cache: the next directory
+            except _Unwritable as exc:  # this cache directory: the next one
                 errors.append(f"{directory}: {exc}")
                 continue
             except (OSError, subprocess.SubprocessError) as exc:
                 errors.append(f"{compiler} {' '.join(flags)}: {exc}")
                 break  # these flags fail anywhere: the next ones
-            return _load(directory / name)
+            lib, reason = _load(directory / name, flags)
+            if lib is not None:
+                return lib, None
+            errors.append(str(reason))
+            break
     return None, "could not build the native codec: " + "; ".join(errors)
 
 
-def _load(path: Path) -> tuple[ctypes.CDLL | None, str | None]:
+def _openmp_runtimes() -> set[str]:
+    """The OpenMP runtimes mapped into this process (Linux)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if line.count(" ") >= 5}
+    except OSError:
+        return set()
+    return {p for p in paths if any(n in Path(p).name for n in ("gomp", "iomp", "libomp"))}
+
+
+def _load(path: Path, flags: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str | None]:
+    before = _openmp_runtimes()
     try:
         lib = ctypes.CDLL(str(path))
         if lib.adaptim_codec_abi() != _ABI:
             return None, f"{path} is not the codec this adaptim expects"
     except (OSError, AttributeError) as exc:
         return None, f"could not load {path}: {exc}"
+    if "-fopenmp" in flags and _openmp_runtimes() - before:
+        # it brought an OpenMP runtime of its own (clang's libomp, or torch's is renamed): its
+        # threads would compete with torch's; a build without OpenMP slices on a thread pool
+        return None, f"{path} loads a second OpenMP runtime"
     _declare(lib)
     return lib, None
 
 
 def _flag_sets() -> list[tuple[str, ...]]:
     """The flags to try, best first: ``-march=native`` (the AVX2 loop where the CPU has it) is not
-    known to every compiler; OpenMP only where torch itself runs on the GNU OpenMP runtime, which
-    the library then shares (its soname is already loaded) instead of starting a second one."""
+    known to every compiler; OpenMP only where torch itself runs on OpenMP, and a build that
+    brings a runtime of its own instead of sharing torch's is refused when loaded."""
     openmp = sys.platform.startswith("linux") and "OpenMP" in torch.__config__.parallel_info()
     sets = []
     for extra in (("-march=native",), ()):
@@ -194,9 +254,17 @@ def _flag_sets() -> list[tuple[str, ...]]:
     return sets
 
 
+class _Unwritable(OSError):
+    """A cache directory that cannot take the library (not the compiler's fault)."""
+
+
 def _compile(compiler: str, flags: tuple[str, ...], source: bytes, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=target.parent)
+    except OSError as exc:  # read-only, no permission, not a directory
+        raise _Unwritable(str(exc)) from exc
+    try:
         src = Path(tmp) / _SOURCE
         src.write_bytes(source)
         out = Path(tmp) / target.name
@@ -209,6 +277,8 @@ def _compile(compiler: str, flags: tuple[str, ...], source: bytes, target: Path)
         if done.returncode != 0:
             raise subprocess.SubprocessError(done.stderr.strip()[-500:] or "compiler failed")
         os.replace(out, target)  # atomic: a concurrent process sees the old or the whole library
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _declare(lib: ctypes.CDLL) -> None:

@@ -22,8 +22,9 @@ elements, taken in memory order. A checkpoint is therefore uint8 and float32 ten
 shard too) keep working-dtype states, as in both references.
 
 **The update is unchanged.** A batch with quantized states runs in parts of at most
-:func:`part_elements` quantized elements: each part's states are decoded into fresh float32 tensors
-(one per state and tensor: the fused engine wants no two of a call's tensors on one storage), the
+:func:`part_elements` quantized elements: each part's states are decoded into float32 tensors
+(one per state and tensor: the fused engine wants no two of a call's tensors on one storage;
+reused scratch on a CPU, see :class:`_Scratch`), the
 optimizer's own update runs on the part exactly as on fp32 states (multi-tensor, per-tensor or
 fused), and the part is encoded back. A tensor larger than a part is cut into flat pieces at block
 boundaries when the update is elementwise inside tensors (``splits_tensors``); otherwise it is
@@ -539,8 +540,9 @@ def loaded_state(state: Mapping[str, Any], quantized: Mapping[str, bool]) -> dic
         absmax = out.get(absmax_key(key))
         if not isinstance(absmax, torch.Tensor):
             raise ValueError(f"state {codes_key(key)!r} comes without its {absmax_key(key)!r}")
-        if is_dtensor(absmax):
-            absmax = absmax.to_local().reshape(-1)
+        # a sharded checkpoint's (rows, blocks per row) absmax: the local shard's, or, gathered
+        # into a plain tensor (a full state dict), the whole tensor's; either way 1-D
+        absmax = _local(absmax).reshape(-1)
         if absmax.numel() != num_blocks(_local(codes).numel()):
             raise ValueError(
                 f"state {absmax_key(key)!r} has {absmax.numel()} blocks, but {codes_key(key)!r} "

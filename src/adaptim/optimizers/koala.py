@@ -936,6 +936,10 @@ class MomentumKOALA(_KOALA):
             total += sum(p.numel() for p in params)
             with_state = [p for p in params if self.state.get(p)]
             without = [p.detach() for p in params if not self.state.get(p)]
+            saved_keys = self._saved_codes_keys()
+            for p in with_state:  # an entry ZeRO's load_state_dict wrote in as saved
+                if not saved_keys.isdisjoint(self.state[p]):
+                    self._adopt_saved_state(self.state[p])
             # The reference starts the parameter average at 0: a tensor without state drifts by ||p||.
             norms += self._norm_tensors(without)
             if not with_state:
