@@ -60,8 +60,9 @@ def test_state_bytes_of_the_baselines():
 def test_8bit_states_where_the_class_has_them():
     from adaptim.registry import get
 
-    assert not get("koala_m").cls.quantized_states
-    assert not C.supports_8bit("koala_m") and C.state_bytes_per_param("koala_m", 8) is None
+    assert not get("koala_v").cls.quantized_states  # one shared scalar: nothing to quantize
+    assert not C.supports_8bit("koala_v") and C.state_bytes_per_param("koala_v", 8) is None
+    assert C.supports_8bit("koala_m")
     assert not C.supports_8bit("torch-sgdm")
     b32 = C.state_bytes_per_param("adam", 32)
     assert b32 == pytest.approx(8.0, abs=1e-3)
