@@ -209,3 +209,26 @@ def test_a_long_configuration_times_its_own_target(tmp_path, monkeypatch):
     assert by_steps[task.steps].steps_to_target != 0
     targets = {t.steps: t.task.target for t in A.summarize(runs)}
     assert targets == {30: loose, task.steps: task.target}
+
+
+@pytest.mark.parametrize("where", ["_check_integrity", "_add_missing_columns"])
+def test_opening_waits_out_another_bench_opening_the_same_database(tmp_path, monkeypatch, where):
+    """Two benches creating one database at once: SQLite can answer "database is locked" at
+    once (where waiting could deadlock), in the integrity check or the schema; the opening is tried
+    again rather than refused, and a locked check is not reported as damage."""
+    import sqlite3
+
+    real = getattr(Store, where)
+    calls = []
+
+    def locked_twice(self):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return real(self)
+
+    monkeypatch.setattr(Store, where, locked_twice)
+    store = Store(tmp_path / "shared.db")
+    assert len(calls) == 3
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()

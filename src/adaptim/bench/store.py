@@ -190,26 +190,38 @@ class Store:
             )
         # host:pid:token; the token tells two stores of one process apart.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        conn = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=60)
-            self.conn = conn
-            self._check_integrity()
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.executescript(SCHEMA)
-            conn.commit()
-            self._add_missing_columns()
-        except (sqlite3.DatabaseError, OSError, StoreError) as err:
-            if conn is not None:
-                conn.close()
-            if isinstance(err, StoreError):
-                raise
-            raise StoreError(
-                f"{self.path} cannot be used as a results database ({err}); "
-                "pass another --db, or move this file aside"
-            ) from None
+        # Two benches opening one new database at once: switching it to WAL and creating the
+        # schema can meet the other's lock in a way SQLite does not wait out (it returns "database
+        # is locked" at once where waiting could deadlock), so the whole opening is tried again.
+        deadline = time.monotonic() + 60
+        delay = 0.05
+        while True:
+            conn = None
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(str(self.path), timeout=60)
+                self.conn = conn
+                self._check_integrity()
+                conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.executescript(SCHEMA)
+                conn.commit()
+                self._add_missing_columns()
+                break
+            except (sqlite3.DatabaseError, OSError, StoreError) as err:
+                if conn is not None:
+                    conn.close()
+                if isinstance(err, StoreError):
+                    raise
+                locked = isinstance(err, sqlite3.OperationalError) and "locked" in str(err)
+                if locked and time.monotonic() < deadline:
+                    time.sleep(delay)
+                    delay = min(2 * delay, 1.0)
+                    continue
+                raise StoreError(
+                    f"{self.path} cannot be used as a results database ({err}); "
+                    "pass another --db, or move this file aside"
+                ) from None
         _OPEN_OWNERS.add(self.owner)
 
     def _check_integrity(self) -> None:
@@ -217,6 +229,10 @@ class Store:
         # damaged page is found now, not when a report or a resume happens to read it, or never.
         try:
             problems = [row[0] for row in self.conn.execute("PRAGMA quick_check")]
+        except sqlite3.OperationalError as err:
+            if "locked" in str(err):  # another bench is opening it: not damage (tried again)
+                raise
+            problems = [str(err)]
         except sqlite3.DatabaseError as err:  # a damaged header or b-tree: no list of problems
             problems = [str(err)]
         if problems != ["ok"]:

@@ -469,9 +469,9 @@ def codes_key(key: str) -> str:
     return f"{key}_codes"
 
 
-def _row_blocks(codes: torch.Tensor, absmax: torch.Tensor) -> int | None:
-    """Blocks per row when a sharded state's absmax can be saved as a DTensor of its own: the
-    codes are sharded by rows (``Shard(0)`` on a 1-D mesh, FSDP2's layout), each row is whole
+def _row_blocks(codes: Any, absmax: torch.Tensor) -> int | None:
+    """Blocks per row when a sharded state's absmax can be saved as a DTensor of its own (``codes``:
+    a DTensor): the codes are sharded by rows (``Shard(0)`` on a 1-D mesh, FSDP2's layout), each row is whole
     blocks, so every shard is too, and block ``j`` of a shard lies in its row ``j // per_row``;
     else ``None``."""
     from torch.distributed.tensor import Shard
