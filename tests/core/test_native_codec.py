@@ -233,8 +233,36 @@ def test_a_failing_compiler_is_reported(tmp_path, monkeypatch):
 def test_optimizers_on_cpu_use_it(monkeypatch):
     monkeypatch.setattr(state_precision, "_codecs", {})
     quantize, dequantize = state_precision._codec(torch.device("cpu"), True)
-    assert quantize.func is native_codec.quantize_blockwise
-    assert dequantize.func is native_codec.dequantize_blockwise
+    assert quantize.__qualname__.startswith("state_codec")
+    assert dequantize.__qualname__.startswith("state_codec")
+
+
+@SIGNS
+def test_the_integrators_entry_points_check_what_memory_safety_needs(signed):
+    """The unchecked fast path of the optimizers' codec: right arguments give the checked
+    functions' codes; wrong ones (sizes, dtypes, strides, another device) reach the checked
+    functions, which refuse them naming the argument, before the C loop reads any memory."""
+    quantize, dequantize = native_codec.state_codec(signed)
+    x = sample(3 * BLOCK + 5, signed, seed=4)
+    codes, absmax = torch.empty(x.numel(), dtype=torch.uint8), torch.empty(4)
+    quantize(x, out=(codes, absmax))
+    expected = quantize_blockwise(x, signed=signed)
+    assert torch.equal(codes, expected[0]) and torch.equal(absmax, expected[1])
+    values = torch.empty_like(x)
+    dequantize(codes, absmax, out=values)
+    assert torch.equal(values, dequantize_blockwise(codes, absmax, signed=signed))
+    with pytest.raises(ValueError, match=r"^codes must have 773 elements, got 772"):
+        quantize(x, out=(codes[:-1], absmax))
+    with pytest.raises(ValueError, match=r"^absmax must have 4 elements, got 3"):
+        quantize(x, out=(codes, absmax[:3]))
+    with pytest.raises(ValueError, match=r"^x must be a contiguous 1-D torch\.float32"):
+        quantize(torch.cat([x, x])[::2], out=(codes, absmax))
+    with pytest.raises(ValueError, match=r"^out must be a contiguous 1-D torch\.float32"):
+        dequantize(codes, absmax, out=values.double())
+    with pytest.raises(ValueError, match=r"^out must have 773 elements, got 772"):
+        dequantize(codes, absmax, out=values[:-1])
+    with pytest.raises(ValueError, match="native codec runs on CPU tensors, got one on meta"):
+        dequantize(codes, absmax, out=values.to("meta"))
 
 
 @pytest.mark.parametrize("name", ["AdamW", "AdaBelief", "Adan"])

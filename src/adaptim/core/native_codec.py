@@ -40,6 +40,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -99,6 +100,7 @@ class _Tables:
         self.struct = _Map(
             self.table.ctypes.data, first, self.values.ctypes.data, m.zero_code, int(signed)
         )
+        self.pointer = ctypes.pointer(self.struct)
 
 
 _TABLES = {True: _Tables(True), False: _Tables(False)}
@@ -362,21 +364,7 @@ def quantize_blockwise(
     _check_flat(codes, "codes", torch.uint8, numel)
     _check_flat(absmax, "absmax", torch.float32, num_blocks(numel))
     _check_cpu(x, codes, absmax)
-    t = _TABLES[signed]
-    threads = torch.get_num_threads()
-    calls = [
-        functools.partial(
-            lib.adaptim_quantize,
-            x.data_ptr() + 4 * a,
-            b - a,
-            codes.data_ptr() + a,
-            absmax.data_ptr() + 4 * (a // BLOCK),
-            ctypes.byref(t.struct),
-            threads,
-        )
-        for a, b in _slices(lib, numel)
-    ]
-    _run(calls)
+    _quantize(lib, x, codes, absmax, signed)
     return codes, absmax
 
 
@@ -396,19 +384,108 @@ def dequantize_blockwise(
         out = torch.empty(numel, dtype=torch.float32)
     _check_flat(out, "out", torch.float32, numel)
     _check_cpu(codes, absmax, out)
-    t = _TABLES[signed]
-    threads = torch.get_num_threads()
-    calls = [
-        functools.partial(
-            lib.adaptim_dequantize,
-            codes.data_ptr() + a,
-            absmax.data_ptr() + 4 * (a // BLOCK),
-            b - a,
-            out.data_ptr() + 4 * a,
-            ctypes.byref(t.struct),
-            threads,
-        )
-        for a, b in _slices(lib, numel)
-    ]
-    _run(calls)
+    _dequantize(lib, codes, absmax, out, signed)
     return out
+
+
+def _quantize(
+    lib: ctypes.CDLL, x: torch.Tensor, codes: torch.Tensor, absmax: torch.Tensor, signed: bool
+) -> None:
+    """The C call on checked arguments: contiguous 1-D CPU tensors of matching sizes."""
+    struct, threads, numel = _TABLES[signed].pointer, torch.get_num_threads(), x.numel()
+    slices = _slices(lib, numel)
+    if len(slices) == 1:  # the usual case (OpenMP threads inside): no partials, no pool
+        lib.adaptim_quantize(
+            x.data_ptr(), numel, codes.data_ptr(), absmax.data_ptr(), struct, threads
+        )
+        return
+    _run(
+        [
+            functools.partial(
+                lib.adaptim_quantize,
+                x.data_ptr() + 4 * a,
+                b - a,
+                codes.data_ptr() + a,
+                absmax.data_ptr() + 4 * (a // BLOCK),
+                struct,
+                threads,
+            )
+            for a, b in slices
+        ]
+    )
+
+
+def _dequantize(
+    lib: ctypes.CDLL, codes: torch.Tensor, absmax: torch.Tensor, out: torch.Tensor, signed: bool
+) -> None:
+    """The C call on checked arguments: contiguous 1-D CPU tensors of matching sizes."""
+    struct, threads, numel = _TABLES[signed].pointer, torch.get_num_threads(), codes.numel()
+    slices = _slices(lib, numel)
+    if len(slices) == 1:
+        lib.adaptim_dequantize(
+            codes.data_ptr(), absmax.data_ptr(), numel, out.data_ptr(), struct, threads
+        )
+        return
+    _run(
+        [
+            functools.partial(
+                lib.adaptim_dequantize,
+                codes.data_ptr() + a,
+                absmax.data_ptr() + 4 * (a // BLOCK),
+                b - a,
+                out.data_ptr() + 4 * a,
+                struct,
+                threads,
+            )
+            for a, b in slices
+        ]
+    )
+
+
+def state_codec(
+    signed: bool,
+) -> tuple[Callable[..., None], Callable[..., None]]:
+    """``(quantize, dequantize)`` for the 8-bit states, with the signatures
+    ``quantize(x, out=(codes, absmax))`` and ``dequantize(codes, absmax, out=values)``. The
+    integrator calls them a few hundred times a step on buffers it built itself, so they test only
+    what the C loop's memory safety needs (dtypes, CPU, contiguity, sizes) in one expression, and
+    hand anything else to the checked functions, which name what is wrong."""
+    lib = _lib()
+    f32, u8 = torch.float32, torch.uint8
+
+    def quantize(x: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor]) -> None:
+        codes, absmax = out
+        n = x.numel()
+        if (
+            x.dtype is f32
+            and codes.dtype is u8
+            and absmax.dtype is f32
+            and codes.numel() == n
+            and absmax.numel() == -(-n // BLOCK)
+            and x.is_contiguous()
+            and codes.is_contiguous()
+            and absmax.is_contiguous()
+            and x.device.type == codes.device.type == absmax.device.type == "cpu"
+        ):
+            _quantize(lib, x, codes, absmax, signed)
+        else:
+            quantize_blockwise(x, signed=signed, out=out)
+
+    def dequantize(codes: torch.Tensor, absmax: torch.Tensor, out: torch.Tensor) -> None:
+        n = codes.numel()
+        if (
+            codes.dtype is u8
+            and absmax.dtype is f32
+            and out.dtype is f32
+            and out.numel() == n
+            and absmax.numel() == -(-n // BLOCK)
+            and codes.is_contiguous()
+            and absmax.is_contiguous()
+            and out.is_contiguous()
+            and codes.device.type == absmax.device.type == out.device.type == "cpu"
+        ):
+            _dequantize(lib, codes, absmax, out, signed)
+        else:
+            dequantize_blockwise(codes, absmax, signed=signed, out=out)
+
+    return quantize, dequantize

@@ -144,10 +144,7 @@ def _codec(device: torch.device, signed: bool) -> tuple[Callable[..., Any], Call
         from adaptim.core.fused import fused_unavailable_reason
 
         if device.type == "cpu" and native_codec.available():
-            codec = (
-                functools.partial(native_codec.quantize_blockwise, signed=signed),
-                functools.partial(native_codec.dequantize_blockwise, signed=signed),
-            )
+            codec = native_codec.state_codec(signed)
         elif fused_unavailable_reason(device) is None:
             codec = _compiled_codec(signed)
         else:
