@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -53,7 +53,6 @@ from adaptim.core.distributed import (
 from adaptim.core.fused import fused_unavailable_reason, run_elementwise
 from adaptim.core.state_precision import (
     STATE_BITS,
-    Part,
     absmax_key,
     codes_key,
     dequantize_state_,
@@ -579,12 +578,8 @@ class AdaptimOptimizer(Optimizer):
         for group, batches in prepared:
             foreach = self._use_foreach(group)
             for batch in batches:
-                for part, coded in self._parts(batch):
-                    if coded is not None:
-                        coded.decode()
+                for part in self._decoded_parts(batch):
                     self._update_batch(group, part, foreach, compiling)
-                    if coded is not None:
-                        coded.encode()
                 batch.write_back()
         # under torch.compile the update saw copies of the groups with the rebuilt lr: keep
         # anything else it set in them (MADA learns hyperparameters)
@@ -835,27 +830,31 @@ class AdaptimOptimizer(Optimizer):
         of the other parity)."""
         return ()
 
-    def _parts(
+    def _decoded_parts(
         self, batch: TensorBatch, keys: tuple[str, ...] | None = None
-    ) -> list[tuple[TensorBatch, Part | None]]:
-        """``[(batch, None)]``, or, when some of its states are 8-bit, the parts it runs in, each
-        with the ``Part`` to ``decode()`` before its update and ``encode()`` after it (one part at a
-        time: they reuse nothing, but a part's float32 states are all that is decoded at once).
-        ``keys``: decode only these states (and encode them again), for a pass that reads no other."""
-        if not self.quantized_states or not self.__dict__.get("_quantized_before"):
-            return [(batch, None)]
-        parts = plan_parts(
-            batch.params,
-            batch.grads,
-            batch.states,
-            self.quantized_states,
-            split=self.splits_tensors,
-            keys=keys,
-            unwritten=self._unwritten_states,
-        )
+    ) -> Iterator[TensorBatch]:
+        """``batch`` itself, or, when some of its states are 8-bit, the parts it runs in, one at a
+        time: each part's states are decoded before it is yielded and encoded when the caller asks
+        for the next (a part's float32 states are all that is decoded at once). ``keys``: decode
+        only these states (and encode them again), for a pass that reads no other."""
+        parts = []
+        if self.quantized_states and self.__dict__.get("_quantized_before"):
+            parts = plan_parts(
+                batch.params,
+                batch.grads,
+                batch.states,
+                self.quantized_states,
+                split=self.splits_tensors,
+                keys=keys,
+                unwritten=self._unwritten_states,
+            )
         if not parts:
-            return [(batch, None)]
-        return [(TensorBatch(p.params, p.grads, p.states, [], batch.copied), p) for p in parts]
+            yield batch
+            return
+        for part in parts:
+            part.decode()
+            yield TensorBatch(part.params, part.grads, part.states, [], batch.copied)
+            part.encode()
 
     def _before_update(self, prepared: list[tuple[dict[str, Any], list[TensorBatch]]]) -> None:
         """Hook for algorithms that need statistics over all groups (e.g. a global gradient norm)."""

@@ -16,7 +16,8 @@
  *
  *   c = (entry >> 17) + (low16(|y|) >= (entry & 0x1FFFF))
  *
- * One gather per 8 elements: gathers are slow on some CPUs (AMD Zen 2), a second one cost 40% more.
+ * One gather per 8 elements: gathers are slow on some CPUs (AMD Zen 2); with a second one (the
+ * count, then its cut) encoding took 1.6 ns per element on one thread here, against 1.0.
  * Entry 0 stands for every bucket below the first cut's (count 0, no cut), so the table keeps to
  * the buckets from there to 1.0 and stays in L1. The signed map
  * mirrors: code(-y) = 254 - code(y) (clamped at 254: the map has no -1, its 1.0 mirrors to code 0);

@@ -48,7 +48,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adaptim.core.quantization import _MAPS, BLOCK, _check_flat, _f32_up, num_blocks
+from adaptim.core.quantization import (
+    _MAPS,
+    BLOCK,
+    _dequantize_args,
+    _f32_up,
+    _quantize_args,
+    num_blocks,
+)
 
 __all__ = ["available", "dequantize_blockwise", "quantize_blockwise", "unavailable_reason"]
 
@@ -78,12 +85,10 @@ class _Tables:
 
     def __init__(self, signed: bool) -> None:
         m = _MAPS[signed]
-        positive_midpoints = m.midpoints.numpy()[
-            m.zero_code :
-        ]  # between codes c and c+1, c >= zero
-        cut_bits = np.array([_f32_up(float(v)) for v in positive_midpoints], dtype=np.float32).view(
-            np.uint32
-        )
+        # the midpoints between positive-side neighbours (codes c and c + 1 for c >= zero code)
+        positive_midpoints = m.midpoints.numpy()[m.zero_code :]
+        cuts = np.array([_f32_up(float(v)) for v in positive_midpoints], dtype=np.float32)
+        cut_bits = cuts.view(np.uint32)
         last = 0x3F800000 >> _BUCKET_SHIFT  # the bucket of 1.0: |y| never exceeds it
         cut_bucket = cut_bits >> _BUCKET_SHIFT
         if len(np.unique(cut_bucket)) != len(cut_bucket) or cut_bucket.max() > last:
@@ -356,13 +361,7 @@ def quantize_blockwise(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`adaptim.core.quantization.quantize_blockwise`, in C (CPU tensors)."""
     lib = _lib()
-    _check_flat(x, "x", torch.float32)
-    numel = x.numel()
-    if out is None:
-        out = (torch.empty(numel, dtype=torch.uint8), torch.empty(num_blocks(numel)))
-    codes, absmax = out
-    _check_flat(codes, "codes", torch.uint8, numel)
-    _check_flat(absmax, "absmax", torch.float32, num_blocks(numel))
+    codes, absmax = _quantize_args(x, out)
     _check_cpu(x, codes, absmax)
     _quantize(lib, x, codes, absmax, signed)
     return codes, absmax
@@ -377,12 +376,7 @@ def dequantize_blockwise(
 ) -> torch.Tensor:
     """:func:`adaptim.core.quantization.dequantize_blockwise`, in C (CPU tensors)."""
     lib = _lib()
-    _check_flat(codes, "codes", torch.uint8)
-    numel = codes.numel()
-    _check_flat(absmax, "absmax", torch.float32, num_blocks(numel))
-    if out is None:
-        out = torch.empty(numel, dtype=torch.float32)
-    _check_flat(out, "out", torch.float32, numel)
+    out = _dequantize_args(codes, absmax, out)
     _check_cpu(codes, absmax, out)
     _dequantize(lib, codes, absmax, out, signed)
     return out
@@ -451,41 +445,35 @@ def state_codec(
     what the C loop's memory safety needs (dtypes, CPU, contiguity, sizes) in one expression, and
     hand anything else to the checked functions, which name what is wrong."""
     lib = _lib()
-    f32, u8 = torch.float32, torch.uint8
 
     def quantize(x: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor]) -> None:
         codes, absmax = out
-        n = x.numel()
-        if (
-            x.dtype is f32
-            and codes.dtype is u8
-            and absmax.dtype is f32
-            and codes.numel() == n
-            and absmax.numel() == -(-n // BLOCK)
-            and x.is_contiguous()
-            and codes.is_contiguous()
-            and absmax.is_contiguous()
-            and x.device.type == codes.device.type == absmax.device.type == "cpu"
-        ):
+        if _plain(x, codes, absmax):
             _quantize(lib, x, codes, absmax, signed)
         else:
             quantize_blockwise(x, signed=signed, out=out)
 
     def dequantize(codes: torch.Tensor, absmax: torch.Tensor, out: torch.Tensor) -> None:
-        n = codes.numel()
-        if (
-            codes.dtype is u8
-            and absmax.dtype is f32
-            and out.dtype is f32
-            and out.numel() == n
-            and absmax.numel() == -(-n // BLOCK)
-            and codes.is_contiguous()
-            and absmax.is_contiguous()
-            and out.is_contiguous()
-            and codes.device.type == absmax.device.type == out.device.type == "cpu"
-        ):
+        if _plain(out, codes, absmax):
             _dequantize(lib, codes, absmax, out, signed)
         else:
             dequantize_blockwise(codes, absmax, signed=signed, out=out)
 
     return quantize, dequantize
+
+
+def _plain(values: torch.Tensor, codes: torch.Tensor, absmax: torch.Tensor) -> bool:
+    """What the C loop's memory safety needs, in one expression: float32 values, uint8 codes and
+    float32 absmax of matching sizes, contiguous, on the CPU."""
+    n = values.numel()
+    return (
+        values.dtype is torch.float32
+        and codes.dtype is torch.uint8
+        and absmax.dtype is torch.float32
+        and codes.numel() == n
+        and absmax.numel() == -(-n // BLOCK)
+        and values.is_contiguous()
+        and codes.is_contiguous()
+        and absmax.is_contiguous()
+        and values.device.type == codes.device.type == absmax.device.type == "cpu"
+    )

@@ -331,6 +331,36 @@ def _pieces(numel: int) -> list[tuple[int, int, int]]:
     return pieces
 
 
+def _quantize_args(
+    x: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checked ``(codes, absmax)`` for ``x`` (allocated when ``out`` is ``None``); every codec
+    implementation validates its arguments here."""
+    _check_flat(x, "x", torch.float32)
+    numel = x.numel()
+    if out is None:
+        codes = torch.empty(numel, dtype=torch.uint8, device=x.device)
+        absmax = torch.empty(num_blocks(numel), dtype=torch.float32, device=x.device)
+    else:
+        codes, absmax = out
+    _check_flat(codes, "codes", torch.uint8, numel)
+    _check_flat(absmax, "absmax", torch.float32, num_blocks(numel))
+    return codes, absmax
+
+
+def _dequantize_args(
+    codes: torch.Tensor, absmax: torch.Tensor, out: torch.Tensor | None
+) -> torch.Tensor:
+    """The checked ``out`` for decoding ``codes`` (allocated when ``None``)."""
+    _check_flat(codes, "codes", torch.uint8)
+    numel = codes.numel()
+    _check_flat(absmax, "absmax", torch.float32, num_blocks(numel))
+    if out is None:
+        out = torch.empty(numel, dtype=torch.float32, device=codes.device)
+    _check_flat(out, "out", torch.float32, numel)
+    return out
+
+
 def quantize_blocks(
     blocks: torch.Tensor, codes: torch.Tensor, absmax: torch.Tensor, *, signed: bool
 ) -> None:
@@ -367,16 +397,8 @@ def quantize_blockwise(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes (uint8, ``x.numel()``) and absmax (float32, one per block of :data:`BLOCK`) of a
     contiguous 1-D float32 ``x``, written into ``out = (codes, absmax)`` when given."""
-    _check_flat(x, "x", torch.float32)
-    numel = x.numel()
-    if out is None:
-        codes = torch.empty(numel, dtype=torch.uint8, device=x.device)
-        absmax = torch.empty(num_blocks(numel), dtype=torch.float32, device=x.device)
-    else:
-        codes, absmax = out
-    _check_flat(codes, "codes", torch.uint8, numel)
-    _check_flat(absmax, "absmax", torch.float32, num_blocks(numel))
-    for start, stop, cols in _pieces(numel):
+    codes, absmax = _quantize_args(x, out)
+    for start, stop, cols in _pieces(x.numel()):
         quantize_blocks(
             x[start:stop].view(-1, cols),
             codes[start:stop].view(-1, cols),
@@ -395,13 +417,8 @@ def dequantize_blockwise(
 ) -> torch.Tensor:
     """float32 ``map[code] * absmax`` of each element, written into ``out`` when given (1-D, same
     number of elements as ``codes``)."""
-    _check_flat(codes, "codes", torch.uint8)
-    numel = codes.numel()
-    _check_flat(absmax, "absmax", torch.float32, num_blocks(numel))
-    if out is None:
-        out = torch.empty(numel, dtype=torch.float32, device=codes.device)
-    _check_flat(out, "out", torch.float32, numel)
-    for start, stop, cols in _pieces(numel):
+    out = _dequantize_args(codes, absmax, out)
+    for start, stop, cols in _pieces(codes.numel()):
         dequantize_blocks(
             codes[start:stop].view(-1, cols),
             absmax[start // BLOCK : -(-stop // BLOCK)],

@@ -252,16 +252,12 @@ class Adai(AdaptimOptimizer):
                 likes: list[torch.Tensor] = []
                 steps: list[int] = []
                 # 8-bit states: decoded and encoded part by part here too (this pass updates v)
-                for unit, coded in self._parts(batch, keys=("exp_avg_sq",)):
-                    if coded is not None:
-                        coded.decode()
+                for unit in self._decoded_parts(batch, keys=("exp_avg_sq",)):
                     for part in self._chunks(unit) if foreach else (unit,):
                         params, grads, exp_avg_sqs = part.local("exp_avg_sq")
                         sums += fn(params, grads, exp_avg_sqs, beta2=beta2, weight_decay=l2)
                         likes += part.params
                         steps += part.steps
-                    if coded is not None:
-                        coded.encode()
                 if not sums:
                     continue
                 if any_dtensor(likes):

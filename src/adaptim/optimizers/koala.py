@@ -907,8 +907,7 @@ class MomentumKOALA(_KOALA):
         # an 8-bit velocity: its codes and their block absmax
         kept = ("velocity", absmax_key("velocity"))
         tensors = local_list(
-            [p for p in moved]
-            + [self.state[p][k] for p in moved for k in kept if k in self.state[p]]
+            list(moved) + [self.state[p][k] for p in moved for k in kept if k in self.state[p]]
         )
         return [(t, t.clone()) for t in tensors]
 
@@ -946,14 +945,10 @@ class MomentumKOALA(_KOALA):
                 continue
             batch = TensorBatch(with_state, with_state, [self.state[p] for p in with_state])
             foreach = self._use_foreach(group)
-            for unit, coded in self._parts(batch):
-                if coded is not None:
-                    coded.decode()
+            for unit in self._decoded_parts(batch):
                 for part in self._chunks(unit) if foreach else (unit,):
                     likes, (moved, _, vels, avgs) = _local(part, "velocity", "param_avg")
                     norms += _koala_m_predict(moved, vels, avgs, a=a, likes=likes, foreach=foreach)
-                if coded is not None:
-                    coded.encode()
         drift_sq = 0.0
         if norms:
             devices = {n.device for n in norms}
@@ -981,9 +976,7 @@ class MomentumKOALA(_KOALA):
             foreach = self._use_foreach(group)
             fn = _multi_tensor_koala_m if foreach else _single_tensor_koala_m
             for batch in batches:
-                for unit, coded in self._parts(batch):
-                    if coded is not None:
-                        coded.decode()
+                for unit in self._decoded_parts(batch):
                     for part in self._chunks(unit) if foreach else (unit,):
                         likes, lists = _local(part, "velocity", "param_avg")
                         out = fn(
@@ -998,8 +991,6 @@ class MomentumKOALA(_KOALA):
                         )
                         if out is not None:
                             hh = out if hh is None else max(hh, out)
-                    if coded is not None:
-                        coded.encode()
                 batch.write_back()
         hh = self._partition_max(hh)
         if hh is not None:

@@ -212,13 +212,9 @@ class SGDHess(AdaptimOptimizer):
                 }
                 # with 8-bit momentum, parts of whole tensors (splits_tensors is off), decoded
                 # around the unchanged update
-                for part, coded in self._parts(batch):
-                    if coded is not None:
-                        coded.decode()
+                for part in self._decoded_parts(batch):
                     part_hvps = [hvp_of[id(w)] for w in part.params]
                     self._update_with_hvp(group, part, part_hvps, self._use_foreach(group))
-                    if coded is not None:
-                        coded.encode()
                 batch.write_back()
             for p in group["params"]:  # it did not move: its next correction has no last step
                 if p.grad is None and "displacement" in self.state.get(p, {}):
