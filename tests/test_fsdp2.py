@@ -21,6 +21,7 @@ from torch import nn
 
 import adaptim
 from adaptim.optimizers import adamp as adamp_module
+from adaptim.registry import registered
 from multiprocess import run_on_ranks
 
 pytestmark = pytest.mark.skipif(
@@ -271,7 +272,13 @@ def _refusal_case(mesh) -> dict[str, Any]:
     return dict(message=message, unchanged=unchanged, state_size=len(opt.state))
 
 
-FUSED_ON_SHARDS_REFUSED = ("adamp", "sgdp", "adarem", "adafactor", "hfac")
+#: updates that reduce over each whole tensor inside the compiled function (projections, maxima,
+#: row and column statistics, KOALA's norms)
+FUSED_ON_SHARDS_REFUSED = tuple(
+    i.name
+    for i in registered(kind="optimizer")
+    if i.cls.supports_dtensor and i.cls.supports_fused() and not i.cls.fused_on_shards
+)
 
 
 def _fused_shards_refusal(mesh, name: str) -> dict[str, Any]:

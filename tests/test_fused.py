@@ -21,6 +21,7 @@ import torch
 
 import adaptim
 import adaptim.core.fused as fused_module
+from adaptim.core.base import AdaptimOptimizer
 from test_conformance import INFOS, accepts, make
 
 FUSABLE = [i for i in INFOS if i.cls.supports_fused()]
@@ -88,13 +89,26 @@ def _train(
         for _ in range(steps.start):
             sched.step()
     for step in steps:
-        _grads(params, step)
-        if getattr(opt, "requires_closure", False):  # a loss for KOALA-like rules
-            opt.step(lambda step=step: torch.tensor(1.0 / (1 + step)))
-        else:
-            opt.step()
+        _step(opt, params, step)
         sched.step()
     return opt
+
+
+def _step(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], step: int) -> None:
+    _grads(params, step)
+    if not getattr(opt, "requires_closure", False):
+        opt.step()
+        return
+
+    def closure() -> torch.Tensor:
+        # the loss for KOALA; a gradient that depends on the point (+ 0.1 p), so that SGDHess's
+        # finite-difference Hessian-vector product is not zero
+        _grads(params, step)
+        for p in params:
+            p.grad += (0.1 * p.detach()).to(p.dtype)
+        return torch.tensor(1.0 / (1 + step))
+
+    opt.step(closure)
 
 
 def _assert_close(a: torch.Tensor, b: torch.Tensor, what: str, coupled: bool = False) -> None:
@@ -183,8 +197,7 @@ def test_no_recompiles(info: Any) -> None:
     start = counters["unique_graphs"]
     late = 0
     for step in range(50):
-        _grads(params, step)
-        opt.step()
+        _step(opt, params, step)
         sched.step()
         if step == 9:
             late = counters["unique_graphs"]
@@ -192,11 +205,31 @@ def test_no_recompiles(info: Any) -> None:
     assert counters["unique_graphs"] == late, "compiled again after step 10"
 
 
+class _WithoutPerTensorForm(AdaptimOptimizer):
+    """A rule with a multi-tensor update only (every registered optimizer has the per-tensor form)."""
+
+    def __init__(self, params: Any, lr: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(params, dict(lr=lr, **kwargs))
+
+    def _update(self, group: dict[str, Any], batch: Any, foreach: bool) -> None:
+        torch._foreach_add_(batch.params, batch.grads, alpha=-group["lr"])
+
+
+def test_every_registered_optimizer_fuses() -> None:
+    assert not NOT_FUSABLE, [i.name for i in NOT_FUSABLE]
+
+
 def test_fused_is_refused_without_a_per_tensor_function() -> None:
-    assert NOT_FUSABLE, "every optimizer fuses: drop this test"
-    for info in NOT_FUSABLE:
-        with pytest.raises(ValueError, match="fused=True is not available"):
-            make(info, [torch.nn.Parameter(torch.zeros(3))], fused=True)
+    p = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(ValueError, match="fused=True is not available"):
+        _WithoutPerTensorForm([p], fused=True)
+    opt = _WithoutPerTensorForm([p])
+    with pytest.raises(ValueError, match="fused=True is not available"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "fused": True})
+    assert len(opt.param_groups) == 1
+    p.grad = torch.ones(3)
+    opt.step()
+    assert torch.equal(p.detach(), torch.full((3,), 0.9))
 
 
 @pytest.mark.parametrize("info", FUSABLE[:1], ids=[i.name for i in FUSABLE[:1]])

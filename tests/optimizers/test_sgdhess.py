@@ -252,8 +252,6 @@ def test_bad_options_are_refused() -> None:
         SGDHess(params, hvp="finite")
     with pytest.raises(ValueError, match="nesterov"):
         SGDHess(params, momentum=0.0, nesterov=True)
-    with pytest.raises(ValueError, match="fused"):
-        SGDHess(params, fused=True)
 
 
 # -- the authors' code, out of tree -----------------------------------------------------------------

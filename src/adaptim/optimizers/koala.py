@@ -63,7 +63,12 @@ so on CPU the multi-tensor ``update`` runs chunk by chunk over about 2 MB of ten
 ``predict`` does the same (drift norms, ``p += v``, ``v *= a``). The shared statistics (``max |h|^2/S``,
 the drift) are combined afterwards in a fixed order, so the result is bit-identical to one pass over all
 tensors. The norms are read on the host (one synchronization per chunk on CPU, per batch elsewhere):
-which tensors move (``||g|| >= 1e-9``) and ``P`` are decided there, as in the reference code.
+which tensors move (``||g|| >= 1e-9``) and ``P`` are decided there, as in the reference code. The
+per-tensor path (``foreach=False``) and ``fused=True`` run one function per tensor
+(``_koala_v_tensors``, ``_koala_m_tensors``; compiled over whole tensors with ``fused=True``, see
+docs/fused.md, where it is slower than the eager path on CPU) that decides on the device and
+writes each tensor's ``|h|^2/S`` for the host to read once per batch; ``fused=True`` is refused on
+FSDP2 shards, whose norms only the multi-tensor path sums over the shards.
 
 Several processes (tests/test_koala_distributed.py). The loss is part of the step (it scales every
 gain, and its second moment is the noise ``R``), but a closure returns its own rank's loss. With
@@ -129,7 +134,8 @@ from adaptim.core.distributed import (
     partition_sum,
     shard_groups,
 )
-from adaptim.core.functional import l2_weight_decay
+from adaptim.core.functional import l2_weight_decay, scalar_arg
+from adaptim.core.fused import run_elementwise
 from adaptim.core.state_precision import absmax_key
 from adaptim.core.validation import POSITIVE, UNIT_CLOSED, Interval, Optional
 from adaptim.registry import OptimInfo, register
@@ -286,6 +292,11 @@ class _KOALA(AdaptimOptimizer):
     traceable_update = False
     #: max |h|^2/S (and KOALA-M's drift) span all tensors: combined over a ZeRO partition
     global_statistics = True
+    #: the per-tensor measurement update reduces over each tensor (its norms), so fused=True
+    #: compiles it over whole tensors; on FSDP2 shards those norms would be a shard's, so fused=True
+    #: is refused there (the multi-tensor update sums them over the shards)
+    splits_tensors = False
+    fused_on_shards = False
 
     def __init__(
         self, params: Iterable[Any], defaults: dict[str, Any], loss_group: Any = None
@@ -543,6 +554,49 @@ class _KOALA(AdaptimOptimizer):
     def _prepare_groups_states(self) -> list[dict[str, Any]]:
         return [s for _, batches in self._prepare_groups() for b in batches for s in b.states]
 
+    # -- the measurement update of one batch -------------------------------------------------------
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        """The scalars of the update functions: the filter's for this step (``_filter``, set by
+        ``_measure``: the loss, the covariance, ``R``) and the group's."""
+        return dict(self._filter, lr=float(group["lr"]), weight_decay=float(group["weight_decay"]))
+
+    def _measure_batch(
+        self, group: dict[str, Any], batch: TensorBatch, multi_tensor: Callable[..., Any]
+    ) -> float | None:
+        """The measurement update of one batch (its 8-bit states decoded); returns the largest
+        ``|h|^2/S`` of its tensors that moved, or ``None`` if none did.
+
+        ``foreach`` (and FSDP2 shards, whose norms only it sums over the shards): ``multi_tensor``,
+        chunk by chunk on CPU. Otherwise the per-tensor function of :meth:`_elementwise_update`,
+        eagerly with Python floats or, with ``fused=True``, compiled over whole tensors
+        (core/fused.py); it writes each tensor's ``|h|^2/S`` into a 0-dim float64 tensor, read back
+        once per batch."""
+        fn, keys = self._elementwise_update(group)
+        fused = self._use_fused(group, batch)
+        if not fused and (self._use_foreach(group) or any_dtensor(batch.params)):
+            hh = None
+            for part in self._chunks(batch):
+                likes, lists = _local(part, *keys)
+                out = multi_tensor(*lists, likes=likes, **self._step_scalars(group, 0))
+                if out is not None:
+                    hh = out if hh is None else max(hh, out)
+            return hh
+        lists = batch.local(*keys)
+        if not lists[0]:
+            return None
+        ratios = [torch.empty((), dtype=torch.float64, device=p.device) for p in lists[0]]
+        run_elementwise(
+            fn,
+            [*lists, ratios],
+            [0] * len(ratios),  # the filter's scalars do not depend on a per-tensor step count
+            lambda step: self._step_scalars(group, step),
+            fused=fused,
+            split=False,
+        )
+        top = torch.stack(ratios).max().item()
+        return None if top == -math.inf else top
+
     # -- the loss statistics under torch.distributed ------------------------------------------------
 
     def _reduce(self, observed: _Observation) -> tuple[float, float]:
@@ -644,8 +698,9 @@ class VanillaKOALA(_KOALA):
         maximize: only ``False``: KOALA drives the loss to its target 0 whatever its sign, so
             ``True`` is refused (see the module docstring); return a non-negative loss instead.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
-        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
-            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
+        fused: ``True`` runs the measurement update compiled over whole tensors (C++ on CPU,
+            Triton on CUDA; docs/fused.md; slower than eager on CPU here); refused for FSDP2
+            shards. ``None`` and ``False``: the eager path.
         loss_group: the ``torch.distributed`` process group whose ranks' losses are combined
             (``None``: the default, world group), see the module docstring. Not saved in the state
             dict, nor pickled.
@@ -702,29 +757,22 @@ class VanillaKOALA(_KOALA):
         prepared = self._prepare_groups()
         r = self._observe(loss_var)
         p_cov = glob["P"]
+        self._filter = dict(loss=loss, p_cov=p_cov, r=r)
         hh = None
         for group, batches in prepared:
-            foreach = self._use_foreach(group)
-            fn = _multi_tensor_koala_v if foreach else _single_tensor_koala_v
             for batch in batches:
-                for part in self._chunks(batch) if foreach else (batch,):
-                    likes, (params, grads) = _local(part)
-                    out = fn(
-                        params,
-                        grads,
-                        likes=likes,
-                        loss=loss,
-                        p_cov=p_cov,
-                        r=r,
-                        lr=float(group["lr"]),
-                        weight_decay=group["weight_decay"],
-                    )
-                    if out is not None:
-                        hh = out if hh is None else max(hh, out)
+                out = self._measure_batch(group, batch, _multi_tensor_koala_v)
+                if out is not None:
+                    hh = out if hh is None else max(hh, out)
                 batch.write_back()
         hh = self._partition_max(hh)
         if hh is not None:
             glob["P"] = p_cov - p_cov**2 * hh
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        return _koala_v_tensors, ()
 
 
 def _koala_v_scales(
@@ -751,21 +799,36 @@ def _koala_v_scales(
     return keep, factors, (max(ratios) if ratios else None)
 
 
-def _single_tensor_koala_v(
-    params, grads, *, loss, p_cov, r, lr, weight_decay, likes=None
-) -> float | None:
-    hh = None
-    for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
-        like = likes[i] if likes is not None else None
-        if _norm(grad, like) < GRAD_EPS:
-            continue
-        h = grad + weight_decay * param  # the gradient of the regularized loss
-        h_sq = _norm(h, like) ** 2
+def _sq_norm(t: torch.Tensor) -> torch.Tensor:
+    """``||t||^2`` accumulated in float64 (no overflow for finite elements), a 0-dim tensor."""
+    return torch.linalg.vector_norm(t, dtype=torch.float64).square()
+
+
+def _koala_v_tensors(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    ratios: list[torch.Tensor],
+    *,
+    loss: Any,
+    p_cov: Any,
+    r: Any,
+    lr: Any,
+    weight_decay: Any,
+) -> None:
+    """KOALA-V's measurement update, one tensor at a time: the per-tensor path (``foreach=False``,
+    Python floats) and, compiled, ``fused=True`` (0-dim tensors; see
+    ``AdaptimOptimizer._elementwise_update`` for what such a function may use). Writes each
+    tensor's ``|h|^2/S`` into the 0-dim float64 ``ratios[i]`` (``-inf`` where ``||g|| < 1e-9``:
+    the tensor does not move). Norms accumulate in float64, where the multi-tensor path
+    recomputes in float64 only those that overflow."""
+    for param, grad, ratio in zip(params, grads, ratios, strict=True):
+        moves = _sq_norm(grad) >= GRAD_EPS * GRAD_EPS
+        h_sq = _sq_norm(l2_weight_decay(grad, param, weight_decay))  # h = g + wd p
         s = p_cov * h_sq + r
-        layer_loss = loss + 0.5 * weight_decay * _norm(param, like) ** 2
-        param.add_(grad, alpha=-lr * layer_loss * p_cov / s)
-        hh = h_sq / s if hh is None else max(hh, h_sq / s)
-    return hh
+        layer_loss = loss + 0.5 * weight_decay * _sq_norm(param)
+        gain = torch.where(moves, lr * layer_loss * p_cov / s, 0.0)
+        param.add_(grad, alpha=scalar_arg(-gain))
+        ratio[()] = torch.where(moves, h_sq / s, -math.inf)  # not copy_: see adaptive_hb.py
 
 
 def _multi_tensor_koala_v(
@@ -804,8 +867,9 @@ class MomentumKOALA(_KOALA):
         maximize: only ``False``: KOALA drives the loss to its target 0 whatever its sign, so
             ``True`` is refused (see the module docstring); return a non-negative loss instead.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
-        fused: ``True`` runs the update as one compiled kernel per piece of parameters (C++ on CPU,
-            Triton on CUDA; docs/fused.md); ``None`` and ``False``: the eager path.
+        fused: ``True`` runs the measurement update compiled over whole tensors (C++ on CPU,
+            Triton on CUDA; docs/fused.md; slower than eager on CPU here); refused for FSDP2
+            shards. ``None`` and ``False``: the eager path.
         loss_group: the ``torch.distributed`` process group whose ranks' losses are combined
             (``None``: the default, world group), see the module docstring. Not saved in the state
             dict, nor pickled.
@@ -970,33 +1034,25 @@ class MomentumKOALA(_KOALA):
         glob = self._global()  # first: it completes the carrier's entry (see _global)
         prepared = self._prepare_groups()
         r = self._observe(loss_var)
-        p00, p10 = glob["P00"], glob["P10"]
+        self._filter = dict(loss=loss, p00=glob["P00"], p10=glob["P10"], r=r)
         hh = None
         for group, batches in prepared:
-            foreach = self._use_foreach(group)
-            fn = _multi_tensor_koala_m if foreach else _single_tensor_koala_m
             for batch in batches:
                 for unit in self._decoded_parts(batch):
-                    for part in self._chunks(unit) if foreach else (unit,):
-                        likes, lists = _local(part, "velocity", "param_avg")
-                        out = fn(
-                            *lists,
-                            likes=likes,
-                            loss=loss,
-                            p00=p00,
-                            p10=p10,
-                            r=r,
-                            lr=float(group["lr"]),
-                            weight_decay=group["weight_decay"],
-                        )
-                        if out is not None:
-                            hh = out if hh is None else max(hh, out)
+                    out = self._measure_batch(group, unit, _multi_tensor_koala_m)
+                    if out is not None:
+                        hh = out if hh is None else max(hh, out)
                 batch.write_back()
         hh = self._partition_max(hh)
         if hh is not None:
             p = _covariance(glob)
             hhs = torch.tensor([[hh, 0.0], [0.0, 0.0]], dtype=torch.float64)
             _set_covariance(glob, p - p @ hhs @ p.T)
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        return _koala_m_tensors, ("velocity", "param_avg")
 
 
 def _covariance(shared: Mapping[str, Any]) -> torch.Tensor:
@@ -1037,23 +1093,35 @@ def _koala_m_predict(
     return norms
 
 
-def _single_tensor_koala_m(
-    params, grads, vels, avgs, *, loss, p00, p10, r, lr, weight_decay, likes=None
-):
-    hh = None
-    for i, (param, grad, vel, avg) in enumerate(zip(params, grads, vels, avgs, strict=True)):
-        like = likes[i] if likes is not None else None
-        if _norm(grad, like) < GRAD_EPS:
-            continue
-        h = grad + weight_decay * param
-        h_sq = _norm(h, like) ** 2
+def _koala_m_tensors(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    vels: list[torch.Tensor],
+    avgs: list[torch.Tensor],
+    ratios: list[torch.Tensor],
+    *,
+    loss: Any,
+    p00: Any,
+    p10: Any,
+    r: Any,
+    lr: Any,
+    weight_decay: Any,
+) -> None:
+    """KOALA-M's measurement update, one tensor at a time (per-tensor path and ``fused=True``,
+    as :func:`_koala_v_tensors`, whose ``ratios`` it writes the same way)."""
+    for param, grad, vel, avg, ratio in zip(params, grads, vels, avgs, ratios, strict=True):
+        moves = _sq_norm(grad) >= GRAD_EPS * GRAD_EPS
+        h = l2_weight_decay(grad, param, weight_decay)
+        h_sq = _sq_norm(h)
         s = h_sq * p00 + r
-        layer_loss = loss + 0.5 * weight_decay * _norm(param, like) ** 2
-        param.add_(h, alpha=-p00 / s * layer_loss * lr)  # K1 h
-        vel.add_(h, alpha=-p10 / s * layer_loss * lr)  # K2 h
-        avg.mul_(0.9).add_(param, alpha=0.1)
-        hh = h_sq / s if hh is None else max(hh, h_sq / s)
-    return hh
+        layer_loss = loss + 0.5 * weight_decay * _sq_norm(param)
+        param.add_(h, alpha=scalar_arg(torch.where(moves, -p00 / s * layer_loss * lr, 0.0)))  # K1 h
+        vel.add_(h, alpha=scalar_arg(torch.where(moves, -p10 / s * layer_loss * lr, 0.0)))  # K2 h
+        # p_bar = 0.9 p_bar + 0.1 p where the tensor moved; the factors in float64 (a Python
+        # float's torch.where gives float32, whose 0.1 is not the reference's)
+        pull = 0.1 * moves.to(torch.float64)
+        avg.mul_(1.0 - pull).add_(param, alpha=scalar_arg(pull))
+        ratio[()] = torch.where(moves, h_sq / s, -math.inf)
 
 
 def _multi_tensor_koala_m(

@@ -61,9 +61,11 @@ gradients at every step:
   constructor's 0 makes SGDHess plain SGD); the other defaults are the reference's;
 * ``maximize`` negates the gradients and their Hessian-vector products.
 
-Not supported: complex parameters, sparse gradients, FSDP2 (DTensor) parameters, ``fused=True`` (the
-step calls autograd or the closure, so it is not one elementwise function), and ZeRO (each rank would
-see its share of the product). Under ``torch.compile`` the step runs eagerly.
+``fused=True`` compiles the update that follows the product (elementwise given the product, over
+flat pieces; core/fused.py); the product itself comes from autograd or the closure, as eagerly.
+
+Not supported: complex parameters, sparse gradients, FSDP2 (DTensor) parameters, and ZeRO (each rank
+would see its share of the product). Under ``torch.compile`` the step runs eagerly.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ from typing import Any, ClassVar
 import torch
 
 from adaptim.core.base import LOW_PRECISION, AdaptimOptimizer, TensorBatch, run_eagerly
+from adaptim.core.functional import Scalar, l2_weight_decay, scalar_arg
+from adaptim.core.fused import run_elementwise
 from adaptim.core.validation import UNIT_CLOSED, UNIT_HALF_OPEN, OneOf
 from adaptim.registry import OptimInfo, register
 
@@ -107,7 +111,8 @@ class SGDHess(AdaptimOptimizer):
             the closure) or ``"autograd"`` (the graph only).
         maximize: ascend instead of descend.
         foreach: ``None`` or ``True`` for the multi-tensor path, ``False`` for the per-tensor one.
-        fused: ``None`` or ``False``; ``True`` is refused (see the module docstring).
+        fused: ``True`` runs the update that follows the Hessian-vector product compiled (C++ on
+            CPU, Triton on CUDA; docs/fused.md) over flat pieces; ``None`` and ``False``: eager.
     """
 
     hyperparameter_rules = {
@@ -303,54 +308,104 @@ class SGDHess(AdaptimOptimizer):
     ) -> None:
         params, grads = batch.params, batch.grads
         bufs, steps = batch.state("momentum_buffer"), batch.state("displacement")
-        kwargs = dict(
-            lr=group["lr"],
-            momentum=group["momentum"],
-            dampening=group["dampening"],
-            weight_decay=group["weight_decay"],
+        fused = self._use_fused(group, batch)
+        if foreach and not fused:
+            _multi_tensor_sgdhess(
+                params,
+                grads,
+                bufs,
+                steps,
+                hvps,
+                batch.steps,
+                lr=group["lr"],
+                momentum=group["momentum"],
+                dampening=group["dampening"],
+                weight_decay=group["weight_decay"],
+                nesterov=group["nesterov"],
+            )
+            return
+        # the per-tensor function, eagerly or compiled: tensors with a product and those without
+        # in separate calls (a call's lists hold tensors only)
+        counts = batch.steps
+        for corrected in (True, False):
+            idx = [i for i, hvp in enumerate(hvps) if (hvp is not None) == corrected]
+            if not idx:
+                continue
+            run_elementwise(
+                _sgdhess_tensors,
+                [
+                    [params[i] for i in idx],
+                    [grads[i] for i in idx],
+                    [bufs[i] for i in idx],
+                    [steps[i] for i in idx],
+                    [hvps[i] for i in idx] if corrected else None,
+                ],
+                [counts[i] for i in idx],
+                lambda step: self._step_scalars(group, step),
+                fused=fused,
+            )
+
+    def _elementwise_update(
+        self, group: Mapping[str, Any]
+    ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
+        # step() hands the products to the function itself (_update_with_hvp)
+        return _sgdhess_tensors, ("momentum_buffer", "displacement")
+
+    def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        return dict(
+            lr=float(group["lr"]),
+            momentum=float(group["momentum"]),
+            dampening=float(group["dampening"]),
+            weight_decay=float(group["weight_decay"]),
             nesterov=group["nesterov"],
+            # static flags: one graph each way
+            with_momentum=group["momentum"] != 0,
+            first=step == 1,
         )
-        if foreach:
-            _multi_tensor_sgdhess(params, grads, bufs, steps, hvps, batch.steps, **kwargs)
-        else:
-            step_counts = batch.steps  # a new list at each read: once, not once per tensor
-            for i in range(len(params)):
-                _single_tensor_sgdhess(
-                    params[i], grads[i], bufs[i], steps[i], hvps[i], step_counts[i], **kwargs
-                )
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
         # step() applies the update with the products; the base class's loop is not used
         raise NotImplementedError("SGDHess updates through step()")
 
 
-def _single_tensor_sgdhess(
-    param: torch.Tensor,
-    grad: torch.Tensor,
-    buf: torch.Tensor,
-    last_step: torch.Tensor,
-    hvp: torch.Tensor | None,
-    step: int,
+def _sgdhess_tensors(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    bufs: list[torch.Tensor],
+    last_steps: list[torch.Tensor],
+    hvps: list[torch.Tensor] | None,
     *,
-    lr: float,
-    momentum: float,
-    dampening: float,
-    weight_decay: float,
+    lr: Scalar,
+    momentum: Scalar,
+    dampening: Scalar,
+    weight_decay: Scalar,
     nesterov: bool,
+    with_momentum: bool,
+    first: bool,
 ) -> None:
-    """The reference form: one tensor, in place (``last_step`` is ``d``, overwritten by this step)."""
-    direction = grad.add(param, alpha=weight_decay) if weight_decay != 0 else grad
-    if momentum != 0:
-        if step == 1:
-            buf.copy_(direction)
-        else:
-            if hvp is not None:
-                buf.add_(hvp)
-            buf.add_(last_step, alpha=weight_decay).mul_(momentum)
-            buf.add_(direction, alpha=1 - dampening)
-        direction = direction.add(buf, alpha=momentum) if nesterov else buf
-    last_step.copy_(direction).mul_(-lr)
-    param.add_(last_step)
+    """The reference form, one tensor at a time, in place: the per-tensor path (Python floats) and,
+    compiled, ``fused=True`` (0-dim tensors). ``last_steps[i]`` is ``d``, overwritten by this step;
+    ``hvps`` the products ``H d`` (``None``: no correction for these tensors)."""
+    for i, param in enumerate(params):
+        buf, last_step = bufs[i], last_steps[i]
+        grad = grads[i]
+        direction = l2_weight_decay(grad, param, weight_decay)
+        if with_momentum:
+            if first:
+                buf.copy_(direction)
+            else:
+                if hvps is not None:
+                    buf.add_(hvps[i])
+                buf.add_(last_step, alpha=scalar_arg(weight_decay)).mul_(momentum)
+                buf.add_(direction, alpha=scalar_arg(1 - dampening))
+            if not nesterov:
+                direction = buf
+            elif isinstance(momentum, torch.Tensor):  # see l2_weight_decay: no tensor alpha here
+                direction = direction + buf * momentum
+            else:
+                direction = direction.add(buf, alpha=momentum)
+        last_step.copy_(direction).mul_(-lr)
+        param.add_(last_step)
 
 
 def _multi_tensor_sgdhess(
@@ -367,7 +422,7 @@ def _multi_tensor_sgdhess(
     weight_decay: float,
     nesterov: bool,
 ) -> None:
-    """:func:`_single_tensor_sgdhess` over lists (``torch._foreach_*``), the same arithmetic."""
+    """:func:`_sgdhess_tensors` over lists (``torch._foreach_*``), the same arithmetic."""
     directions = (
         torch._foreach_add(grads, params, alpha=weight_decay) if weight_decay != 0 else grads
     )
