@@ -207,21 +207,22 @@ def _run_fused(
     # pieces by the numbers of dimensions of their tensors (one graph per kind); each with the
     # storages it shares with others (pieces of one tensor, views into one buffer), or None
     kinds: dict[tuple[int, ...], list[tuple[list[torch.Tensor], set[int] | None]]] = {}
-    for i, param in enumerate(columns[0]):
+    # per-tensor tests as map() over C methods and list methods: generator expressions here cost
+    # about 1 us more per tensor (2,000 small tensors, RAdam fused: 51.4 -> 49.1 ms a step)
+    for i, numel in enumerate(map(torch.Tensor.numel, columns[0])):
         row = [c[i] for c in columns]
-        numel = param.numel()
-        if numel < 2 or not all(t.is_contiguous() for t in row):
+        if numel < 2 or not all(map(torch.Tensor.is_contiguous, row)):
             eager.append(i)
             continue
-        views = any(t._base is not None for t in row)
+        views = [t._base for t in row].count(None) != len(row)
         if not split:
             shared = {t.untyped_storage().data_ptr() for t in row} if views else None
             kinds.setdefault(tuple(t.dim() for t in row), []).append(
                 ([_whole(t) for t in row], shared)
             )
-        elif any(t.numel() != numel for t in row):
+        elif list(map(torch.Tensor.numel, row)).count(numel) != len(row):
             eager.append(i)
-        elif numel <= per_piece and all(t.dim() == 1 for t in row):
+        elif numel <= per_piece and list(map(torch.Tensor.dim, row)).count(1) == len(row):
             shared = {t.untyped_storage().data_ptr() for t in row} if views else None
             kinds.setdefault((1,) * len(row), []).append(([_whole(t) for t in row], shared))
         else:
