@@ -10,9 +10,12 @@ that each graph compiles in seconds.
 
 from __future__ import annotations
 
+import copy
 import functools
+import gc
 import re
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -314,3 +317,84 @@ def test_fused_equals_eager_where_the_projection_fires(
     assert sum(fired) >= STEPS, f"the projection fired {sum(fired)} times"
     fused = train(fused_params, fused=True)
     _assert_same_run(fused_params, fused, eager_params, eager)
+
+
+# -- the plans kept between steps (core/fused.py's _Plan) -------------------------------------------
+
+
+def _run_with(
+    build: Callable[..., torch.optim.Optimizer],
+    params: list[torch.nn.Parameter],
+    between: Callable[[int, torch.optim.Optimizer, list[torch.nn.Parameter]], None],
+    **kwargs: Any,
+) -> torch.optim.Optimizer:
+    opt = build(params, **kwargs)
+    for step in range(8):
+        between(step, opt, params)
+        _grads(params, step)
+        opt.step()
+    return opt
+
+
+def _plan_cases() -> dict[str, Callable[[int, Any, list[torch.nn.Parameter]], None]]:
+    def swap_data(step: int, opt: Any, params: list[torch.nn.Parameter]) -> None:
+        if step == 4:  # what module.to() does: the same Parameter, new storage
+            for p in params:
+                p.data = p.data.clone()
+
+    def reload_state(step: int, opt: Any, params: list[torch.nn.Parameter]) -> None:
+        if step == 4:  # new state tensors in the same optimizer
+            opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+
+    return {"swap_data": swap_data, "reload_state": reload_state}
+
+
+@pytest.mark.parametrize("case", sorted(_plan_cases()))
+def test_a_plan_is_not_reused_for_other_tensors(case: str) -> None:
+    """A parameter whose storage was replaced and a reloaded state are updated where they are now
+    (a plan made for the old tensors would write into those)."""
+    build = _compiled_optimizer()
+    between = _plan_cases()[case]
+    eager_params, fused_params = _params(), _params()
+    eager = _run_with(build, eager_params, between, foreach=False)
+    fused = _run_with(build, fused_params, between, fused=True)
+    _assert_same_run(fused_params, fused, eager_params, eager)
+
+
+def test_gradients_that_become_views_of_one_buffer() -> None:
+    """Gradients that are views into one flat buffer (DDP's bucket views) from some step on: the
+    plan made for plain gradients does not serve them (their pieces would share a storage in a
+    call), and the step equals the eager one."""
+    build = _compiled_optimizer()
+    results = []
+    for kwargs in ({"foreach": False}, {"fused": True}):
+        params = _params()
+        opt = build(params, **kwargs)
+        for step in range(8):
+            _grads(params, step)
+            if step >= 4:
+                flat = torch.cat([p.grad.reshape(-1) for p in params])
+                views = flat.split([p.numel() for p in params])
+                for p, v in zip(params, views, strict=True):
+                    p.grad = v.view(p.shape) if p.grad.is_contiguous() else p.grad
+            opt.step()
+        results.append((params, opt))
+    (eager_params, eager), (fused_params, fused) = results
+    _assert_same_run(fused_params, fused, eager_params, eager)
+
+
+def test_the_optimizer_keeps_no_gradient_alive() -> None:
+    """After a fused step and ``zero_grad()``, the gradients are freed: the kept plan holds
+    parameters and states only (a model's worth of gradients kept through the next forward pass
+    would raise its peak memory)."""
+    build = _compiled_optimizer()
+    params = _params()
+    opt = build(params, fused=True)
+    for step in range(3):
+        _grads(params, step)
+        opt.step()
+        watched = [weakref.ref(p.grad) for p in params]
+        opt.zero_grad()
+        gc.collect()
+        assert all(w() is None for w in watched), "a gradient outlived zero_grad()"
+    assert opt.__dict__.get("_fused_plans"), "no plan was kept: the test checks nothing"

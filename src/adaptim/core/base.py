@@ -468,6 +468,8 @@ class AdaptimOptimizer(Optimizer):
                 },
             }
         self._check_state_dict_kind(state_dict)
+        # the fused step's plans hold the states they were made for: let those go now
+        self.__dict__.pop("_fused_plans", None)
         # state precision is this optimizer's choice, as ``foreach`` is, not the checkpoint's
         bits = [group["state_bits"] for group in self.param_groups]
         super().load_state_dict(state_dict)
@@ -686,6 +688,8 @@ class AdaptimOptimizer(Optimizer):
             lambda step: self._step_scalars(group, step),
             fused=fused,
             split=self.splits_tensors,
+            # not an attribute set in __init__: an unpickled or copied optimizer has none yet
+            plans=self.__dict__.setdefault("_fused_plans", {}),
         )
 
     def _per_tensor_update(self, group: dict[str, Any], batch: TensorBatch) -> None:

@@ -178,6 +178,7 @@ def run_elementwise(
     *,
     fused: bool,
     split: bool = True,
+    plans: dict[Any, _Plan] | None = None,
 ) -> None:
     """Run ``fn(*tensor_lists, **step_scalars(step))`` over the tensors, grouped by step.
 
@@ -185,28 +186,139 @@ def run_elementwise(
     optional state that is off, is passed as ``None``). Eager (``fused=False``) calls ``fn`` once per
     distinct step count with Python scalars; fused runs it compiled over flat pieces, or, where
     ``fn`` needs whole tensors (``split=False``: it reduces over a tensor or uses its shape), over
-    whole tensors, calls grouped by their numbers of dimensions.
+    whole tensors, calls grouped by their numbers of dimensions. ``plans``: where the fused path
+    keeps how it cut these tensors into calls, to reuse at the next step (see :class:`_Plan`);
+    owned by the optimizer, so that it goes with it.
     """
     lists = [list(ts) if ts is not None else None for ts in tensors]
     for step, idx in by_step(steps).items():
         scalars = step_scalars(step)
         picked = [None if ts is None else [ts[i] for i in idx] for ts in lists]
         if fused:
-            _run_fused(fn, picked, scalars, split)
+            _run_fused(fn, picked, scalars, split, plans)
         else:
             fn(*picked, **scalars)
 
 
+#: plans kept per optimizer (one per batch of tensors and step count, usually a few)
+_MAX_PLANS = 1024
+#: a piece of a row of tensors: the row's index, and the flat range ``start:stop`` (``None``: the
+#: whole tensors)
+_Slot = tuple[int, int | None, int | None]
+
+
+class _Plan:
+    """How one list of tensors was cut into compiled calls, kept for the next step.
+
+    On 2,000 small tensors the cutting (tests per tensor, packing, aliases) cost as much Python
+    time as dynamo's calls themselves: 18 of 49 ms of a fused RAdam step, 4.5 of which in the
+    kernels. A plan is reused while every tensor but the gradients is the same object at the same
+    address (a parameter whose ``.data`` was replaced, a reloaded state: a new plan) and the
+    gradients are plain contiguous tensors of the sizes, dtypes and numbers of dimensions planned
+    for; anything else makes a new plan. The gradients' column is cut again at every step and let
+    go after it: ``zero_grad`` frees them between steps, and a plan must not keep a model's worth
+    of them alive through the next forward pass. The plan holds the parameters (detached) and
+    the states it was made for, so their ids and addresses cannot pass to other tensors while it
+    is kept (a replaced parameter storage or state is held until the next step re-plans)."""
+
+    def __init__(
+        self,
+        columns: list[list[torch.Tensor]],
+        eager: list[int],
+        calls: list[tuple[list[_Slot], list[list[torch.Tensor | None]]]],
+    ) -> None:
+        # the gradients' entries (column 1) are never compared: see matches
+        self.ids = [list(map(id, c)) for c in columns]
+        self.addresses = [list(map(torch.Tensor.data_ptr, c)) for c in columns]
+        grads = columns[1]
+        self.grads_plain = _plain(grads)
+        self.grad_layout = _layout(grads)
+        self.eager = eager
+        self.calls = calls  # per call: its slots, and its argument columns (padded to ARITY)
+
+    def matches(self, columns: list[list[torch.Tensor]]) -> bool:
+        """Every tensor is the one planned for, at its address, and the gradients fit."""
+        for k, column in enumerate(columns):
+            if k != 1 and (
+                list(map(id, column)) != self.ids[k]
+                or list(map(torch.Tensor.data_ptr, column)) != self.addresses[k]
+            ):
+                return False
+        grads = columns[1]
+        return self.grads_plain and _plain(grads) and _layout(grads) == self.grad_layout
+
+    def set_gradients(self, grads: list[torch.Tensor] | None) -> None:
+        """Put this step's gradients into the calls' arguments (``None``: let them go)."""
+        for slots, args in self.calls:
+            if grads is None:
+                args[1][: len(slots)] = [None] * len(slots)
+            else:
+                args[1][: len(slots)] = [
+                    _whole(grads[i]) if a is None or b is None else _piece(grads[i], a, b)
+                    for i, a, b in slots
+                ]
+
+
+def _plain(tensors: list[torch.Tensor]) -> bool:
+    """No tensor is a view (whose storage could be shared with another of a call)."""
+    return [t._base for t in tensors].count(None) == len(tensors)
+
+
+def _layout(tensors: list[torch.Tensor]) -> tuple[list[Any], ...]:
+    return (
+        list(map(torch.Tensor.numel, tensors)),
+        list(map(torch.Tensor.dim, tensors)),
+        list(map(torch.Tensor.is_contiguous, tensors)),
+        [t.dtype for t in tensors],
+    )
+
+
 def _run_fused(
-    fn: Callable[..., None], lists: list[list[Any] | None], scalars: _Scalars, split: bool
+    fn: Callable[..., None],
+    lists: list[list[Any] | None],
+    scalars: _Scalars,
+    split: bool,
+    plans: dict[Any, _Plan] | None = None,
 ) -> None:
     present = [k for k, ts in enumerate(lists) if ts is not None]
     columns = [ts for ts in lists if ts is not None]
+    key = (fn, split, tuple(present), tuple(map(id, columns[0])))
+    plan = plans.get(key) if plans is not None else None
+    if plan is not None and plan.matches(columns):
+        plan.set_gradients(columns[1])
+    else:
+        plan = _make_plan(columns, split)
+        if plans is not None:
+            if len(plans) >= _MAX_PLANS:  # parameters replaced again and again: forget the old
+                plans.clear()
+            plans[key] = plan
+    if plan.eager:
+        fn(*[None if ts is None else [ts[i] for i in plan.eager] for ts in lists], **scalars)
+    if not plan.calls:
+        return
+    device = columns[0][0].device
+    tensor_scalars = _as_tensors(scalars, device)
+    compiled = _compile(fn, device)
+    try:
+        with (
+            fx_config.patch(use_duck_shape=False),  # type: ignore[attr-defined]
+            torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=4096),
+        ):
+            for _, args in plan.calls:
+                full: list[Any] = [None] * len(lists)
+                for col, k in enumerate(present):
+                    full[k] = args[col]
+                compiled(*full, **tensor_scalars)
+    finally:
+        plan.set_gradients(None)
+
+
+def _make_plan(columns: list[list[torch.Tensor]], split: bool) -> _Plan:
     per_piece = _per_piece(columns[0][0].dtype)
     eager: list[int] = []  # tensors the compiled graph cannot take: of 0 or 1 element, or strided
-    # pieces by the numbers of dimensions of their tensors (one graph per kind); each with the
-    # storages it shares with others (pieces of one tensor, views into one buffer), or None
-    kinds: dict[tuple[int, ...], list[tuple[list[torch.Tensor], set[int] | None]]] = {}
+    # pieces by the numbers of dimensions of their tensors (one graph per kind); each with its
+    # slot and the storages it shares with others (pieces of one tensor, views into one buffer)
+    kinds: dict[tuple[int, ...], list[tuple[_Slot, list[torch.Tensor], set[int] | None]]] = {}
     # per-tensor tests as map() over C methods and list methods: generator expressions here cost
     # about 1 us more per tensor (2,000 small tensors, RAdam fused: 51.4 -> 49.1 ms a step)
     for i, numel in enumerate(map(torch.Tensor.numel, columns[0])):
@@ -218,52 +330,47 @@ def _run_fused(
         if not split:
             shared = {t.untyped_storage().data_ptr() for t in row} if views else None
             kinds.setdefault(tuple(t.dim() for t in row), []).append(
-                ([_whole(t) for t in row], shared)
+                ((i, None, None), [_whole(t) for t in row], shared)
             )
         elif list(map(torch.Tensor.numel, row)).count(numel) != len(row):
             eager.append(i)
         elif numel <= per_piece and list(map(torch.Tensor.dim, row)).count(1) == len(row):
             shared = {t.untyped_storage().data_ptr() for t in row} if views else None
-            kinds.setdefault((1,) * len(row), []).append(([_whole(t) for t in row], shared))
+            kinds.setdefault((1,) * len(row), []).append(
+                ((i, None, None), [_whole(t) for t in row], shared)
+            )
         else:
             shared = {t.untyped_storage().data_ptr() for t in row}
             kinds.setdefault((1,) * len(row), []).extend(
-                ([_piece(t, a, b) for t in row], shared) for a, b in _cuts(numel, per_piece)
+                ((i, a, b), [_piece(t, a, b) for t in row], shared)
+                for a, b in _cuts(numel, per_piece)
             )
-    if eager:
-        fn(*[None if ts is None else [ts[i] for i in eager] for ts in lists], **scalars)
-    if not kinds:
-        return
-    device = columns[0][0].device
-    tensor_scalars = _as_tensors(scalars, device)
-    compiled = _compile(fn, device)
-    with (
-        fx_config.patch(use_duck_shape=False),  # type: ignore[attr-defined]
-        torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=4096),
-    ):
-        for pieces in kinds.values():
-            first = pieces[0][0]
-            for call in _pack(pieces):
-                args: list[Any] = [None] * len(lists)
-                for col, k in enumerate(present):
-                    column = [p[col] for p in call]
-                    column += [
-                        _scratch_piece(first[col], col * ARITY + j) for j in range(len(call), ARITY)
-                    ]
-                    args[k] = column
-                compiled(*args, **tensor_scalars)
+    calls: list[tuple[list[_Slot], list[list[torch.Tensor | None]]]] = []
+    for pieces in kinds.values():
+        first = pieces[0][1]
+        for call in _pack(pieces):
+            args: list[list[torch.Tensor | None]] = []
+            for col in range(len(columns)):
+                column: list[torch.Tensor | None] = [tensors[col] for _, tensors in call]
+                column += [
+                    _scratch_piece(first[col], col * ARITY + j) for j in range(len(call), ARITY)
+                ]
+                args.append(column)
+            calls.append(([slot for slot, _ in call], args))
+    return _Plan(columns, eager, calls)
 
 
 def _pack(
-    pieces: list[tuple[list[torch.Tensor], set[int] | None]],
-) -> list[list[list[torch.Tensor]]]:
+    pieces: list[tuple[_Slot, list[torch.Tensor], set[int] | None]],
+) -> list[list[tuple[_Slot, list[torch.Tensor]]]]:
     """Pieces into calls of at most ``ARITY``, no two pieces of a call sharing a storage (dynamo
     would guard on their aliasing: a graph per pattern). Pieces of distinct plain tensors share
     none and fill the calls in order."""
-    calls: list[list[list[torch.Tensor]]] = []
+    calls: list[list[tuple[_Slot, list[torch.Tensor]]]] = []
     storages: list[set[int]] = []
     open_from = 0  # calls before this one are full
-    for piece, shared in pieces:
+    for slot, tensors, shared in pieces:
+        piece = (slot, tensors)
         if shared is None:
             c = len(calls) - 1
             if c < open_from:
