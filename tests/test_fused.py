@@ -247,9 +247,13 @@ def test_fused_and_foreach_together_are_refused(info: Any) -> None:
     assert len(opt.param_groups) == 1
 
 
-def _compiled_optimizer() -> Callable[..., torch.optim.Optimizer]:
+def _compiled_info() -> Any:
     """A fusable optimizer that compiles (Adam calls torch's own fused kernels instead)."""
-    info = next(i for i in FUSABLE if i.cls not in (adaptim.Adam, adaptim.AdamW))
+    return next(i for i in FUSABLE if i.cls not in (adaptim.Adam, adaptim.AdamW))
+
+
+def _compiled_optimizer() -> Callable[..., torch.optim.Optimizer]:
+    info = _compiled_info()
     return lambda params, **kw: make(info, params, **kw)
 
 
@@ -384,9 +388,8 @@ def test_gradients_that_become_views_of_one_buffer() -> None:
 
 
 def test_the_optimizer_keeps_no_gradient_alive() -> None:
-    """After a fused step and ``zero_grad()``, the gradients are freed: the kept plan holds
-    parameters and states only (a model's worth of gradients kept through the next forward pass
-    would raise its peak memory)."""
+    """After a fused step and ``zero_grad()``, the gradients are freed (a model's worth of
+    gradients kept through the next forward pass would raise its peak memory)."""
     build = _compiled_optimizer()
     params = _params()
     opt = build(params, fused=True)
@@ -397,4 +400,42 @@ def test_the_optimizer_keeps_no_gradient_alive() -> None:
         opt.zero_grad()
         gc.collect()
         assert all(w() is None for w in watched), "a gradient outlived zero_grad()"
-    assert opt.__dict__.get("_fused_plans"), "no plan was kept: the test checks nothing"
+
+
+def _tensors_in(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for k, v in obj.items() for t in _tensors_in(k) + _tensors_in(v)]
+    if isinstance(obj, list | tuple):
+        return [t for v in obj for t in _tensors_in(v)]
+    if hasattr(obj, "__dict__"):
+        return _tensors_in(vars(obj))
+    return []
+
+
+def test_plans_are_made_once_and_hold_no_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 parameters step on fp32 working copies made anew at each step, and gradients are new
+    tensors at each step: one plan per batch still serves every step after the first, and the
+    plans hold no tensor (a plan holding this step's copies would keep a model's worth of memory
+    per step, and one holding a parameter's old storage would write there)."""
+    made = []
+    real = fused_module._make_plan
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fused_module, "_make_plan", counting)
+    build = _compiled_optimizer()
+    params = _params((torch.float32, torch.bfloat16))
+    opt = build(_groups(_compiled_info(), params), fused=True)
+    for step in range(6):
+        _grads(params, step)
+        opt.step()
+        if step == 0:
+            first = len(made)
+    plans = opt.__dict__["_fused_plans"]
+    assert first > 0 and len(made) == first, f"{len(made) - first} plans made after the first step"
+    assert len(plans) == first
+    assert _tensors_in(plans) == []

@@ -468,8 +468,6 @@ class AdaptimOptimizer(Optimizer):
                 },
             }
         self._check_state_dict_kind(state_dict)
-        # the fused step's plans hold the states they were made for: let those go now
-        self.__dict__.pop("_fused_plans", None)
         # state precision is this optimizer's choice, as ``foreach`` is, not the checkpoint's
         bits = [group["state_bits"] for group in self.param_groups]
         super().load_state_dict(state_dict)

@@ -201,76 +201,55 @@ def run_elementwise(
 
 
 #: plans kept per optimizer (one per batch of tensors and step count, usually a few)
-_MAX_PLANS = 1024
+_MAX_PLANS = 256
 #: a piece of a row of tensors: the row's index, and the flat range ``start:stop`` (``None``: the
 #: whole tensors)
 _Slot = tuple[int, int | None, int | None]
 
 
+#: per column: each tensor's size, number of dimensions, contiguity and dtype
+_ColumnLayout = tuple[list[int], list[int], list[bool], list[torch.dtype]]
+
+
 class _Plan:
-    """How one list of tensors was cut into compiled calls, kept for the next step.
+    """How a list of tensors was cut into compiled calls, kept for the next step.
 
     On 2,000 small tensors the cutting (tests per tensor, packing, aliases) cost as much Python
     time as dynamo's calls themselves: 18 of 49 ms of a fused RAdam step, 4.5 of which in the
-    kernels. A plan is reused while every tensor but the gradients is the same object at the same
-    address (a parameter whose ``.data`` was replaced, a reloaded state: a new plan) and the
-    gradients are plain contiguous tensors of the sizes, dtypes and numbers of dimensions planned
-    for; anything else makes a new plan. The gradients' column is cut again at every step and let
-    go after it: ``zero_grad`` frees them between steps, and a plan must not keep a model's worth
-    of them alive through the next forward pass. The plan holds the parameters (detached) and
-    the states it was made for, so their ids and addresses cannot pass to other tensors while it
-    is kept (a replaced parameter storage or state is held until the next step re-plans)."""
+    kernels. The cut depends only on the tensors' layout: per column, each tensor's size, number
+    of dimensions, contiguity and dtype, and whether any is a view (whose storage another tensor
+    may share: such batches are cut at every step). A plan keeps that layout and the cut as
+    indices, never a tensor: the arguments are taken from this step's tensors, so a replaced
+    ``.data``, new states or fp32 working copies made anew at each step are what the kernels
+    write, and nothing a plan holds keeps memory alive."""
 
     def __init__(
         self,
-        columns: list[list[torch.Tensor]],
+        layout: list[_ColumnLayout],
         eager: list[int],
-        calls: list[tuple[list[_Slot], list[list[torch.Tensor | None]]]],
+        calls: list[tuple[list[_Slot], _Slot]],
     ) -> None:
-        # the gradients' entries (column 1) are never compared: see matches
-        self.ids = [list(map(id, c)) for c in columns]
-        self.addresses = [list(map(torch.Tensor.data_ptr, c)) for c in columns]
-        grads = columns[1]
-        self.grads_plain = _plain(grads)
-        self.grad_layout = _layout(grads)
+        self.layout = layout
         self.eager = eager
-        self.calls = calls  # per call: its slots, and its argument columns (padded to ARITY)
-
-    def matches(self, columns: list[list[torch.Tensor]]) -> bool:
-        """Every tensor is the one planned for, at its address, and the gradients fit."""
-        for k, column in enumerate(columns):
-            if k != 1 and (
-                list(map(id, column)) != self.ids[k]
-                or list(map(torch.Tensor.data_ptr, column)) != self.addresses[k]
-            ):
-                return False
-        grads = columns[1]
-        return self.grads_plain and _plain(grads) and _layout(grads) == self.grad_layout
-
-    def set_gradients(self, grads: list[torch.Tensor] | None) -> None:
-        """Put this step's gradients into the calls' arguments (``None``: let them go)."""
-        for slots, args in self.calls:
-            if grads is None:
-                args[1][: len(slots)] = [None] * len(slots)
-            else:
-                args[1][: len(slots)] = [
-                    _whole(grads[i]) if a is None or b is None else _piece(grads[i], a, b)
-                    for i, a, b in slots
-                ]
+        #: per call: its slots, and the slot whose tensors its padding pieces are shaped like
+        self.calls = calls
 
 
-def _plain(tensors: list[torch.Tensor]) -> bool:
-    """No tensor is a view (whose storage could be shared with another of a call)."""
-    return [t._base for t in tensors].count(None) == len(tensors)
-
-
-def _layout(tensors: list[torch.Tensor]) -> tuple[list[Any], ...]:
-    return (
-        list(map(torch.Tensor.numel, tensors)),
-        list(map(torch.Tensor.dim, tensors)),
-        list(map(torch.Tensor.is_contiguous, tensors)),
-        [t.dtype for t in tensors],
-    )
+def _layout(columns: list[list[torch.Tensor]]) -> list[_ColumnLayout] | None:
+    """What a cut depends on, per column; ``None`` if a tensor is a view."""
+    out = []
+    for column in columns:
+        if [t._base for t in column].count(None) != len(column):
+            return None
+        out.append(
+            (
+                list(map(torch.Tensor.numel, column)),
+                list(map(torch.Tensor.dim, column)),
+                list(map(torch.Tensor.is_contiguous, column)),
+                [t.dtype for t in column],
+            )
+        )
+    return out
 
 
 def _run_fused(
@@ -282,38 +261,67 @@ def _run_fused(
 ) -> None:
     present = [k for k, ts in enumerate(lists) if ts is not None]
     columns = [ts for ts in lists if ts is not None]
-    key = (fn, split, tuple(present), tuple(map(id, columns[0])))
-    plan = plans.get(key) if plans is not None else None
-    if plan is not None and plan.matches(columns):
-        plan.set_gradients(columns[1])
-    else:
-        plan = _make_plan(columns, split)
-        if plans is not None:
-            if len(plans) >= _MAX_PLANS:  # parameters replaced again and again: forget the old
+    layout = _layout(columns) if plans is not None else None
+    key = (fn, split, tuple(present), tuple(layout[0][0])) if layout is not None else None
+    plan = plans.get(key) if plans is not None and key is not None else None
+    if plan is None or plan.layout != layout:
+        plan, calls = _make_plan(columns, split)
+        if plans is not None and key is not None:
+            if len(plans) >= _MAX_PLANS:
                 plans.clear()
             plans[key] = plan
+    else:
+        calls = [_arguments(columns, slots, like) for slots, like in plan.calls]
     if plan.eager:
         fn(*[None if ts is None else [ts[i] for i in plan.eager] for ts in lists], **scalars)
-    if not plan.calls:
+    if not calls:
         return
     device = columns[0][0].device
     tensor_scalars = _as_tensors(scalars, device)
     compiled = _compile(fn, device)
-    try:
-        with (
-            fx_config.patch(use_duck_shape=False),  # type: ignore[attr-defined]
-            torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=4096),
-        ):
-            for _, args in plan.calls:
-                full: list[Any] = [None] * len(lists)
-                for col, k in enumerate(present):
-                    full[k] = args[col]
-                compiled(*full, **tensor_scalars)
-    finally:
-        plan.set_gradients(None)
+    with (
+        fx_config.patch(use_duck_shape=False),  # type: ignore[attr-defined]
+        torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=4096),
+    ):
+        for args in calls:
+            full: list[Any] = [None] * len(lists)
+            for col, k in enumerate(present):
+                full[k] = args[col]
+            compiled(*full, **tensor_scalars)
 
 
-def _make_plan(columns: list[list[torch.Tensor]], split: bool) -> _Plan:
+def _arguments(
+    columns: list[list[torch.Tensor]], slots: list[_Slot], like: _Slot
+) -> list[list[torch.Tensor]]:
+    """One call's argument columns, from this step's tensors, padded to ``ARITY`` with scratch
+    pieces shaped as when the plan was made (like the first piece of the call's kind)."""
+    whole = [i for i, a, _ in slots if a is None]
+    args = []
+    for col, column in enumerate(columns):
+        if len(whole) == len(slots):  # whole tensors: themselves, or detached (_whole)
+            picked = [column[i] for i in whole]
+            plain = list(map(type, picked)).count(torch.Tensor) == len(picked) and not any(
+                [t.requires_grad for t in picked]
+            )
+            pieces = picked if plain else [_whole(t) for t in picked]
+        else:
+            pieces = [_slot_piece(column, slot) for slot in slots]
+        if len(slots) < ARITY:
+            first = _slot_piece(column, like)
+            pieces += [_scratch_piece(first, col * ARITY + j) for j in range(len(slots), ARITY)]
+        args.append(pieces)
+    return args
+
+
+def _slot_piece(column: list[torch.Tensor], slot: _Slot) -> torch.Tensor:
+    i, a, b = slot
+    return _whole(column[i]) if a is None or b is None else _piece(column[i], a, b)
+
+
+def _make_plan(
+    columns: list[list[torch.Tensor]], split: bool
+) -> tuple[_Plan, list[list[list[torch.Tensor]]]]:
+    """The cut of ``columns`` into calls, and this step's arguments of each call."""
     per_piece = _per_piece(columns[0][0].dtype)
     eager: list[int] = []  # tensors the compiled graph cannot take: of 0 or 1 element, or strided
     # pieces by the numbers of dimensions of their tensors (one graph per kind); each with its
@@ -345,19 +353,21 @@ def _make_plan(columns: list[list[torch.Tensor]], split: bool) -> _Plan:
                 ((i, a, b), [_piece(t, a, b) for t in row], shared)
                 for a, b in _cuts(numel, per_piece)
             )
-    calls: list[tuple[list[_Slot], list[list[torch.Tensor | None]]]] = []
+    calls: list[tuple[list[_Slot], _Slot]] = []
+    arguments: list[list[list[torch.Tensor]]] = []
     for pieces in kinds.values():
-        first = pieces[0][1]
+        first_slot, first = pieces[0][0], pieces[0][1]
         for call in _pack(pieces):
-            args: list[list[torch.Tensor | None]] = []
+            args = []
             for col in range(len(columns)):
-                column: list[torch.Tensor | None] = [tensors[col] for _, tensors in call]
+                column = [tensors[col] for _, tensors in call]
                 column += [
                     _scratch_piece(first[col], col * ARITY + j) for j in range(len(call), ARITY)
                 ]
                 args.append(column)
-            calls.append(([slot for slot, _ in call], args))
-    return _Plan(columns, eager, calls)
+            calls.append(([slot for slot, _ in call], first_slot))
+            arguments.append(args)
+    return _Plan(_layout(columns) or [], eager, calls), arguments
 
 
 def _pack(

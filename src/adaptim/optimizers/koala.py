@@ -822,7 +822,7 @@ def _koala_v_tensors(
     the tensor does not move). Norms accumulate in float64, where the multi-tensor path
     recomputes in float64 only those that overflow."""
     for param, grad, ratio in zip(params, grads, ratios, strict=True):
-        moves = _sq_norm(grad) >= GRAD_EPS * GRAD_EPS
+        moves = ~(_sq_norm(grad) < GRAD_EPS * GRAD_EPS)  # as the reference: a NaN norm moves
         h_sq = _sq_norm(l2_weight_decay(grad, param, weight_decay))  # h = g + wd p
         s = p_cov * h_sq + r
         layer_loss = loss + 0.5 * weight_decay * _sq_norm(param)
@@ -1110,7 +1110,7 @@ def _koala_m_tensors(
     """KOALA-M's measurement update, one tensor at a time (per-tensor path and ``fused=True``,
     as :func:`_koala_v_tensors`, whose ``ratios`` it writes the same way)."""
     for param, grad, vel, avg, ratio in zip(params, grads, vels, avgs, ratios, strict=True):
-        moves = _sq_norm(grad) >= GRAD_EPS * GRAD_EPS
+        moves = ~(_sq_norm(grad) < GRAD_EPS * GRAD_EPS)  # as the reference: a NaN norm moves
         h = l2_weight_decay(grad, param, weight_decay)
         h_sq = _sq_norm(h)
         s = h_sq * p00 + r
