@@ -384,16 +384,30 @@ def test_restart_zeroes_quantized_moments() -> None:
             assert torch.equal(decoded[key], torch.zeros_like(decoded[key], dtype=torch.float32))
 
 
-@pytest.mark.parametrize("name", ["adamw", "radam", "adan"])
+@pytest.mark.parametrize("name", ["adamw", "radam", "adan", "koala_m", "sgdhess"])
 def test_fused_8_bit_equals_eager_8_bit(name: str) -> None:
+    """Also for the rules driven by a closure (KOALA-M's velocity, SGDHess's momentum, whose
+    finite-difference product needs a gradient that depends on the point)."""
     info = adaptim.get(name)
     runs = []
     for fused in (False, True):
         params = _params()
         opt = make(info, params, state_bits=8, fused=fused)
         for step in range(4):
-            _grads(params, step)
-            opt.step()
+            if getattr(info.cls, "requires_closure", False):
+
+                def closure(
+                    step: int = step, params: list[torch.nn.Parameter] = params
+                ) -> torch.Tensor:
+                    _grads(params, step)
+                    for p in params:
+                        p.grad += (0.1 * p.detach()).to(p.dtype)
+                    return torch.tensor(1.0 / (1 + step))
+
+                opt.step(closure)
+            else:
+                _grads(params, step)
+                opt.step()
         runs.append((params, opt))
     (pa, oa), (pb, ob) = runs
     for a, b in zip(pa, pb, strict=True):
