@@ -265,13 +265,12 @@ def _run_fused(
     key = (fn, split, tuple(present), tuple(layout[0][0])) if layout is not None else None
     plan = plans.get(key) if plans is not None and key is not None else None
     if plan is None or plan.layout != layout:
-        plan, calls = _make_plan(columns, split)
+        plan = _make_plan(columns, split, layout)
         if plans is not None and key is not None:
             if len(plans) >= _MAX_PLANS:
                 plans.clear()
             plans[key] = plan
-    else:
-        calls = [_arguments(columns, slots, like) for slots, like in plan.calls]
+    calls = [_arguments(columns, slots, like) for slots, like in plan.calls]
     if plan.eager:
         fn(*[None if ts is None else [ts[i] for i in plan.eager] for ts in lists], **scalars)
     if not calls:
@@ -300,8 +299,11 @@ def _arguments(
     for col, column in enumerate(columns):
         if len(whole) == len(slots):  # whole tensors: themselves, or detached (_whole)
             picked = [column[i] for i in whole]
-            plain = list(map(type, picked)).count(torch.Tensor) == len(picked) and not any(
-                [t.requires_grad for t in picked]
+            # _whole(t) is t for a plain tensor: tested for the whole column at once
+            plain = (
+                list(map(type, picked)).count(torch.Tensor) == len(picked)
+                and [t._base for t in picked].count(None) == len(picked)
+                and not any([t.requires_grad for t in picked])
             )
             pieces = picked if plain else [_whole(t) for t in picked]
         else:
@@ -318,15 +320,13 @@ def _slot_piece(column: list[torch.Tensor], slot: _Slot) -> torch.Tensor:
     return _whole(column[i]) if a is None or b is None else _piece(column[i], a, b)
 
 
-def _make_plan(
-    columns: list[list[torch.Tensor]], split: bool
-) -> tuple[_Plan, list[list[list[torch.Tensor]]]]:
-    """The cut of ``columns`` into calls, and this step's arguments of each call."""
+def _make_plan(columns: list[list[torch.Tensor]], split: bool, layout: Any) -> _Plan:
+    """The cut of ``columns`` into calls (``layout``: what it depends on, see :func:`_layout`)."""
     per_piece = _per_piece(columns[0][0].dtype)
     eager: list[int] = []  # tensors the compiled graph cannot take: of 0 or 1 element, or strided
-    # pieces by the numbers of dimensions of their tensors (one graph per kind); each with its
-    # slot and the storages it shares with others (pieces of one tensor, views into one buffer)
-    kinds: dict[tuple[int, ...], list[tuple[_Slot, list[torch.Tensor], set[int] | None]]] = {}
+    # slots by the numbers of dimensions of their tensors (one graph per kind); each with the
+    # storages it shares with others (pieces of one tensor, views into one buffer), or None
+    kinds: dict[tuple[int, ...], list[tuple[_Slot, set[int] | None]]] = {}
     # per-tensor tests as map() over C methods and list methods: generator expressions here cost
     # about 1 us more per tensor (2,000 small tensors, RAdam fused: 51.4 -> 49.1 ms a step)
     for i, numel in enumerate(map(torch.Tensor.numel, columns[0])):
@@ -335,52 +335,30 @@ def _make_plan(
             eager.append(i)
             continue
         views = [t._base for t in row].count(None) != len(row)
+        shared = {t.untyped_storage().data_ptr() for t in row} if views else None
         if not split:
-            shared = {t.untyped_storage().data_ptr() for t in row} if views else None
-            kinds.setdefault(tuple(t.dim() for t in row), []).append(
-                ((i, None, None), [_whole(t) for t in row], shared)
-            )
+            kinds.setdefault(tuple(t.dim() for t in row), []).append(((i, None, None), shared))
         elif list(map(torch.Tensor.numel, row)).count(numel) != len(row):
             eager.append(i)
         elif numel <= per_piece and list(map(torch.Tensor.dim, row)).count(1) == len(row):
-            shared = {t.untyped_storage().data_ptr() for t in row} if views else None
-            kinds.setdefault((1,) * len(row), []).append(
-                ((i, None, None), [_whole(t) for t in row], shared)
-            )
-        else:
+            kinds.setdefault((1,) * len(row), []).append(((i, None, None), shared))
+        else:  # pieces of one tensor share its storages
             shared = {t.untyped_storage().data_ptr() for t in row}
             kinds.setdefault((1,) * len(row), []).extend(
-                ((i, a, b), [_piece(t, a, b) for t in row], shared)
-                for a, b in _cuts(numel, per_piece)
+                ((i, a, b), shared) for a, b in _cuts(numel, per_piece)
             )
-    calls: list[tuple[list[_Slot], _Slot]] = []
-    arguments: list[list[list[torch.Tensor]]] = []
-    for pieces in kinds.values():
-        first_slot, first = pieces[0][0], pieces[0][1]
-        for call in _pack(pieces):
-            args = []
-            for col in range(len(columns)):
-                column = [tensors[col] for _, tensors in call]
-                column += [
-                    _scratch_piece(first[col], col * ARITY + j) for j in range(len(call), ARITY)
-                ]
-                args.append(column)
-            calls.append(([slot for slot, _ in call], first_slot))
-            arguments.append(args)
-    return _Plan(_layout(columns) or [], eager, calls), arguments
+    calls = [(call, slots[0][0]) for slots in kinds.values() for call in _pack(slots)]
+    return _Plan(layout, eager, calls)
 
 
-def _pack(
-    pieces: list[tuple[_Slot, list[torch.Tensor], set[int] | None]],
-) -> list[list[tuple[_Slot, list[torch.Tensor]]]]:
-    """Pieces into calls of at most ``ARITY``, no two pieces of a call sharing a storage (dynamo
+def _pack(slots: list[tuple[_Slot, set[int] | None]]) -> list[list[_Slot]]:
+    """Slots into calls of at most ``ARITY``, no two pieces of a call sharing a storage (dynamo
     would guard on their aliasing: a graph per pattern). Pieces of distinct plain tensors share
     none and fill the calls in order."""
-    calls: list[list[tuple[_Slot, list[torch.Tensor]]]] = []
+    calls: list[list[_Slot]] = []
     storages: list[set[int]] = []
     open_from = 0  # calls before this one are full
-    for slot, tensors, shared in pieces:
-        piece = (slot, tensors)
+    for piece, shared in slots:
         if shared is None:
             c = len(calls) - 1
             if c < open_from:

@@ -126,15 +126,13 @@ from adaptim.core.base import (
     run_eagerly,
 )
 from adaptim.core.distributed import (
-    all_reduce_,
     all_reduce_many,
     any_dtensor,
     local,
     local_list,
     partition_sum,
-    shard_groups,
 )
-from adaptim.core.functional import l2_weight_decay, scalar_arg
+from adaptim.core.functional import is_zero, l2_weight_decay, scalar_arg
 from adaptim.core.fused import run_elementwise
 from adaptim.core.state_precision import absmax_key
 from adaptim.core.validation import POSITIVE, UNIT_CLOSED, Interval, Optional
@@ -145,21 +143,6 @@ __all__ = ["MomentumKOALA", "VanillaKOALA", "loss_statistics"]
 GRAD_EPS = 1e-9  # tensors whose gradient norm is below this are skipped (reference code)
 #: the key of the shared state (P, R, q_w) in its carrier parameter's entry of ``state_dict()``
 SHARED = "koala"
-
-
-def _norm(tensor: torch.Tensor, like: torch.Tensor | None = None) -> float:
-    """The L2 norm of ``tensor`` (a local shard of ``like`` under FSDP2: squares summed over shards);
-    recomputed in float64 if the squares overflowed the tensor's dtype (see :func:`_norms_of_many`)."""
-    groups = shard_groups(like) if like is not None else ()
-    value = math.inf
-    for dtype in (None, torch.float64):
-        norm = torch.linalg.vector_norm(tensor, dtype=dtype)
-        if groups:
-            norm = all_reduce_(norm.square(), groups).sqrt()
-        value = norm.item()
-        if not math.isinf(value):  # the same on every rank: reduced
-            break
-    return value
 
 
 def _norm_tensors(
@@ -804,6 +787,18 @@ def _sq_norm(t: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(t, dtype=torch.float64).square()
 
 
+def _regularized(
+    h: torch.Tensor, grad_sq: torch.Tensor, param: torch.Tensor, loss: Any, weight_decay: Any
+) -> tuple[torch.Tensor, Any]:
+    """``(||h||^2, L)`` of one tensor, ``h = g + wd p`` (``l2_weight_decay``) and
+    ``L = loss + wd/2 ||p||^2``. Without weight decay (a Python zero: the eager path) they are
+    ``||g||^2`` and the loss: neither ``h`` nor the parameter is read again, as in the
+    multi-tensor path."""
+    if is_zero(weight_decay):
+        return grad_sq, loss
+    return _sq_norm(h), loss + 0.5 * weight_decay * _sq_norm(param)
+
+
 def _koala_v_tensors(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -822,10 +817,11 @@ def _koala_v_tensors(
     the tensor does not move). Norms accumulate in float64, where the multi-tensor path
     recomputes in float64 only those that overflow."""
     for param, grad, ratio in zip(params, grads, ratios, strict=True):
-        moves = ~(_sq_norm(grad) < GRAD_EPS * GRAD_EPS)  # as the reference: a NaN norm moves
-        h_sq = _sq_norm(l2_weight_decay(grad, param, weight_decay))  # h = g + wd p
+        grad_sq = _sq_norm(grad)
+        moves = ~(grad_sq < GRAD_EPS * GRAD_EPS)  # as the reference: a NaN norm moves
+        h = l2_weight_decay(grad, param, weight_decay)  # g itself without decay
+        h_sq, layer_loss = _regularized(h, grad_sq, param, loss, weight_decay)
         s = p_cov * h_sq + r
-        layer_loss = loss + 0.5 * weight_decay * _sq_norm(param)
         gain = torch.where(moves, lr * layer_loss * p_cov / s, 0.0)
         param.add_(grad, alpha=scalar_arg(-gain))
         ratio[()] = torch.where(moves, h_sq / s, -math.inf)  # not copy_: see adaptive_hb.py
@@ -1110,11 +1106,11 @@ def _koala_m_tensors(
     """KOALA-M's measurement update, one tensor at a time (per-tensor path and ``fused=True``,
     as :func:`_koala_v_tensors`, whose ``ratios`` it writes the same way)."""
     for param, grad, vel, avg, ratio in zip(params, grads, vels, avgs, ratios, strict=True):
-        moves = ~(_sq_norm(grad) < GRAD_EPS * GRAD_EPS)  # as the reference: a NaN norm moves
+        grad_sq = _sq_norm(grad)
+        moves = ~(grad_sq < GRAD_EPS * GRAD_EPS)  # as the reference: a NaN norm moves
         h = l2_weight_decay(grad, param, weight_decay)
-        h_sq = _sq_norm(h)
+        h_sq, layer_loss = _regularized(h, grad_sq, param, loss, weight_decay)
         s = h_sq * p00 + r
-        layer_loss = loss + 0.5 * weight_decay * _sq_norm(param)
         param.add_(h, alpha=scalar_arg(torch.where(moves, -p00 / s * layer_loss * lr, 0.0)))  # K1 h
         vel.add_(h, alpha=scalar_arg(torch.where(moves, -p10 / s * layer_loss * lr, 0.0)))  # K2 h
         # p_bar = 0.9 p_bar + 0.1 p where the tensor moved; the factors in float64 (a Python
