@@ -439,3 +439,77 @@ def test_plans_are_made_once_and_hold_no_tensor(monkeypatch: pytest.MonkeyPatch)
     assert first > 0 and len(made) == first, f"{len(made) - first} plans made after the first step"
     assert len(plans) == first
     assert _tensors_in(plans) == []
+
+
+# -- calls into a compiled graph without dynamo (core/fused.py's _direct) --------------------------
+
+
+def _without_dynamo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From here on, a call through dynamo fails the test."""
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("called through dynamo")
+
+    for key in list(fused_module._compiled):
+        monkeypatch.setitem(fused_module._compiled, key, refused)
+
+
+@pytest.mark.parametrize("info", FUSABLE, ids=[i.name for i in FUSABLE])
+def test_later_steps_call_the_graphs_directly(info: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the steps that compile (8, past RAdam's rectification switch), every optimizer's
+    calls go straight to the compiled graphs, and the run still equals the eager one: two groups,
+    fp32, fp64 and bf16 parameters, a scheduler."""
+    dtypes = (torch.float32, torch.float64, torch.bfloat16)
+    eager_params, fused_params = _params(dtypes), _params(dtypes)
+    eager = _train(info, eager_params, range(STEPS), foreach=False, fused=False)
+    fused = make(info, _groups(info, fused_params), fused=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(fused, lambda s: 0.95**s)
+    for step in range(STEPS):
+        if step == 8:
+            _without_dynamo(monkeypatch)
+        _step(fused, fused_params, step)
+        sched.step()
+    _assert_same_run(fused_params, fused, eager_params, eager)
+
+
+def test_dynamo_reset_drops_the_direct_calls() -> None:
+    """After ``torch._dynamo.reset()`` the next step compiles again (through dynamo), rather than
+    calling graphs that dynamo no longer holds."""
+    info = _compiled_info()
+    params = _params()
+    opt = make(info, _groups(info, params), fused=True)
+    for step in range(3):
+        _step(opt, params, step)
+    counters = torch._dynamo.utils.counters["stats"]
+    torch._dynamo.reset()
+    before = counters["unique_graphs"]
+    _step(opt, params, 3)
+    assert counters["unique_graphs"] > before
+
+
+def _add_scaled(params: list[torch.Tensor], grads: list[torch.Tensor], *, k: int) -> None:
+    for p, g in zip(params, grads, strict=True):
+        p.add_(g * k)
+
+
+def test_an_input_that_is_not_a_piece_keeps_the_call_on_dynamo() -> None:
+    """An int scalar is a symbolic input of the graph (``dynamic=True``) that is no piece and no
+    piece's size: such a call stays on dynamo, and a new value is not run with the old one."""
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(300, generator=gen) for _ in range(3)]
+    grads = [torch.randn(300, generator=gen) for _ in range(3)]
+    expected = [p + g * 2 + g * 3 for p, g in zip(params, grads, strict=True)]
+    plans: dict[Any, Any] = {}
+    for k in (2, 3):
+        fused_module.run_elementwise(
+            _add_scaled,
+            [params, grads],
+            [1] * 3,
+            lambda step, k=k: {"k": k},
+            fused=True,
+            plans=plans,
+        )
+    for p, e in zip(params, expected, strict=True):
+        torch.testing.assert_close(p, e, rtol=0, atol=0)
+    mine = [v for k, v in fused_module._direct.items() if k[0] is _add_scaled]
+    assert mine and all(v is None for v in mine)

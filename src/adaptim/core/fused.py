@@ -17,8 +17,13 @@ What keeps the compile cost from growing with the model, and the step from recom
   not autograd views, so dynamo does not guard on the shapes of the tensors they were cut from; the
   pieces of one call come from pairwise distinct storages, so it does not guard on their aliasing;
 * every float scalar is a 0-dim float64 tensor (on the parameters' device), so a scheduler, the
-  step count or a group's own hyperparameters never recompile. Booleans are static: one graph per
-  combination that occurs (a step-dependent branch such as RAdam's rectification adds one).
+  step count or a group's own hyperparameters never recompile. Booleans and exponents
+  (``functional.Exponent``) are static: one graph per combination that occurs (a step-dependent
+  branch such as RAdam's rectification adds one).
+
+What keeps a step's cost close to its kernels': the cut of a batch into calls is planned once and
+reused (``_Plan``), and a call that dynamo has matched to a graph once is made directly to that graph
+at later steps, without dynamo's guards (see "calling a compiled graph without dynamo" below).
 
 ``fused=None`` means the eager path (compiling costs 10-60 s on a 2-core CPU, which a short run does
 not earn back; see the README's speed section), except where torch has a fused kernel for exactly
@@ -35,6 +40,8 @@ from typing import Any
 import torch
 import torch._dynamo
 from torch.fx.experimental import _config as fx_config
+
+from adaptim.core.functional import Exponent
 
 __all__ = ["ARITY", "PIECE_ELEMENTS", "by_step", "fused_unavailable_reason", "run_elementwise"]
 
@@ -100,8 +107,119 @@ def _compile(fn: Callable[..., None], device: torch.device) -> Callable[..., Non
             # thread: RAdam's fused step took 45.6 ms on the transformer set, 30.5 with the
             # thread count left to OpenMP at run time.
             options["cpp.dynamic_threads"] = True
-        compiled = _compiled[key] = torch.compile(fn, dynamic=True, fullgraph=True, options=options)
+        compiled = _compiled[key] = torch.compile(
+            fn, dynamic=True, fullgraph=True, backend=_Backend(options)
+        )
     return compiled
+
+
+# -- calling a compiled graph without dynamo ------------------------------------------------------
+#
+# Through dynamo, a call of 16 pieces in 4 columns cost 175 us of which 30 in the graph itself: the
+# guards on 67 inputs and reading 16 sizes through disabled frames. A call whose inputs dynamo has
+# already matched to a graph is, at the next step, the same call in everything the guards check
+# (the plan fixes dtypes, 1-D contiguous pieces of at least 2 elements, distinct storages; the
+# scalars' kinds and flags are part of the key), so it calls that graph directly: the arguments in
+# the graph's order, each a piece, a scalar, or a piece's size. How to build them is read from the
+# graph and checked against the arguments dynamo passed, once; anything unexpected (an input that
+# is not one of ours, an output) keeps that call on dynamo.
+
+
+class _Graph:
+    """A graph Inductor compiled for an update: its callable, and what each input is (per tensor,
+    the symbols of its sizes; per size, its symbol; nothing else kept of the traced graph)."""
+
+    def __init__(self, run: Callable[..., Any], gm: torch.fx.GraphModule) -> None:
+        self.run = run
+        nodes = list(gm.graph.nodes)
+        self.inputs: list[tuple[str, list[str]] | None] = []
+        for node in nodes:
+            if node.op != "placeholder":
+                continue
+            value = node.meta.get("example_value")
+            if isinstance(value, torch.Tensor):
+                self.inputs.append(("tensor", [_symbol(size) for size in value.shape]))
+            elif isinstance(value, torch.SymInt):
+                self.inputs.append(("size", [_symbol(value)]))
+            else:
+                self.inputs.append(None)
+        outputs = [n.args[0] for n in nodes if n.op == "output"]
+        self.returns_nothing = outputs in ([()], [[]], [None])
+
+
+def _symbol(size: int | torch.SymInt) -> str:
+    return str(size.node.expr) if isinstance(size, torch.SymInt) else ""
+
+
+#: the graph and arguments of each call through dynamo while ``_recording`` is set
+_recorded: list[tuple[_Graph, tuple[Any, ...]]] = []
+_recording = False
+
+
+class _Backend:
+    """Inductor, remembering which graph each recorded call ran (a class, so that dynamo's cache
+    key, which includes the backend, is stable)."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        from torch._inductor.compile_fx import compile_fx
+
+        run: Callable[..., Any] = compile_fx(  # type: ignore[assignment]
+            gm, example_inputs, config_patches=self.options
+        )
+        graph = _Graph(run, gm)
+
+        def call(*args: Any) -> Any:
+            if _recording:
+                _recorded.append((graph, args))
+            return run(*args)
+
+        return call
+
+
+#: per (update, device, call signature): the graph's callable and, per input, the index of the
+#: flat argument it is (with ``None``) or whose size along a dimension it is; ``None``: dynamo
+_direct: dict[tuple[Any, ...], tuple[Callable[..., Any], list[tuple[int, int | None]]] | None] = {}
+#: per update: how many graphs dynamo held when a direct call was last set up (fewer: it was reset)
+_direct_graphs: dict[Callable[..., None], int] = {}
+
+
+def _dynamo_graphs(fn: Callable[..., None]) -> int:
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    return len(_debug_get_cache_entry_list(fn.__code__))
+
+
+def _sources(
+    graph: _Graph, args: tuple[Any, ...], flat: list[torch.Tensor]
+) -> list[tuple[int, int | None]] | None:
+    """How to build ``args`` (a recorded call of ``graph``) from ``flat``; ``None`` if unsure."""
+    if not graph.returns_nothing or len(graph.inputs) != len(args):
+        return None
+    index = {id(t): j for j, t in enumerate(flat)}
+    sources: list[tuple[int, int | None] | None] = []
+    dims: dict[str, tuple[int, int]] = {}
+    for kind, arg in zip(graph.inputs, args, strict=True):
+        j = index.get(id(arg)) if isinstance(arg, torch.Tensor) else None
+        sources.append(None if j is None else (j, None))
+        if j is not None and kind is not None and kind[0] == "tensor":
+            for d, symbol in enumerate(kind[1]):
+                if symbol:
+                    dims.setdefault(symbol, (j, d))
+    for i, kind in enumerate(graph.inputs):
+        if sources[i] is None and kind is not None and kind[0] == "size":
+            sources[i] = dims.get(kind[1][0])
+    if any(s is None for s in sources):
+        return None
+    resolved = [s for s in sources if s is not None]
+    rebuilt = [flat[j] if d is None else flat[j].shape[d] for j, d in resolved]
+    same = all(
+        (b is a) if isinstance(a, torch.Tensor) else (type(a) is int and b == a)
+        for a, b in zip(args, rebuilt, strict=True)
+    )
+    return resolved if same else None
 
 
 def _as_tensors(scalars: _Scalars, device: torch.device) -> dict[str, Any]:
@@ -113,7 +231,9 @@ def _as_tensors(scalars: _Scalars, device: torch.device) -> dict[str, Any]:
     biases without weight decay beside one with it)."""
     out: dict[str, Any] = {}
     for key, value in scalars.items():
-        if isinstance(value, float):
+        if isinstance(value, Exponent):  # a constant of the graph (see Exponent)
+            value = float(value)
+        elif isinstance(value, float):
             value = torch.tensor(value, dtype=torch.float64, device=device)
         out[key] = value
     return out
@@ -207,8 +327,9 @@ _MAX_PLANS = 256
 _Slot = tuple[int, int | None, int | None]
 
 
-#: per column: each tensor's size, number of dimensions, contiguity and dtype
-_ColumnLayout = tuple[list[int], list[int], list[bool], list[torch.dtype]]
+#: per column: each tensor's size, number of dimensions, contiguity, dtype and (where the calls take
+#: whole tensors) which of its dimensions are 1 (the graph specializes those)
+_ColumnLayout = tuple[list[int], list[int], list[bool], list[torch.dtype], list[tuple[bool, ...]]]
 
 
 class _Plan:
@@ -233,10 +354,22 @@ class _Plan:
         self.eager = eager
         #: per call: its slots, and the slot whose tensors its padding pieces are shaped like
         self.calls = calls
+        #: per call, per column: its tensors' dtypes and dimensions of size 1, those of its padding
+        #: pieces included: what the call's graph depends on that the layout does not fix
+        self.signatures = [
+            None
+            if layout is None
+            else tuple(
+                (tuple((dtypes[i], ones[i]) for i, _, _ in slots), (dtypes[like[0]], ones[like[0]]))
+                for _, _, _, dtypes, ones in layout
+            )
+            for slots, like in calls
+        ]
 
 
-def _layout(columns: list[list[torch.Tensor]]) -> list[_ColumnLayout] | None:
-    """What a cut depends on, per column; ``None`` if a tensor is a view."""
+def _layout(columns: list[list[torch.Tensor]], whole: bool) -> list[_ColumnLayout] | None:
+    """What a cut depends on, per column; ``None`` if a tensor is a view. ``whole``: the calls take
+    whole tensors (not 1-D pieces)."""
     out = []
     for column in columns:
         if [t._base for t in column].count(None) != len(column):
@@ -247,6 +380,7 @@ def _layout(columns: list[list[torch.Tensor]]) -> list[_ColumnLayout] | None:
                 list(map(torch.Tensor.dim, column)),
                 list(map(torch.Tensor.is_contiguous, column)),
                 [t.dtype for t in column],
+                [tuple(n == 1 for n in t.shape) if whole else () for t in column],
             )
         )
     return out
@@ -261,7 +395,7 @@ def _run_fused(
 ) -> None:
     present = [k for k, ts in enumerate(lists) if ts is not None]
     columns = [ts for ts in lists if ts is not None]
-    layout = _layout(columns) if plans is not None else None
+    layout = _layout(columns, whole=not split) if plans is not None else None
     key = (fn, split, tuple(present), tuple(layout[0][0])) if layout is not None else None
     plan = plans.get(key) if plans is not None and key is not None else None
     if plan is None or plan.layout != layout:
@@ -278,15 +412,82 @@ def _run_fused(
     device = columns[0][0].device
     tensor_scalars = _as_tensors(scalars, device)
     compiled = _compile(fn, device)
+    signature = _signature(tensor_scalars) if plan.layout is not None else None
+    direct_key = (
+        None
+        if signature is None
+        else (fn, device, tuple(present), torch.is_grad_enabled(), signature)
+    )
+    if direct_key is not None and fn in _direct_graphs and _dynamo_graphs(fn) < _direct_graphs[fn]:
+        # torch._dynamo.reset(): its graphs are gone, and so are the direct calls into them
+        for stale in [k for k in _direct if k[0] is fn]:
+            del _direct[stale]
+        del _direct_graphs[fn]
+    scalar_tensors = [v for v in tensor_scalars.values() if isinstance(v, torch.Tensor)]
     with (
         fx_config.patch(use_duck_shape=False),  # type: ignore[attr-defined]
-        torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=4096),
+        # a float the update reads from its module (KOALA's GRAD_EPS) is a constant of the
+        # graph, not a 0-dim tensor input made at each call (which a direct call could not make)
+        torch._dynamo.config.patch(
+            recompile_limit=64, accumulated_recompile_limit=4096, specialize_float=True
+        ),
     ):
-        for args in calls:
+        for args, call_signature in zip(calls, plan.signatures, strict=True):
+            flat = [p for column in args for p in column] + scalar_tensors
+            call_key = (
+                None
+                if direct_key is None or call_signature is None
+                else (*direct_key, call_signature)
+            )
+            direct = _direct.get(call_key) if call_key is not None else None
+            if direct is not None:
+                run, sources = direct
+                run(*[flat[j] if d is None else flat[j].shape[d] for j, d in sources])
+                continue
             full: list[Any] = [None] * len(lists)
             for col, k in enumerate(present):
                 full[k] = args[col]
-            compiled(*full, **tensor_scalars)
+            if call_key is None or call_key in _direct:  # on dynamo for good
+                compiled(*full, **tensor_scalars)
+                continue
+            recorded = _recorded_call(compiled, full, tensor_scalars)
+            if recorded is None:
+                _direct[call_key] = None
+                continue
+            graph, graph_args = recorded
+            found = _sources(graph, graph_args, flat)
+            _direct[call_key] = None if found is None else (graph.run, found)
+            _direct_graphs[fn] = _dynamo_graphs(fn)
+
+
+def _recorded_call(
+    compiled: Callable[..., None], full: list[Any], scalars: Mapping[str, Any]
+) -> tuple[_Graph, tuple[Any, ...]] | None:
+    """Call through dynamo; the graph it ran and the arguments it gave it (``None``: not one)."""
+    global _recording
+    _recorded.clear()
+    _recording = True
+    try:
+        compiled(*full, **scalars)
+    finally:
+        _recording = False
+    recorded = _recorded[0] if len(_recorded) == 1 else None
+    _recorded.clear()
+    return recorded
+
+
+def _signature(scalars: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """What dynamo guards on in the scalars: a tensor's dtype, device and dimensions, any other
+    value itself (flags are static)."""
+    out = tuple(
+        (k, (v.dtype, v.device, v.dim()) if isinstance(v, torch.Tensor) else (type(v), v))
+        for k, v in scalars.items()
+    )
+    try:
+        hash(out)
+    except TypeError:
+        return None
+    return out
 
 
 def _arguments(

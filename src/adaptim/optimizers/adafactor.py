@@ -329,6 +329,7 @@ def _run_by_kind(
             lambda step: opt._step_scalars(group, step),
             fused=fused,
             split=False,
+            plans=opt.__dict__.setdefault("_fused_plans", {}),
         )
 
 

@@ -269,6 +269,7 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
             lambda step: self._step_scalars(group, step),
             fused=fused,
             split=False,
+            plans=self.__dict__.setdefault("_fused_plans", {}),
         )
         self._took(batch, norms, float(group["lr"]))
 

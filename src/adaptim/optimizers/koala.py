@@ -576,6 +576,7 @@ class _KOALA(AdaptimOptimizer):
             lambda step: self._step_scalars(group, step),
             fused=fused,
             split=False,
+            plans=self.__dict__.setdefault("_fused_plans", {}),
         )
         top = torch.stack(ratios).max().item()
         return None if top == -math.inf else top

@@ -371,6 +371,7 @@ class MARS(AdaptimOptimizer):
                 lambda step: self._step_scalars(group, step),
                 fused=fused,
                 split=False,
+                plans=self.__dict__.setdefault("_fused_plans", {}),
             )
         if adam.params:
             amsgrad = "max_exp_avg_sq" if group["amsgrad"] else None
@@ -387,6 +388,7 @@ class MARS(AdaptimOptimizer):
                     step,
                 ),
                 fused=fused,
+                plans=self.__dict__.setdefault("_fused_plans", {}),
             )
 
 

@@ -343,6 +343,7 @@ class SGDHess(AdaptimOptimizer):
                 [counts[i] for i in idx],
                 lambda step: self._step_scalars(group, step),
                 fused=fused,
+                plans=self.__dict__.setdefault("_fused_plans", {}),
             )
 
     def _elementwise_update(
