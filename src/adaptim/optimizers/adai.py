@@ -58,10 +58,12 @@ import torch
 from adaptim.core.base import AdaptimOptimizer, TensorBatch, required
 from adaptim.core.distributed import all_reduce_many, any_dtensor, partition_sum
 from adaptim.core.functional import (
+    Exponent,
     Scalar,
     bias_correction,
     decoupled_weight_decay_,
     l2_weight_decay,
+    power_,
     scalars,
 )
 from adaptim.core.validation import (
@@ -340,8 +342,8 @@ class Adai(AdaptimOptimizer):
             beta0=beta0,
             max_beta1=1.0 - eps,
             damped=dampening != 1.0,
-            dampening=dampening,
-            inertia_power=1.0 / (3.0 - 2.0 * dampening),
+            dampening=Exponent(dampening),
+            inertia_power=Exponent(1.0 / (3.0 - 2.0 * dampening)),
             decay=lr * weight_decay if decoupled else 0.0,
             l2=0.0 if decoupled else weight_decay,
             step_size=lr * beta0 ** (1.0 - dampening),
@@ -482,8 +484,8 @@ def _single_tensor_adai(
     beta0: Scalar,
     max_beta1: Scalar,
     damped: bool,
-    dampening: Scalar,
-    inertia_power: Scalar,
+    dampening: float,
+    inertia_power: float,
     decay: Scalar,
     l2: Scalar,
     step_size: Scalar,
@@ -501,9 +503,9 @@ def _single_tensor_adai(
         # such a coordinate is among the largest, so it gets no inertia (beta1 = 0), not NaN
         ratio = ratio.nan_to_num_(nan=math.inf, posinf=math.inf)
         if damped:
-            ratio = ratio.pow(inertia_power)
+            ratio = power_(ratio, inertia_power)
         beta1 = (1.0 - ratio.mul(beta0)).clamp_min_(0.0).clamp_max_(max_beta1)
-        beta3 = (1.0 - beta1).pow(dampening) if damped else 1.0 - beta1
+        beta3 = power_(1.0 - beta1, dampening) if damped else 1.0 - beta1
         beta1_prod.mul_(beta1)
         exp_avg.mul_(beta1).addcmul_(beta3, grad)
         exp_avg_hat = exp_avg / (1.0 - beta1_prod)

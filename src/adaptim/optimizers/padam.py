@@ -46,10 +46,12 @@ import torch
 
 from adaptim.core.base import AdaptimOptimizer, TensorBatch
 from adaptim.core.functional import (
+    Exponent,
     Scalar,
     bias_correction,
     decoupled_weight_decay_,
     l2_weight_decay,
+    power_,
     scalar_arg,
     scalars,
 )
@@ -157,7 +159,7 @@ class Padam(AdaptimOptimizer):
             weight_decay=group["weight_decay"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
             partially_adaptive=group["partial"] != 0.5,
-            power=2 * group["partial"],
+            power=Exponent(2 * group["partial"]),
             step_size=_step_size(lr, beta1, beta2, step),
         )
 
@@ -180,7 +182,7 @@ def _single_tensor_padam(
     weight_decay: Scalar,
     decoupled_weight_decay: bool,
     partially_adaptive: bool,
-    power: Scalar,
+    power: float,
     step_size: Scalar,
 ) -> None:
     """``power``: ``2 partial``, applied when ``partially_adaptive`` (``partial != 1/2``);
@@ -198,7 +200,7 @@ def _single_tensor_padam(
             exp_avg_sq = max_exp_avg_sqs[i]
         denom = exp_avg_sq.sqrt().add_(eps)
         if partially_adaptive:
-            denom.pow_(power)
+            power_(denom, power)
         param.addcdiv_(exp_avg, denom, value=scalar_arg(-step_size))
 
 
