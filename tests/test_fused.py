@@ -513,3 +513,44 @@ def test_an_input_that_is_not_a_piece_keeps_the_call_on_dynamo() -> None:
         torch.testing.assert_close(p, e, rtol=0, atol=0)
     mine = [v for k, v in fused_module._direct.items() if k[0] is _add_scaled]
     assert mine and all(v is None for v in mine)
+
+
+def test_a_direct_call_is_not_reused_at_another_arity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A direct call's arguments are positions in the call's pieces: after ``ARITY`` changes, the
+    same tensors take other positions, and the run still equals the eager one."""
+    info = _compiled_info()
+    eager_params, fused_params = _params(), _params()
+    eager = _train(info, eager_params, range(8), foreach=False, fused=False)
+    fused = make(info, _groups(info, fused_params), fused=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(fused, lambda s: 0.95**s)
+    for step in range(8):
+        if step == 4:
+            monkeypatch.setattr(fused_module, "ARITY", 3)
+        _step(fused, fused_params, step)
+        sched.step()
+    _assert_same_run(fused_params, fused, eager_params, eager)
+
+
+def test_no_direct_call_under_a_compiler_stance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``torch.compiler.set_stance("force_eager")`` the update runs as dynamo runs it (here:
+    eagerly), not through a graph called directly."""
+    info = _compiled_info()
+    params = _params()
+    opt = make(info, _groups(info, params), fused=True)
+    for step in range(3):
+        _step(opt, params, step)
+    calls = []
+    for key, direct in list(fused_module._direct.items()):
+        if direct is not None:
+
+            def counted(*args: Any, run: Any = direct[0]) -> Any:
+                calls.append(1)
+                return run(*args)
+
+            monkeypatch.setitem(fused_module._direct, key, (counted, direct[1]))
+    _step(opt, params, 3)
+    assert calls, "no direct call at all"
+    calls.clear()
+    with torch.compiler.set_stance("force_eager"):
+        _step(opt, params, 4)
+    assert not calls

@@ -199,6 +199,8 @@ def _sources(
     if not graph.returns_nothing or len(graph.inputs) != len(args):
         return None
     index = {id(t): j for j, t in enumerate(flat)}
+    if len(index) != len(flat):  # one tensor twice (two scalars given one tensor): one input
+        return None
     sources: list[tuple[int, int | None] | None] = []
     dims: dict[str, tuple[int, int]] = {}
     for kind, arg in zip(graph.inputs, args, strict=True):
@@ -322,6 +324,7 @@ def run_elementwise(
 
 #: plans kept per optimizer (one per batch of tensors and step count, usually a few)
 _MAX_PLANS = 256
+_INT32_MAX = 2**31 - 1
 #: a piece of a row of tensors: the row's index, and the flat range ``start:stop`` (``None``: the
 #: whole tensors)
 _Slot = tuple[int, int | None, int | None]
@@ -356,12 +359,18 @@ class _Plan:
         self.calls = calls
         #: per call, per column: its tensors' dtypes and dimensions of size 1, those of its padding
         #: pieces included: what the call's graph depends on that the layout does not fix
+        #: (and whether a whole tensor is too large for 32-bit indices, where Inductor compiles
+        #: CUDA kernels with 64-bit ones)
         self.signatures = [
             None
             if layout is None
             else tuple(
-                (tuple((dtypes[i], ones[i]) for i, _, _ in slots), (dtypes[like[0]], ones[like[0]]))
-                for _, _, _, dtypes, ones in layout
+                (
+                    tuple((dtypes[i], ones[i]) for i, _, _ in slots),
+                    (dtypes[like[0]], ones[like[0]]),
+                    any(numels[i] > _INT32_MAX for i, a, _ in slots if a is None),
+                )
+                for numels, _, _, dtypes, ones in layout
             )
             for slots, like in calls
         ]
@@ -412,25 +421,23 @@ def _run_fused(
     device = columns[0][0].device
     tensor_scalars = _as_tensors(scalars, device)
     compiled = _compile(fn, device)
+    if fn in _direct_graphs and _dynamo_graphs(fn) < _direct_graphs[fn]:
+        # torch._dynamo.reset(): its graphs are gone, and so are the direct calls into them
+        for stale in [k for k in list(_direct) if k[0] is fn]:
+            _direct.pop(stale, None)
+        _direct_graphs.pop(fn, None)
     signature = _signature(tensor_scalars) if plan.layout is not None else None
     direct_key = (
         None
-        if signature is None
-        else (fn, device, tuple(present), torch.is_grad_enabled(), signature)
+        if signature is None or not _direct_allowed()
+        else (fn, device, tuple(present), ARITY, _global_state(device), signature)
     )
-    if direct_key is not None and fn in _direct_graphs and _dynamo_graphs(fn) < _direct_graphs[fn]:
-        # torch._dynamo.reset(): its graphs are gone, and so are the direct calls into them
-        for stale in [k for k in _direct if k[0] is fn]:
-            del _direct[stale]
-        del _direct_graphs[fn]
     scalar_tensors = [v for v in tensor_scalars.values() if isinstance(v, torch.Tensor)]
     with (
         fx_config.patch(use_duck_shape=False),  # type: ignore[attr-defined]
         # a float the update reads from its module (KOALA's GRAD_EPS) is a constant of the
         # graph, not a 0-dim tensor input made at each call (which a direct call could not make)
-        torch._dynamo.config.patch(
-            recompile_limit=64, accumulated_recompile_limit=4096, specialize_float=True
-        ),
+        torch._dynamo.config.patch({"specialize_float": True, **_RECOMPILE_LIMITS}),
     ):
         for args, call_signature in zip(calls, plan.signatures, strict=True):
             flat = [p for column in args for p in column] + scalar_tensors
@@ -469,11 +476,36 @@ def _recorded_call(
     _recording = True
     try:
         compiled(*full, **scalars)
+        return _recorded[0] if len(_recorded) == 1 else None
     finally:
         _recording = False
-    recorded = _recorded[0] if len(_recorded) == 1 else None
-    _recorded.clear()
-    return recorded
+        _recorded.clear()  # it holds this call's tensors
+
+
+#: generous per-update recompile limits (a graph per dtype and flag combination); the names of
+#: torch 2.7 and later, and of 2.6
+_RECOMPILE_LIMITS: dict[str, Any] = (
+    {"recompile_limit": 64, "accumulated_recompile_limit": 4096}
+    if hasattr(torch._dynamo.config, "recompile_limit")
+    else {"cache_size_limit": 64, "accumulated_cache_size_limit": 4096}
+)
+
+
+def _direct_allowed() -> bool:
+    """Direct calls only where dynamo would run its graphs as they are: not under a
+    ``torch.compiler.set_stance`` other than the default (``force_eager``, ``fail_on_recompile``)."""
+    stance = getattr(torch._dynamo.eval_frame, "_stance", None)
+    return stance is None or getattr(stance, "stance", "default") == "default"
+
+
+def _global_state(device: torch.device) -> tuple[Any, ...]:
+    """The global state dynamo guards on that an update's graph depends on: autograd, autocast on
+    the device, the default dtype."""
+    return (
+        torch.is_grad_enabled(),
+        torch.is_autocast_enabled(device.type),
+        torch.get_default_dtype(),
+    )
 
 
 def _signature(scalars: Mapping[str, Any]) -> tuple[Any, ...] | None:

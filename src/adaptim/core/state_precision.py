@@ -187,11 +187,13 @@ def _compiled_codec(signed: bool) -> tuple[Callable[..., Any], Callable[..., Any
 def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     compiled = torch.compile(fn, dynamic=True, fullgraph=True)
 
+    from adaptim.core.fused import _RECOMPILE_LIMITS
+
     def run(*args: Any) -> Any:
         # both maps share the code objects (and dynamo's cache) of the two codec functions
         with (
             fx_config.patch(use_duck_shape=False),  # type: ignore[attr-defined]
-            torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=4096),
+            torch._dynamo.config.patch(_RECOMPILE_LIMITS),
         ):
             return compiled(*args)
 
