@@ -500,8 +500,9 @@ def _single_tensor_adai(
         exp_avg_sq_hat = exp_avg_sqs[i] / bias_correction2
         ratio = exp_avg_sq_hat / exp_avg_sq_hat_mean
         # inf / inf where g^2 overflowed (|g| ~ 1e19 and more in float32; the mean is then inf too):
-        # such a coordinate is among the largest, so it gets no inertia (beta1 = 0), not NaN
-        ratio = ratio.nan_to_num_(nan=math.inf, posinf=math.inf)
+        # such a coordinate is among the largest, so it gets no inertia (beta1 = 0), not NaN. A
+        # `where` on `x == x`, not nan_to_num_: Inductor's C++ tests isnan one element at a time
+        ratio = torch.where(ratio == ratio, ratio, math.inf)
         if damped:
             ratio = power_(ratio, inertia_power)
         beta1 = (1.0 - ratio.mul(beta0)).clamp_min_(0.0).clamp_max_(max_beta1)

@@ -223,8 +223,12 @@ def _single_tensor_friction_adam(
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=scalar_arg(1 - beta2))
         agreement = prev.mul(grad).mul_(beta3)
+        # 1 + tanh(x) as 2 sigmoid(2x): the same value (closer where tanh(x) is near -1), and
+        # Inductor's C++ computes a sigmoid (through exp) about twice as fast as a tanh
         friction_coef = (
-            agreement.sigmoid_() if friction == "sigmoid" else agreement.tanh_().add_(1.0)
+            agreement.sigmoid_()
+            if friction == "sigmoid"
+            else agreement.mul_(2.0).sigmoid_().mul_(2.0)
         )
         prev.copy_(grad)
         # sigSignAdamW puts eps on the bias-corrected sqrt(v_hat); SignGrad on the uncorrected sqrt(v).
