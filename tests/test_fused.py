@@ -554,3 +554,17 @@ def test_no_direct_call_under_a_compiler_stance(monkeypatch: pytest.MonkeyPatch)
     with torch.compiler.set_stance("force_eager"):
         _step(opt, params, 4)
     assert not calls
+
+
+def test_no_call_takes_more_than_arity_pieces() -> None:
+    """Pieces of one large tensor go to distinct calls, each then open; small tensors after it
+    fill the last call and then new ones, never a call past ``ARITY`` pieces (such a call is a
+    graph of its own, compiled for its own count: the transformer set compiled a call of 59)."""
+    gen = torch.Generator().manual_seed(0)
+    sizes = [1000, 100, 100, 100, 900, 100, 100]  # 256-element pieces: 4 of 1000, 4 of 900
+    columns = [[torch.randn(n, generator=gen) for n in sizes] for _ in range(3)]
+    plan = fused_module._make_plan(columns, True, fused_module._layout(columns, whole=False))
+    counts = [len(slots) for slots, _ in plan.calls]
+    assert max(counts) <= fused_module.ARITY, counts
+    pieces = sorted(slot for slots, _ in plan.calls for slot in slots)
+    assert len(pieces) == len(set(pieces)) == 4 + 3 + 4 + 2
