@@ -16,7 +16,7 @@ import gc
 import re
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -33,9 +33,12 @@ STEPS = 20
 
 
 @pytest.fixture(autouse=True)
-def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+def small_pieces(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(fused_module, "ARITY", 2)
     monkeypatch.setattr(fused_module, "PIECE_ELEMENTS", 256)
+    fused_module._per_piece.cache_clear()  # pieces per dtype, from PIECE_ELEMENTS
+    yield
+    fused_module._per_piece.cache_clear()
 
 
 def _params(dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> list[torch.nn.Parameter]:
@@ -568,3 +571,30 @@ def test_no_call_takes_more_than_arity_pieces() -> None:
     assert max(counts) <= fused_module.ARITY, counts
     pieces = sorted(slot for slots, _ in plan.calls for slot in slots)
     assert len(pieces) == len(set(pieces)) == 4 + 3 + 4 + 2
+
+
+def test_each_graph_is_traced_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused step compiles without AOTAutograd's scalar tensorify pass, which restarted
+    dynamo's analysis of every graph (a float symbol for each 0-dim float64 input, found unused);
+    outside the fused calls the pass runs as torch decides."""
+    tensorify = pytest.importorskip("torch.fx.passes._tensorify_python_scalars")
+    specialized: list[str] = []
+    original = tensorify.TensorifyState.specialize
+
+    def recording(name: str) -> None:
+        specialized.append(name)
+        original(name)
+
+    monkeypatch.setattr(tensorify.TensorifyState, "specialize", recording)
+    torch._dynamo.reset()
+    info = _compiled_info()
+    params = _params()
+    opt = make(info, _groups(info, params), fused=True)
+    # the caches would skip the pass: compile for real
+    with (
+        torch._inductor.config.patch(fx_graph_cache=False),
+        torch._functorch.config.patch(enable_autograd_cache=False),
+    ):
+        _step(opt, params, 0)
+    assert specialized == []
+    assert tensorify._is_tensorify_enabled() == torch._dynamo.utils._is_tensorify_enabled()

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
+import importlib
 import shutil
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -494,24 +495,39 @@ _RECOMPILE_LIMITS: dict[str, Any] = (
 )
 
 
+#: set while this thread runs fused calls (see _without_scalar_tensorify)
+_fused_thread = threading.local()
+
+
 @contextlib.contextmanager
 def _without_scalar_tensorify() -> Iterator[None]:
     """Compile without AOTAutograd's pass that turns Python-float arithmetic into tensor arithmetic.
 
     The updates have no such floats (floats are 0-dim tensors or constants), but the fake tensor of
     every 0-dim float64 CPU input gets a float symbol for its ``item()``; the pass finds it unused,
-    marks it specialized and restarts dynamo's whole analysis: every graph was traced twice.
-    AdaBelief's first fused step on the transformer set, cold: 97.6 s, of which 24.2 in the
-    discarded first attempt. torch reads this switch from the environment at each compile."""
-    previous = os.environ.get("TENSORIFY_PYTHON_SCALARS")
-    os.environ["TENSORIFY_PYTHON_SCALARS"] = "0"
+    marks it specialized and restarts dynamo's whole analysis: every graph was traced twice
+    (AdaBelief's first fused step on the transformer set, cold: 24 of 97.6 s in the discarded
+    first attempt). torch decides whether the pass runs once per process (a cached function), so
+    the function the pass consults is wrapped, once, to answer "no" on this thread while fused
+    calls run, and what torch would answer everywhere else."""
+    try:
+        module = importlib.import_module("torch.fx.passes._tensorify_python_scalars")
+    except ImportError:  # a torch without the pass
+        module = None
+    enabled = getattr(module, "_is_tensorify_enabled", None)
+    if enabled is not None and not getattr(enabled, "_adaptim", False):
+
+        def wrapped() -> bool:
+            return not getattr(_fused_thread, "active", False) and enabled()
+
+        wrapped._adaptim = True  # type: ignore[attr-defined]
+        module._is_tensorify_enabled = wrapped  # type: ignore[union-attr]
+    previous = getattr(_fused_thread, "active", False)
+    _fused_thread.active = True
     try:
         yield
     finally:
-        if previous is None:
-            del os.environ["TENSORIFY_PYTHON_SCALARS"]
-        else:
-            os.environ["TENSORIFY_PYTHON_SCALARS"] = previous
+        _fused_thread.active = previous
 
 
 def _direct_allowed() -> bool:
