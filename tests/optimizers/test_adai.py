@@ -402,15 +402,19 @@ def test_betas_set_after_construction_is_refused_at_the_next_step():
 # -- gradients at the edges of the float range ------------------------------------------------------
 
 
-@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize(
+    "path",
+    [{"foreach": False}, {"foreach": True}, {"foreach": False, "fused": True}],
+    ids=["per-tensor", "foreach", "fused"],
+)
 @pytest.mark.parametrize(("cls", "kw"), [(adaptim.Adai, {}), (adaptim.AdaiV2, {"dampening": 0.5})])
-def test_huge_gradients_give_finite_steps(cls, kw, foreach):
+def test_huge_gradients_give_finite_steps(cls, kw, path):
     """``g = 1e30`` (float32): ``g^2`` overflows, so ``v`` and the mean ``v_bar`` are inf and
     ``v_hat / v_bar`` is inf / inf. Such a coordinate is among the largest: it gets no inertia
     (beta1 = 0), so it takes the plain step ``lr * b0^(1-d) * g``, and the others stay finite."""
     big = nn.Parameter(torch.ones(3))
     small = nn.Parameter(torch.ones(4))
-    opt = cls([big, small], lr=0.1, foreach=foreach, **kw)
+    opt = cls([big, small], lr=0.1, **path, **kw)
     step = 0.1 * 0.1 ** (1.0 - kw.get("dampening", 1.0)) * 1e30
     for k in range(1, 5):
         big.grad = torch.full_like(big, 1e30)
