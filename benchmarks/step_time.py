@@ -9,7 +9,9 @@ Two parameter sets:
 For each optimizer the eager multi-tensor path (``foreach=True``) and, where the optimizer has it, the
 fused step (``fused=True``, core/fused.py) are timed, and, when ``pytorch-optimizer`` is installed,
 its class of the same name. References measured in the same run: ``torch.optim.AdamW(foreach=True)``
-and ``torch.optim.AdamW(fused=True)``.
+and ``torch.optim.AdamW(fused=True)``, the latter again just before each optimizer (``AdamW ms``):
+each row's ratios are to that time, so that the machine's drift over a run (fused AdamW took 18 to
+28 ms in one afternoon) does not move them.
 
 An optimizer step is memory-bound, so time is compared per byte moved: parameters read and written,
 gradients read, every state tensor read and written (its real size, so factored or scalar states count
@@ -201,6 +203,12 @@ def run(
             if only and info.name not in only:
                 continue
             kw = kwargs_for(info)
+            # the machine is shared: fused AdamW is timed again beside each optimizer, and the
+            # row's ratios are to that time (the first measurement alone varied 18-28 ms)
+            near_s, near_b, _ = measure(
+                lambda p: torch.optim.AdamW(p, fused=True), factory, repeats
+            )
+            fused_per_byte = near_s / near_b
             try:
                 s, b, _ = measure(
                     lambda p, info=info, kw=kw: info.cls(p, foreach=True, **kw), factory, repeats
@@ -211,6 +219,7 @@ def run(
             row: dict[str, Any] = dict(
                 set=set_name,
                 name=info.name,
+                ref_ms=near_s * 1e3,
                 ms=s * 1e3,
                 mb=b / 2**20,
                 eager=(s / b) / fused_per_byte,
@@ -252,13 +261,13 @@ def _format(row: dict[str, Any]) -> str:
         f"{row['mb']:8.0f} {row['eager']:6.2f} {_num(row.get('fused'), '6.2f'):>6} "
         f"{_num(row.get('first_s'), '7.1f'):>7} "
         f"{_num(row.get('cold_s'), '6.1f'):>6} {_num(row.get('warm_s'), '6.1f'):>6} "
-        f"{_num(peer, '7.2f'):>7}"
+        f"{_num(peer, '7.2f'):>7} {_num(row.get('ref_ms'), '8.1f'):>8}"
     )
 
 
 HEADER = (
     f"{'set':<11} {'optimizer':<22} {'eager ms':>9} {'fused ms':>9} {'MiB':>8} {'eager':>6} "
-    f"{'fused':>6} {'first s':>7} {'cold s':>6} {'warm s':>6} {'vs peer':>7}"
+    f"{'fused':>6} {'first s':>7} {'cold s':>6} {'warm s':>6} {'vs peer':>7} {'AdamW ms':>8}"
 )
 
 
@@ -294,19 +303,20 @@ def main() -> None:
             fh.write(
                 "| set | optimizer | eager step (ms) | fused step (ms) | moved (MiB) "
                 "| eager / fused AdamW per byte | fused / fused AdamW per byte "
-                "| first fused step (s) | compile cold (s) | compile warm (s) |\n"
+                "| first fused step (s) | compile cold (s) | compile warm (s) "
+                "| fused AdamW beside it (ms) |\n"
             )
-            fh.write("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+            fh.write("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
             for row in rows:
                 if "error" in row:
-                    fh.write(f"| {row['set']} | {row['name']} | error | | | | | | | |\n")
+                    fh.write(f"| {row['set']} | {row['name']} | error | | | | | | | | |\n")
                     continue
                 fh.write(
                     f"| {row['set']} | {row['name']} | {row['ms']:.1f} | "
                     f"{_num(row.get('fused_ms'), '.1f')} | {row['mb']:.0f} | {row['eager']:.2f} | "
                     f"{_num(row.get('fused'), '.2f')} | {_num(row.get('first_s'), '.1f')} | "
                     f"{_num(row.get('cold_s'), '.0f')} | "
-                    f"{_num(row.get('warm_s'), '.0f')} |\n"
+                    f"{_num(row.get('warm_s'), '.0f')} | {_num(row.get('ref_ms'), '.1f')} |\n"
                 )
 
 
