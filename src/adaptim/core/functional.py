@@ -208,7 +208,11 @@ def adam_denominator(
     inside = not is_zero(eps_inside)
     denom = exp_avg_sq.add(eps_inside).sqrt_() if inside else exp_avg_sq.sqrt()
     bc2 = cast(Scalar, bias_correction2)
-    if isinstance(bc2, torch.Tensor) or bc2 != 1.0:
+    if isinstance(bc2, torch.Tensor):
+        # fused: a multiplication by the reciprocal, computed once (float64), not a vector division
+        # per element, which Inductor's loop keeps (AdaBelief's fused step was compute-bound)
+        denom.mul_(bc2.rsqrt())
+    elif bc2 != 1.0:
         denom.div_(sqrt(bc2))
     if not is_zero(eps):
         denom.add_(eps)
