@@ -96,8 +96,9 @@ def _compile(fn: Callable[..., None], device: torch.device) -> Callable[..., Non
         # recompile limit) is per algorithm; the graphs in it differ by dtype and by flags. On
         # CUDA, Inductor's combo kernels fuse the pieces' loops horizontally: a few launches per
         # call instead of one per piece.
-        # dynamo's guards already check every input's size and stride: skip Inductor's own
-        # per-call asserts (one per tensor, a tenth of a small tensor's update)
+        # no Inductor per-call size asserts (one per tensor, a tenth of a small tensor's update):
+        # dynamo's guards check the first call of each key, and a direct call after it (below)
+        # reuses a key that fixes what those guards checked
         options: dict[str, Any] = {"size_asserts": False}
         if device.type == "cuda":
             options["combo_kernels"] = True
@@ -120,9 +121,10 @@ def _compile(fn: Callable[..., None], device: torch.device) -> Callable[..., Non
 #
 # Through dynamo, a call of 16 pieces in 4 columns cost 175 us of which 30 in the graph itself: the
 # guards on 67 inputs and reading 16 sizes through disabled frames. A call whose inputs dynamo has
-# already matched to a graph is, at the next step, the same call in everything the guards check
-# (the plan fixes dtypes, 1-D contiguous pieces of at least 2 elements, distinct storages; the
-# scalars' kinds and flags are part of the key), so it calls that graph directly: the arguments in
+# already matched to a graph is, at the next step, the same call in what the graph depends on (the
+# plan fixes dtypes and the kind of every piece; the key holds the device, the columns, ARITY, the
+# global state of _global_state and the scalars' kinds and flags; docs/fused.md lists what it does
+# not hold), so it calls that graph directly: the arguments in
 # the graph's order, each a piece, a scalar, or a piece's size. How to build them is read from the
 # graph and checked against the arguments dynamo passed, once; anything unexpected (an input that
 # is not one of ours, an output) keeps that call on dynamo.
