@@ -6,7 +6,8 @@ rank), the blocks are those of the unsharded tensor, so the sharded run equals a
 8-bit run. Its rows (16 elements) are not whole blocks, so the state dict gives these states as
 float32 DTensors (a per-shard absmax has no place in a sharded checkpoint); loading quantizes them
 again. A 64 x 256 weight (rows of one block) is saved with 8 bits: uint8 codes and an absmax of
-shape (rows, blocks per row), both sharded by rows, through ``torch.distributed.checkpoint``. The
+shape (rows, blocks per row), both sharded by rows, through ``torch.distributed.checkpoint``; a
+single process saves the same shapes, so DCP checkpoints move between it and FSDP2. The
 threshold is the parameter's global size: the 512-element bias of the last layer keeps fp32 states
 on both sides (its shards are 256 elements each).
 """
@@ -136,7 +137,7 @@ def _wide_steps(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> N
         opt.step()
 
 
-def _run_dcp(rank: int, path: str) -> dict[str, Any]:
+def _run_dcp(rank: int, path: str, single_path: str) -> dict[str, Any]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import (
@@ -177,6 +178,19 @@ def _run_dcp(rank: int, path: str) -> dict[str, Any]:
     )
     _wide_steps(resumed, resumed_opt, range(3, 6))
 
+    # the checkpoint a single process saved (below), loaded into this sharded run
+    from_single, from_single_opt = build(8)
+    state = checkpoint(from_single, from_single_opt)
+    dcp.load(state, checkpoint_id=single_path)
+    set_state_dict(
+        from_single,
+        from_single_opt,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optim"],
+    )
+    from_single_absmax = from_single_opt.state[from_single[0].weight]["exp_avg_absmax"]
+    _wide_steps(from_single, from_single_opt, range(3, 6))
+
     # a 32-bit optimizer cannot take an 8-bit checkpoint for its float32 moments: loud, not cast
     model32, opt32 = build(32)
     error = ""
@@ -196,13 +210,53 @@ def _run_dcp(rank: int, path: str) -> dict[str, Any]:
         resumed=[p.full_tensor().detach().clone() for p in resumed.parameters()],
         error=error,
         gathered=gathered if rank == 0 else None,
+        from_single=[p.full_tensor().detach().clone() for p in from_single.parameters()],
+        from_single_absmax=tuple(from_single_absmax.shape),
     )
+
+
+def _single_process_dcp(path: str) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    """Three steps in this process, a distributed checkpoint of them at ``path`` (DCP without a
+    process group), three more steps: the parameters, and the saved optimizer state's shapes."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model = make_wide_model()
+    opt = adaptim.AdamW(model.parameters(), lr=1e-2, state_bits=8)
+    _wide_steps(model, opt, range(3))
+    model_state, optim_state = get_state_dict(model, opt)
+    shapes = {k: tuple(v.shape) for k, v in optim_state["state"]["0.weight"].items() if k != "step"}
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=path)
+    _wide_steps(model, opt, range(3, 6))
+    return [p.detach().clone() for p in model.parameters()], shapes
+
+
+def _resume_in_a_single_process(path: str) -> tuple[list[torch.Tensor], tuple[int, ...]]:
+    """A single process resumes from the distributed checkpoint at ``path`` and takes steps 3-5:
+    the parameters, and the shape of the loaded live absmax."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model = make_wide_model()
+    opt = adaptim.AdamW(model.parameters(), lr=1e-2, state_bits=8)
+    model_state, optim_state = get_state_dict(model, opt)
+    state = {"model": model_state, "optim": optim_state}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    absmax = tuple(opt.state[model[0].weight]["exp_avg_absmax"].shape)
+    _wide_steps(model, opt, range(3, 6))
+    return [p.detach().clone() for p in model.parameters()], absmax
 
 
 @pytest.fixture(scope="module")
 def dcp_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     path = tmp_path_factory.mktemp("dcp8")
-    results = run_on_ranks(_run_dcp, str(path))
+    single_path = tmp_path_factory.mktemp("dcp8-single")
+    single_params, single_saved = _single_process_dcp(str(single_path))
+    results = run_on_ranks(_run_dcp, str(path), str(single_path))
+    results[0]["single"] = single_params
+    results[0]["single_saved"] = single_saved
+    results[0]["single_from_sharded"] = _resume_in_a_single_process(str(path))
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
@@ -255,3 +309,23 @@ def test_a_gathered_8_bit_checkpoint_continues_in_a_single_process(dcp_run) -> N
     _wide_steps(model, opt, range(3, 6))
     for got, want in zip(model.parameters(), dcp_run["params"], strict=True):
         torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_distributed_checkpoint_moves_between_fsdp2_and_a_single_process(dcp_run) -> None:
+    """A single process saves the absmax of rows of whole blocks as (rows, blocks per row), the
+    shape FSDP2 saves: DCP loads an FSDP2 checkpoint into a single process and a single process's
+    checkpoint into FSDP2 (2 ranks), both at 8 bits, and each resumed run continues as the
+    uninterrupted one on the other side (the sharded run equals a single process here)."""
+    assert dcp_run["single_saved"] == {
+        "exp_avg_codes": (64, 256),
+        "exp_avg_absmax": (64, 1),
+        "exp_avg_sq_codes": (64, 256),
+        "exp_avg_sq_absmax": (64, 1),
+    }
+    params, live_absmax = dcp_run["single_from_sharded"]
+    assert live_absmax == (64,)  # the live absmax is 1-D again
+    for got, want in zip(params, dcp_run["params"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    assert dcp_run["from_single_absmax"] == (32,)  # a rank's 32 rows of one block
+    for got, want in zip(dcp_run["from_single"], dcp_run["single"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)

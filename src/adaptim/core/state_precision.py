@@ -468,19 +468,24 @@ def codes_key(key: str) -> str:
     return f"{key}_codes"
 
 
-def _row_blocks(codes: Any, absmax: torch.Tensor) -> int | None:
-    """Blocks per row when a sharded state's absmax can be saved as a DTensor of its own (``codes``:
-    a DTensor): the codes are sharded by rows (``Shard(0)`` on a 1-D mesh, FSDP2's layout), each row is whole
-    blocks, so every shard is too, and block ``j`` of a shard lies in its row ``j // per_row``;
-    else ``None``."""
-    from torch.distributed.tensor import Shard
+def _row_blocks(codes: torch.Tensor, absmax: torch.Tensor) -> int | None:
+    """Blocks per row when a state's absmax can be saved as ``(rows, blocks per row)``, the shape
+    FSDP2's shards and a single process agree on: every row (the elements of one index of dimension
+    0, which FSDP2 shards) is whole blocks and lies contiguous, so block ``j`` lies in row
+    ``j // per_row`` and every row-wise shard is whole blocks too; else ``None``. Sharded codes
+    (a DTensor) must be ``Shard(0)`` on a 1-D mesh, FSDP2's layout."""
+    if is_dtensor(codes):
+        from torch.distributed.tensor import Shard
 
-    if codes.dim() < 1 or codes.shape[0] == 0 or codes.device_mesh.ndim != 1:
+        if codes.device_mesh.ndim != 1 or tuple(codes.placements) != (Shard(0),):
+            return None
+    if codes.dim() < 1 or codes.shape[0] == 0:
         return None
-    if tuple(codes.placements) != (Shard(0),) or not codes.to_local().is_contiguous():
+    local = _local(codes)
+    if not local.is_contiguous():
         return None
     row = codes.numel() // codes.shape[0]
-    local_rows = codes.to_local().shape[0] if codes.to_local().dim() else 0
+    local_rows = local.shape[0] if local.dim() else 0
     if row == 0 or row % BLOCK or absmax.numel() != local_rows * (row // BLOCK):
         return None
     return row // BLOCK
@@ -497,14 +502,16 @@ def saved_state(state: Mapping[str, Any], quantized: Mapping[str, bool]) -> dict
     missing key. Sharded (DTensor) codes whose absmax can be placed (:func:`_row_blocks`) keep 8
     bits, the absmax as a DTensor of shape ``(rows, blocks per row)`` sharded as the codes are,
     so a distributed checkpoint places and reshards both; other sharded states are saved
-    decoded, as float32 DTensors under ``key``, and quantized again on loading."""
+    decoded, as float32 DTensors under ``key``, and quantized again on loading. A single
+    process saves the absmax of rows of whole blocks in the same ``(rows, blocks per row)``
+    shape, so a distributed checkpoint moves between a single process and an FSDP2 run."""
     out = dict(state)
     for key, signed in quantized.items():
         if not is_quantized(out, key) or absmax_key(key) not in out:
             continue
         codes, absmax = out[key], out[absmax_key(key)]
+        per_row = _row_blocks(codes, absmax)
         if is_dtensor(codes):
-            per_row = _row_blocks(codes, absmax)
             if per_row is None:
                 dequantize_state_(out, key, signed)
                 continue
@@ -518,6 +525,8 @@ def saved_state(state: Mapping[str, Any], quantized: Mapping[str, bool]) -> dict
                 shape=torch.Size((rows, per_row)),
                 stride=(per_row, 1),
             )
+        elif per_row is not None:  # the shape a sharded run saves, so DCP moves it either way
+            absmax = absmax.view(-1, per_row)
         del out[key]
         out[codes_key(key)] = codes
         out[absmax_key(key)] = absmax
