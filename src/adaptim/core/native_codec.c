@@ -25,7 +25,7 @@
  * reference's special rules (infinities to the end codes, everything else to the zero code).
  *
  * Decoding: values[code] * absmax, and 0 for the zero code of a block whose absmax is infinite
- * (0 * inf would be NaN).
+ * (0 * inf would be NaN). The AVX2 loop reads 8 codes at a time (decode_block_avx2).
  */
 #include <math.h>
 #include <stdint.h>
@@ -198,6 +198,25 @@ void adaptim_quantize(const float *x, int64_t numel, uint8_t *codes, float *absm
   }
 }
 
+#if defined(__AVX2__)
+/* One full block: values[code] * absmax, 8 elements per round from one 8-byte load of codes and
+ * one vector multiply and store. The per-element loop is bound by Zen 2's load and store ports
+ * (a code load, a table load and a store per element): this one takes 1.4-1.5x less time there,
+ * where AVX2 gathers gained nothing and rebuilding the values arithmetically (quantization.decode)
+ * took twice as long. The same table reads and multiplications: the same values. */
+static void decode_block_avx2(const uint8_t *codes, float *out, float absmax, const float *values) {
+  const __m256 scale = _mm256_set1_ps(absmax);
+  for (int i = 0; i < BLOCK; i += 8) {
+    uint64_t w;
+    memcpy(&w, codes + i, sizeof w);
+    __m256 v = _mm256_setr_ps(values[w & 255], values[(w >> 8) & 255], values[(w >> 16) & 255],
+                              values[(w >> 24) & 255], values[(w >> 32) & 255],
+                              values[(w >> 40) & 255], values[(w >> 48) & 255], values[w >> 56]);
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(v, scale));
+  }
+}
+#endif
+
 /* Decode numel codes (starting at a block boundary) with one absmax per block into out. */
 void adaptim_dequantize(const uint8_t *codes, const float *absmax, int64_t numel, float *out,
                         const codec_map *m, int threads) {
@@ -212,6 +231,12 @@ void adaptim_dequantize(const uint8_t *codes, const float *absmax, int64_t numel
     const float amax = absmax[start / BLOCK];
     const uint8_t *cb = codes + start;
     float *ob = out + start;
+#if defined(__AVX2__)
+    if (len == BLOCK && !isinf(amax)) {
+      decode_block_avx2(cb, ob, amax, values);
+      continue;
+    }
+#endif
     for (int64_t i = 0; i < len; i++) ob[i] = values[cb[i]] * amax;
     if (isinf(amax)) {
       for (int64_t i = 0; i < len; i++) {
