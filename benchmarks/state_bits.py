@@ -75,7 +75,7 @@ def main() -> None:
             params = factory()
             opt = info.cls(params, **kwargs_for(info), state_bits=bits)
             if args.time:
-                row[f"ms{bits}"] = 1e3 * time_steps(opt, args.repeats)
+                row[f"ms{bits}"] = 1e3 * time_steps(opt, args.repeats)[0]
             else:
                 _step(opt)
             row[bits] = state_bytes_per_param(opt, params)
@@ -89,12 +89,12 @@ def main() -> None:
     if args.time and (not only or "adamw" in only):
         params = factory()
         ref = torch.optim.AdamW(params, lr=1e-3, fused=True)
-        ref_ms = 1e3 * time_steps(ref, args.repeats)
+        ref_ms = 1e3 * time_steps(ref, args.repeats)[0]
         del ref, params
         gc.collect()
         params = factory()
         ours = adaptim.AdamW(params, lr=1e-3, state_bits=8, fused=True)
-        ours_ms = 1e3 * time_steps(ours, args.repeats)
+        ours_ms = 1e3 * time_steps(ours, args.repeats)[0]
         print(
             f"AdamW 8-bit fused {ours_ms:.1f} ms, torch AdamW fp32 fused {ref_ms:.1f} ms: "
             f"{ours_ms / ref_ms:.2f}x"

@@ -81,7 +81,17 @@ def _make(shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
     return params
 
 
-SETS: dict[str, SetFactory] = {"transformer": transformer_set, "many-small": many_small_set}
+def smoke_set() -> list[torch.Tensor]:
+    """A few tensors, two of them above the 8-bit threshold: for checking that a benchmark runs
+    (tests/test_benchmarks.py), not for its numbers."""
+    return _make([(64, 128), (64,), (8192,)])
+
+
+SETS: dict[str, SetFactory] = {
+    "transformer": transformer_set,
+    "many-small": many_small_set,
+    "smoke": smoke_set,
+}
 
 
 def bytes_moved(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> int:
