@@ -31,3 +31,14 @@ def test_state_bits_prints_memory_and_time_rows() -> None:
         assert len(numbers) == 5 and all(n > 0 for n in numbers)
     # RAdam's two moments: 8 bytes per parameter at 32 bits, fewer at 8
     assert float(rows["radam"][0]) == 8.0 and float(rows["radam"][1]) < 8.0
+
+
+def test_step_time_prints_a_row_per_optimizer() -> None:
+    """Adam and AdamW only: their fused step is torch's kernel, so nothing is compiled here."""
+    out = run("step_time.py", "--sets", "smoke", "--only", "adam,adamw", "--repeats", "1")
+    summary = out.split("summary", 1)[1].splitlines()
+    rows = {line.split()[1]: line.split()[2:] for line in summary if line.startswith("smoke")}
+    assert {"adam", "adamw"} <= set(rows)
+    for name in ("adam", "adamw"):
+        eager_ms, fused_ms = float(rows[name][0]), float(rows[name][1])
+        assert eager_ms > 0 and fused_ms > 0
