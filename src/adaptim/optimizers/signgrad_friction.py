@@ -223,19 +223,18 @@ def _single_tensor_friction_adam(
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=scalar_arg(1 - beta2))
         agreement = prev.mul(grad).mul_(beta3)
-        # 1 + tanh(x) as 2 sigmoid(2x): the same value (closer where tanh(x) is near -1), and
-        # Inductor's C++ computes a sigmoid (through exp) about twice as fast as a tanh
-        friction_coef = (
-            agreement.sigmoid_()
-            if friction == "sigmoid"
-            else agreement.mul_(2.0).sigmoid_().mul_(2.0)
-        )
+        # The friction sigmoid(x), or 1 + tanh(x) = 2 sigmoid(2x) (closer where tanh(x) is near
+        # -1, and Inductor's C++ computes a sigmoid about twice as fast as a tanh), times
+        # m / denom, as one division per element: m / (denom (1 + exp(-x))), the factor 2 in the
+        # step. Compiled, the divisions bound the fused step, as the exponential does.
+        doubled = friction != "sigmoid"
+        inverse_friction = agreement.mul_(-2.0 if doubled else -1.0).exp_().add_(1)
         prev.copy_(grad)
         # sigSignAdamW puts eps on the bias-corrected sqrt(v_hat); SignGrad on the uncorrected sqrt(v).
         denom = adam_denominator(
             exp_avg_sq, eps, bias_correction2 if decoupled_weight_decay else 1.0
-        )
-        param.addcdiv_(friction_coef.mul_(exp_avg), denom, value=scalar_arg(-step_size))
+        ).mul_(inverse_friction)
+        param.addcdiv_(exp_avg, denom, value=scalar_arg(step_size * (-2.0 if doubled else -1.0)))
 
 
 def _multi_tensor_friction_adam(
