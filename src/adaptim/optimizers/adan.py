@@ -256,10 +256,11 @@ def _single_tensor_adan(
         denom = adam_denominator(n, eps, bias_correction3)
         if no_prox and not is_one(decay):
             param.mul_(decay)
-        param.addcdiv_(m, denom, value=scalar_arg(-step_size))
-        param.addcdiv_(d, denom, value=scalar_arg(-diff_step_size))
+        # both moments over one denominator: one division per element, not two (compiled, the
+        # divisions bound the step)
+        param.addcdiv_(m * step_size + d * diff_step_size, denom, value=-1.0)
         if not no_prox and not is_one(decay):
-            param.div_(decay)
+            param.mul_(1.0 / decay)  # one division per step, not per element
         torch.neg(grad, out=work)  # store -g for the next difference (a copy, never an alias)
 
 
