@@ -40,5 +40,7 @@ def test_step_time_prints_a_row_per_optimizer() -> None:
     rows = {line.split()[1]: line.split()[2:] for line in summary if line.startswith("smoke")}
     assert {"adam", "adamw"} <= set(rows)
     for name in ("adam", "adamw"):
-        eager_ms, fused_ms = float(rows[name][0]), float(rows[name][1])
-        assert eager_ms > 0 and fused_ms > 0
+        # eager ms, fused ms, MiB, then the two per-byte ratios to fused AdamW (times of this
+        # tiny set may print as 0.0 on a fast machine; the ratios may not)
+        eager_ratio, fused_ratio = float(rows[name][3]), float(rows[name][4])
+        assert eager_ratio > 0 and fused_ratio > 0

@@ -5,7 +5,7 @@ Where every shard is a whole number of blocks (here a 512 x 16 weight, 256 rows 
 rank), the blocks are those of the unsharded tensor, so the sharded run equals a single-process
 8-bit run. Its rows (16 elements) are not whole blocks, so the state dict gives these states as
 float32 DTensors (a per-shard absmax has no place in a sharded checkpoint); loading quantizes them
-again. A 64 x 256 weight (rows of one block) is saved with 8 bits: uint8 codes and an absmax of
+again. A 64 x 512 weight (rows of two blocks) is saved with 8 bits: uint8 codes and an absmax of
 shape (rows, blocks per row), both sharded by rows, through ``torch.distributed.checkpoint``; a
 single process saves the same shapes, so DCP checkpoints move between it and FSDP2. The
 threshold is the parameter's global size: the 512-element bias of the last layer keeps fp32 states
@@ -123,15 +123,16 @@ def test_sharded_8_bit_state_dict_is_float32_dtensors_and_resumes(sharded, name,
 
 
 def make_wide_model() -> nn.Sequential:
-    """A 64 x 256 weight: every row is one block, so each rank's 32 rows are whole blocks."""
+    """A 64 x 512 weight: every row is two blocks, so each rank's 32 rows are whole blocks (and
+    a mix-up of rows and blocks in the saved (rows, blocks per row) absmax would show)."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(256, 64), nn.Tanh(), nn.Linear(64, 1))
+    return nn.Sequential(nn.Linear(512, 64), nn.Tanh(), nn.Linear(64, 1))
 
 
 def _wide_steps(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
     for step in steps:
         gen = torch.Generator().manual_seed(100 + step)
-        x, y = torch.randn(16, 256, generator=gen), torch.randn(16, 1, generator=gen)
+        x, y = torch.randn(16, 512, generator=gen), torch.randn(16, 1, generator=gen)
         opt.zero_grad(set_to_none=True)
         nn.functional.mse_loss(model(x), y).backward()
         opt.step()
@@ -274,17 +275,17 @@ def test_a_distributed_checkpoint_keeps_8_bits_and_resumes_exactly(dcp_run) -> N
     shape (rows, blocks per row), sharded as the codes are; the run resumed from the checkpoint is
     bit for bit the uninterrupted one."""
     assert dcp_run["codes"] == ("DTensor", torch.uint8)
-    assert dcp_run["absmax"] == ("DTensor", (64, 1))
+    assert dcp_run["absmax"] == ("DTensor", (64, 2))
     assert not dcp_run["float_key"]
     assert dcp_run["bias"] == ["exp_avg", "exp_avg_sq", "step"]  # 64 elements: fp32
     for got, want in zip(dcp_run["resumed"], dcp_run["params"], strict=True):
         assert torch.equal(got, want)
     # in the checkpoint: the global codes and absmax of the weight's two moments, 8-bit sized
     assert dcp_run["saved"] == {
-        "optim.state.0.weight.exp_avg_codes": (torch.uint8, (64, 256)),
-        "optim.state.0.weight.exp_avg_absmax": (torch.float32, (64, 1)),
-        "optim.state.0.weight.exp_avg_sq_codes": (torch.uint8, (64, 256)),
-        "optim.state.0.weight.exp_avg_sq_absmax": (torch.float32, (64, 1)),
+        "optim.state.0.weight.exp_avg_codes": (torch.uint8, (64, 512)),
+        "optim.state.0.weight.exp_avg_absmax": (torch.float32, (64, 2)),
+        "optim.state.0.weight.exp_avg_sq_codes": (torch.uint8, (64, 512)),
+        "optim.state.0.weight.exp_avg_sq_absmax": (torch.float32, (64, 2)),
     }
 
 
@@ -301,11 +302,11 @@ def test_a_gathered_8_bit_checkpoint_continues_in_a_single_process(dcp_run) -> N
     model_state, optim_state = dcp_run["gathered"]
     weight_state = optim_state["state"]["0.weight"]
     assert weight_state["exp_avg_codes"].dtype == torch.uint8
-    assert tuple(weight_state["exp_avg_absmax"].shape) == (64, 1)
+    assert tuple(weight_state["exp_avg_absmax"].shape) == (64, 2)
     model = make_wide_model()
     opt = adaptim.AdamW(model.parameters(), lr=1e-2, state_bits=8)
     set_state_dict(model, opt, model_state_dict=model_state, optim_state_dict=optim_state)
-    assert opt.state[model[0].weight]["exp_avg_absmax"].shape == (64,)
+    assert opt.state[model[0].weight]["exp_avg_absmax"].shape == (128,)
     _wide_steps(model, opt, range(3, 6))
     for got, want in zip(model.parameters(), dcp_run["params"], strict=True):
         torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
@@ -317,15 +318,15 @@ def test_a_distributed_checkpoint_moves_between_fsdp2_and_a_single_process(dcp_r
     checkpoint into FSDP2 (2 ranks), both at 8 bits, and each resumed run continues as the
     uninterrupted one on the other side (the sharded run equals a single process here)."""
     assert dcp_run["single_saved"] == {
-        "exp_avg_codes": (64, 256),
-        "exp_avg_absmax": (64, 1),
-        "exp_avg_sq_codes": (64, 256),
-        "exp_avg_sq_absmax": (64, 1),
+        "exp_avg_codes": (64, 512),
+        "exp_avg_absmax": (64, 2),
+        "exp_avg_sq_codes": (64, 512),
+        "exp_avg_sq_absmax": (64, 2),
     }
     params, live_absmax = dcp_run["single_from_sharded"]
-    assert live_absmax == (64,)  # the live absmax is 1-D again
+    assert live_absmax == (128,)  # the live absmax is 1-D again
     for got, want in zip(params, dcp_run["params"], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
-    assert dcp_run["from_single_absmax"] == (32,)  # a rank's 32 rows of one block
+    assert dcp_run["from_single_absmax"] == (64,)  # a rank's 32 rows of two blocks
     for got, want in zip(dcp_run["from_single"], dcp_run["single"], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)

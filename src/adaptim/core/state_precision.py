@@ -539,6 +539,9 @@ def loaded_state(state: Mapping[str, Any], quantized: Mapping[str, bool]) -> dic
     out = dict(state)
     for key in quantized:
         if codes_key(key) not in out:
+            absmax = out.get(absmax_key(key))
+            if isinstance(absmax, torch.Tensor) and absmax.dim() != 1:  # codes under ``key``
+                out[absmax_key(key)] = _local(absmax).reshape(-1)
             continue
         codes = out.pop(codes_key(key))
         if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8:

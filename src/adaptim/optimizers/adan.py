@@ -258,7 +258,7 @@ def _single_tensor_adan(
             param.mul_(decay)
         # both moments over one denominator: one division per element, not two (compiled, the
         # divisions bound the step)
-        param.addcdiv_(m * step_size + d * diff_step_size, denom, value=-1.0)
+        param.addcdiv_((m * step_size).add_(d, alpha=scalar_arg(diff_step_size)), denom, value=-1.0)
         if not no_prox and not is_one(decay):
             param.mul_(1.0 / decay)  # one division per step, not per element
         torch.neg(grad, out=work)  # store -g for the next difference (a copy, never an alias)
