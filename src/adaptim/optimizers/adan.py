@@ -256,8 +256,8 @@ def _single_tensor_adan(
         denom = adam_denominator(n, eps, bias_correction3)
         if no_prox and not is_one(decay):
             param.mul_(decay)
-        # both moments over one denominator: one division per element, not two (compiled, the
-        # divisions bound the step)
+        # both moments over one denominator: one division per element, not two (measured fused:
+        # 49.5 -> 48.6 ms on the transformer set, within noise; Adan is bound by memory)
         param.addcdiv_((m * step_size).add_(d, alpha=scalar_arg(diff_step_size)), denom, value=-1.0)
         if not no_prox and not is_one(decay):
             param.mul_(1.0 / decay)  # one division per step, not per element

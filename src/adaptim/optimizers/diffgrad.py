@@ -173,8 +173,8 @@ def _single_tensor_diffgrad(
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=scalar_arg(1 - beta2))
         # m xi / (sqrt(v) + eps), xi = 1 / (1 + exp(-|g_{t-1} - g_t|)), as one division:
-        # m / ((sqrt(v) + eps) (1 + exp(-|g_{t-1} - g_t|))). Compiled, a division per element
-        # costs about what the exponential does; the fused step was bound by them.
+        # m / ((sqrt(v) + eps) (1 + exp(-|g_{t-1} - g_t|))): the fused step took 54.0 -> 51.2 ms
+        # on the transformer set (old and new in one process); the exponential remains.
         inverse_xi = (previous - grad).abs_().neg_().exp_().add_(1)
         previous.copy_(grad)  # a copy, never a reference to p.grad
         denom = adam_denominator(exp_avg_sq, eps).mul_(inverse_xi)  # v not bias-corrected

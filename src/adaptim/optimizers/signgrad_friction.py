@@ -226,7 +226,7 @@ def _single_tensor_friction_adam(
         # The friction sigmoid(x), or 1 + tanh(x) = 2 sigmoid(2x) (closer where tanh(x) is near
         # -1, and Inductor's C++ computes a sigmoid about twice as fast as a tanh), times
         # m / denom, as one division per element: m / (denom (1 + exp(-x))), the factor 2 in the
-        # step. Compiled, the divisions bound the fused step, as the exponential does.
+        # step (one division saved per element, as for diffGrad).
         doubled = friction != "sigmoid"
         inverse_friction = agreement.mul_(-2.0 if doubled else -1.0).exp_().add_(1)
         prev.copy_(grad)
