@@ -41,6 +41,9 @@ shift || true
 case "$cmd" in
   setup) setup ;;
   bench) setup; bench_data; exec "$VENV/bin/adaptim" bench "$@" ;;
-  test) setup; exec "$VENV/bin/python" -m pytest "$@" ;;
+  # one worker per core, a test file per worker at a time (a file's tests share their compiled
+  # graphs through the one Inductor cache, and the Ray and multi-process tests stay in sequence);
+  # `-n 0` after it runs everything in this process
+  test) setup; exec "$VENV/bin/python" -m pytest -n auto --dist loadfile "$@" ;;
   *) echo "usage: bash dev.sh {bench|test|setup} [ARGS]" >&2; exit 2 ;;
 esac
