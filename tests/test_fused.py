@@ -35,6 +35,7 @@ STEPS = 20
 @pytest.fixture(autouse=True)
 def small_pieces(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(fused_module, "ARITY", 2)
+    monkeypatch.setattr(fused_module, "WHOLE_ARITY", 2)
     monkeypatch.setattr(fused_module, "PIECE_ELEMENTS", 256)
     fused_module._per_piece.cache_clear()  # pieces per dtype, from PIECE_ELEMENTS
     yield
@@ -571,6 +572,21 @@ def test_no_call_takes_more_than_arity_pieces() -> None:
     assert max(counts) <= fused_module.ARITY, counts
     pieces = sorted(slot for slots, _ in plan.calls for slot in slots)
     assert len(pieces) == len(set(pieces)) == 4 + 3 + 4 + 2
+
+
+def test_whole_tensor_calls_take_whole_arity_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An update that needs whole tensors gets ``WHOLE_ARITY`` of them per call (each a loop nest
+    of its own in the graph, so fewer than ``ARITY``), padded to it; flat pieces keep ``ARITY``."""
+    monkeypatch.setattr(fused_module, "ARITY", 5)
+    monkeypatch.setattr(fused_module, "WHOLE_ARITY", 3)
+    gen = torch.Generator().manual_seed(0)
+    columns = [[torch.randn(8, 6, generator=gen) for _ in range(7)] for _ in range(2)]
+    whole = fused_module._make_plan(columns, False, fused_module._layout(columns, whole=True))
+    assert [len(slots) for slots, _ in whole.calls] == [3, 3, 1]
+    args = fused_module._arguments(columns, *whole.calls[-1], fused_module._arity(False))
+    assert [len(column) for column in args] == [3, 3]
+    flat = fused_module._make_plan(columns, True, fused_module._layout(columns, whole=False))
+    assert [len(slots) for slots, _ in flat.calls] == [5, 2]
 
 
 def test_each_graph_is_traced_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -46,7 +46,14 @@ from torch.fx.experimental import _config as fx_config
 
 from adaptim.core.functional import Exponent
 
-__all__ = ["ARITY", "PIECE_ELEMENTS", "by_step", "fused_unavailable_reason", "run_elementwise"]
+__all__ = [
+    "ARITY",
+    "PIECE_ELEMENTS",
+    "WHOLE_ARITY",
+    "by_step",
+    "fused_unavailable_reason",
+    "run_elementwise",
+]
 
 #: elements per flat piece: about 8 MB of float32; a compiled Adam over 2 MB pieces ran at 1.5x
 #: torch's fused AdamW per byte, over 8 MB pieces at 1.15-1.2x (benchmarks/step_time.py)
@@ -54,6 +61,10 @@ PIECE_ELEMENTS = 2**21
 #: pieces per compiled call: per-call overhead (dynamo's guards, Python) against compile time, which
 #: grows with the number of pieces traced; 16 keeps 2,000 small tensors within 1.5x fused AdamW
 ARITY = 16
+#: whole tensors per compiled call, for updates that need whole tensors (``split=False``): each
+#: tensor of a call is its own loops (its reductions, then its update), so the graph, and the
+#: compile, grow with the call's arity far faster than for flat pieces; see docs/fused.md
+WHOLE_ARITY = 4
 #: tensors are cut at multiples of this many elements (the vectorized loop covers the same elements
 #: as a pass over the whole tensor), and a last piece shorter than this joins the one before. Tensors
 #: of 0 or 1 element run eagerly: those sizes would specialize the graph.
@@ -418,7 +429,7 @@ def _run_fused(
             if len(plans) >= _MAX_PLANS:
                 plans.clear()
             plans[key] = plan
-    calls = [_arguments(columns, slots, like) for slots, like in plan.calls]
+    calls = [_arguments(columns, slots, like, _arity(split)) for slots, like in plan.calls]
     if plan.eager:
         fn(*[None if ts is None else [ts[i] for i in plan.eager] for ts in lists], **scalars)
     if not calls:
@@ -435,7 +446,7 @@ def _run_fused(
     direct_key = (
         None
         if signature is None or not _direct_allowed()
-        else (fn, device, tuple(present), ARITY, _global_state(device), signature)
+        else (fn, device, tuple(present), _arity(split), _global_state(device), signature)
     )
     scalar_tensors = [v for v in tensor_scalars.values() if isinstance(v, torch.Tensor)]
     with (
@@ -563,10 +574,15 @@ def _signature(scalars: Mapping[str, Any]) -> tuple[Any, ...] | None:
     return out
 
 
+def _arity(split: bool) -> int:
+    """Pieces per call: ``ARITY`` flat pieces, or ``WHOLE_ARITY`` whole tensors."""
+    return ARITY if split else WHOLE_ARITY
+
+
 def _arguments(
-    columns: list[list[torch.Tensor]], slots: list[_Slot], like: _Slot
+    columns: list[list[torch.Tensor]], slots: list[_Slot], like: _Slot, arity: int
 ) -> list[list[torch.Tensor]]:
-    """One call's argument columns, from this step's tensors, padded to ``ARITY`` with scratch
+    """One call's argument columns, from this step's tensors, padded to ``arity`` with scratch
     pieces shaped as when the plan was made (like the first piece of the call's kind)."""
     whole = [i for i, a, _ in slots if a is None]
     args = []
@@ -582,9 +598,9 @@ def _arguments(
             pieces = picked if plain else [_whole(t) for t in picked]
         else:
             pieces = [_slot_piece(column, slot) for slot in slots]
-        if len(slots) < ARITY:
+        if len(slots) < arity:
             first = _slot_piece(column, like)
-            pieces += [_scratch_piece(first, col * ARITY + j) for j in range(len(slots), ARITY)]
+            pieces += [_scratch_piece(first, col * arity + j) for j in range(len(slots), arity)]
         args.append(pieces)
     return args
 
@@ -621,12 +637,13 @@ def _make_plan(columns: list[list[torch.Tensor]], split: bool, layout: Any) -> _
             kinds.setdefault((1,) * len(row), []).extend(
                 ((i, a, b), shared) for a, b in _cuts(numel, per_piece)
             )
-    calls = [(call, slots[0][0]) for slots in kinds.values() for call in _pack(slots)]
+    arity = _arity(split)
+    calls = [(call, slots[0][0]) for slots in kinds.values() for call in _pack(slots, arity)]
     return _Plan(layout, eager, calls)
 
 
-def _pack(slots: list[tuple[_Slot, set[int] | None]]) -> list[list[_Slot]]:
-    """Slots into calls of at most ``ARITY``, no two pieces of a call sharing a storage (dynamo
+def _pack(slots: list[tuple[_Slot, set[int] | None]], arity: int) -> list[list[_Slot]]:
+    """Slots into calls of at most ``arity``, no two pieces of a call sharing a storage (dynamo
     would guard on their aliasing: a graph per pattern). Pieces of distinct plain tensors share
     none and fill the calls in order."""
     calls: list[list[_Slot]] = []
@@ -636,20 +653,20 @@ def _pack(slots: list[tuple[_Slot, set[int] | None]]) -> list[list[_Slot]]:
         if shared is None:
             # the last call, if it has room (it may be full while an earlier one is not: pieces
             # that share a storage went to the first call without it)
-            if len(calls) > open_from and len(calls[-1]) < ARITY:
+            if len(calls) > open_from and len(calls[-1]) < arity:
                 calls[-1].append(piece)
             else:
                 calls.append([piece])
                 storages.append(set())
         else:
             for c in range(open_from, len(calls)):
-                if len(calls[c]) < ARITY and not shared & storages[c]:
+                if len(calls[c]) < arity and not shared & storages[c]:
                     calls[c].append(piece)
                     storages[c] |= shared
                     break
             else:
                 calls.append([piece])
                 storages.append(set(shared))
-        while open_from < len(calls) and len(calls[open_from]) == ARITY:
+        while open_from < len(calls) and len(calls[open_from]) == arity:
             open_from += 1
     return calls
