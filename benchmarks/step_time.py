@@ -108,16 +108,21 @@ def time_steps(opt: torch.optim.Optimizer, repeats: int) -> tuple[float, float]:
     """The median time of ``repeats`` steps after the warm-up, and the time of the first step
     (with ``fused=True``: the compile, from the Inductor cache as this run finds it)."""
 
-    def closure() -> torch.Tensor:
-        return torch.tensor(1.0)
-
-    takes_closure = getattr(type(opt), "requires_closure", False)
     times = []
     for _ in range(WARMUP + repeats):
         start = time.perf_counter()
-        opt.step(closure) if takes_closure else opt.step()
+        step(opt)
         times.append(time.perf_counter() - start)
     return statistics.median(times[WARMUP:]), times[0]
+
+
+def step(opt: torch.optim.Optimizer) -> None:
+    """One step; an optimizer that requires a closure (KOALA, SGDHess) gets one returning a loss
+    (the gradients are left as they are)."""
+    if getattr(type(opt), "requires_closure", False):
+        opt.step(lambda: torch.tensor(1.0))
+    else:
+        opt.step()
 
 
 def peer_class(name: str) -> type | None:
@@ -180,7 +185,7 @@ def probe_compile(spec: str) -> None:
     params = SETS[set_name]()
     opt = info.cls(params, fused=True, **kwargs_for(info))
     start = time.perf_counter()
-    opt.step()
+    step(opt)
     first = time.perf_counter() - start
     print(first - time_steps(opt, 3)[0])
 
