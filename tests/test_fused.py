@@ -583,10 +583,23 @@ def test_whole_tensor_calls_take_whole_arity_tensors(monkeypatch: pytest.MonkeyP
     columns = [[torch.randn(8, 6, generator=gen) for _ in range(7)] for _ in range(2)]
     whole = fused_module._make_plan(columns, False, fused_module._layout(columns, whole=True))
     assert [len(slots) for slots, _ in whole.calls] == [3, 3, 1]
-    args = fused_module._arguments(columns, *whole.calls[-1], fused_module._arity(False))
+    args = fused_module._arguments(columns, *whole.calls[-1], fused_module._arity(False, 2))
     assert [len(column) for column in args] == [3, 3]
     flat = fused_module._make_plan(columns, True, fused_module._layout(columns, whole=False))
     assert [len(slots) for slots, _ in flat.calls] == [5, 2]
+
+
+def test_wide_updates_take_fewer_pieces_a_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flat pieces per call: ``ARITY``, fewer (not below 4) for an update with so many columns
+    that a call would pass more than ``CALL_TENSORS`` tensors (MADA: 12 columns, 8 pieces)."""
+    monkeypatch.setattr(fused_module, "ARITY", 16)
+    assert fused_module._arity(True, 4) == fused_module._arity(True, 6) == 16
+    assert fused_module._arity(True, 12) == 8
+    assert fused_module._arity(True, 40) == 4
+    gen = torch.Generator().manual_seed(0)
+    columns = [[torch.randn(10, generator=gen) for _ in range(9)] for _ in range(24)]
+    plan = fused_module._make_plan(columns, True, fused_module._layout(columns, whole=False))
+    assert [len(slots) for slots, _ in plan.calls] == [4, 4, 1]
 
 
 def test_each_graph_is_traced_once(monkeypatch: pytest.MonkeyPatch) -> None:
