@@ -435,9 +435,8 @@ def _run_fused(
             if len(plans) >= _MAX_PLANS:
                 plans.clear()
             plans[key] = plan
-    calls = [
-        _arguments(columns, slots, like, _arity(split, len(columns))) for slots, like in plan.calls
-    ]
+    arity = _arity(split, len(columns))
+    calls = [_arguments(columns, slots, like, arity) for slots, like in plan.calls]
     if plan.eager:
         fn(*[None if ts is None else [ts[i] for i in plan.eager] for ts in lists], **scalars)
     if not calls:
@@ -454,14 +453,7 @@ def _run_fused(
     direct_key = (
         None
         if signature is None or not _direct_allowed()
-        else (
-            fn,
-            device,
-            tuple(present),
-            _arity(split, len(columns)),
-            _global_state(device),
-            signature,
-        )
+        else (fn, device, tuple(present), arity, _global_state(device), signature)
     )
     scalar_tensors = [v for v in tensor_scalars.values() if isinstance(v, torch.Tensor)]
     with (
