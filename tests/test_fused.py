@@ -627,3 +627,47 @@ def test_each_graph_is_traced_once(monkeypatch: pytest.MonkeyPatch) -> None:
         _step(opt, params, 0)
     assert specialized == []
     assert tensorify._is_tensorify_enabled() == torch._dynamo.utils._is_tensorify_enabled()
+
+
+WHOLE = [i for i in FUSABLE if not i.cls.splits_tensors]
+
+
+def _matrix_sized(code: str) -> list[str]:
+    """The shapes of the buffers Inductor's generated ``code`` allocates with two or more
+    dimensions none of which is 1: the size of a matrix the update runs over, not a row or
+    column statistic."""
+    shapes = re.findall(r"empty_strided_\w+\(\(([^)]*)\)", code)
+    dims = [[d.strip() for d in shape.split(",") if d.strip()] for shape in shapes]
+    return [", ".join(d) for d in dims if len(d) >= 2 and "1" not in d]
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        pytest.param(
+            i,
+            marks=pytest.mark.xfail(
+                i.name == "adamp",
+                strict=True,
+                reason="AdamP's update u = m / denom is read by a per-row reduction (<p, u>) and "
+                "by the final pass, and Inductor stores it in full rather than recompute it",
+            ),
+        )
+        for i in WHOLE
+    ],
+    ids=[i.name for i in WHOLE],
+)
+def test_whole_tensor_updates_store_no_matrix_sized_temporary(info: Any) -> None:
+    """The fused step allocates no model-sized temporaries (issue 9). A whole-tensor update of a
+    matrix is compiled code that allocates nothing of the matrix's size: H-Fac's stored its
+    momentum and its update in full (a pass of 8 bytes per element each way, more than the rest
+    of its step) until its row and column factors were ``computed_once``, and Adafactor's stored
+    ``V = R C^T / mean(R)``."""
+    from torch._inductor.utils import run_and_get_code
+
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(0.1 * torch.randn(40, 30, generator=gen))]
+    opt = make(info, params, fused=True)
+    _, codes = run_and_get_code(_step, opt, params, 0)
+    assert codes, "no graph was compiled"
+    assert [s for code in codes for s in _matrix_sized(code)] == []

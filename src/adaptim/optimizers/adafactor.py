@@ -95,6 +95,7 @@ from adaptim.core.distributed import (
 from adaptim.core.functional import (
     Scalar,
     clamp_finite_,
+    computed_once,
     decoupled_weight_decay_,
     is_zero,
     scalars,
@@ -416,23 +417,30 @@ def _single_tensor_adafactor(
             row_mean = _mean_(row_var.double(), -2, like).to(row_var.dtype)
             if not add_eps1:
                 row_mean = row_mean.clamp(min=eps)
-            var = (row_var @ col_var).div_(row_mean)
+            # rsqrt(V) = rsqrt(R_i / mean(R)) rsqrt(C_j), as in the multi-tensor update: V = R C^T /
+            # mean(R) is never formed, and the two factors are computed once, not per element of
+            # G when compiled (computed_once). The clamp V >= eps^2 is rsqrt(V) <= 1 / eps.
+            row_factor = computed_once((row_var / row_mean).rsqrt())
+            inv_sqrt_var = row_factor * computed_once(col_var.rsqrt())
             if not add_eps1:
-                var.clamp_(min=eps * eps)
+                inv_sqrt_var.clamp_(max=1 / eps)
         else:
             assert variances is not None
             variance = variances[i]
             variance.lerp_(clamp_finite_(grad_sq), one_minus_beta2)
             var = variance.clone() if add_eps1 else variance.clamp(min=eps * eps)
-        update = var.rsqrt_().mul_(grad)
+            inv_sqrt_var = var.rsqrt_()
+        update = inv_sqrt_var.mul_(grad)
         # U_hat = U / max(1, RMS(U) / d), and the step alpha_t U_hat, as one factor
-        scale = alpha / (_rms(update, like) / d).clamp(min=1.0)
+        scale = computed_once(alpha / (_rms(update, like) / d).clamp(min=1.0))
         if exp_avgs is None:
             param.sub_(update.mul_(scale))
         else:
             exp_avg = exp_avgs[i]
+            # p -= the new m, written from the old m: read back after its update, the new m was
+            # stored in full once more by the compiled update (a temporary the size of p)
+            param.sub_(exp_avg * beta1 + update * ((1 - beta1) * scale))
             exp_avg.mul_(beta1).add_(update.mul_((1 - beta1) * scale))
-            param.sub_(exp_avg)
 
 
 def _multi_tensor_adafactor(

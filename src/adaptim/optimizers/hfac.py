@@ -83,6 +83,7 @@ from adaptim.core.distributed import (
 from adaptim.core.functional import (
     Scalar,
     clamp_finite_,
+    computed_once,
     decoupled_weight_decay_,
     scalar_arg,
     scalars,
@@ -280,24 +281,32 @@ def _single_tensor_hfac(
             v.lerp_(g_col, 1 - b1)
             r.lerp_(clamp_finite_(_mean(grad_sq, -1, like)), 1 - b2)
             s.lerp_(clamp_finite_(_mean(grad_sq, -2, like)), 1 - b2)
-            # r (s / mean r) rather than (r s) / mean r: r s^T underflows to 0 for an all-zero
-            # gradient (eps^2 = 1e-60) and overflows for a huge one; the quotient is O(1).
-            v_hat = r @ (s / _mean_r(r, like))
-            phi = b1 * (u - g_row) / r.sqrt()
-            psi = b1 * (v - g_col) / s.sqrt()
-            momentum = 0.5 * (phi + psi)
+            # G / sqrt(V) = G rsqrt(s) rsqrt(r) sqrt(mean r), as in the multi-tensor update: V is
+            # never formed (r s^T underflows to 0 for an all-zero gradient, eps^2 = 1e-60, and
+            # overflows for a huge one). Row and column factors, and the rank-1 momentum
+            # 0.5 (phi + psi) as a row and a column vector, are computed once, not per element
+            # of G when compiled (computed_once).
+            inv_sqrt_r = r.rsqrt()
+            row_factor = computed_once(inv_sqrt_r * _mean_r(r, like).sqrt())
+            col_factor = computed_once(s.rsqrt())
+            half_phi = computed_once(0.5 * b1 * (u - g_row) * inv_sqrt_r)
+            half_psi = computed_once(0.5 * b1 * (v - g_col) * col_factor)
+            update = grad * col_factor * row_factor
+            momentum = half_phi + half_psi
         else:
             assert exp_avgs is not None and exp_avg_sqs is not None
             m, v_hat = exp_avgs[i], exp_avg_sqs[i]
             m.lerp_(grad, 1 - b1)
             v_hat.lerp_(clamp_finite_(grad_sq), 1 - b2)  # lerp towards inf gives NaN
             momentum = b1 * (m - grad) / v_hat.sqrt()  # 0.5 (phi + psi) with phi = psi
-        update = grad / v_hat.sqrt()
-        update.div_((_rms(update, like) / d).clamp(min=1.0))
+            update = grad / v_hat.sqrt()
+        # U / max(1, RMS(U) / d) as one expression with the rest: an in-place division would
+        # make the compiled update store U in full
+        clip = computed_once((_rms(update, like) / d).clamp(min=1.0))
         decoupled_weight_decay_(param, lr * weight_decay)
         # add_(alpha=-lr), not sub_(alpha=lr): torch 2.13's compile bakes the first value of a
         # 0-dim tensor alpha= of sub_ into the graph (add_ takes it as an input)
-        param.add_(momentum + update, alpha=scalar_arg(-lr))
+        param.add_(momentum + update / clip, alpha=scalar_arg(-lr))
 
 
 def _multi_tensor_hfac(
