@@ -211,7 +211,9 @@ class Adan(AdaptimOptimizer):
             # the factor of _before_update, this step's; None without clipping. Where clipping is
             # on, a step whose gradient needs none multiplies by 1 (exact): no second graph
             clip=self._clip if self.defaults["max_grad_norm"] > 0 else None,
-            first_step=step == 1,
+            # 0 at the first step, whose difference is 0 (g_prev = g_1): a factor, not a flag,
+            # so that the fused step compiles one graph for every step, not a second at step 2
+            has_previous=0.0 if step == 1 else 1.0,
             step_size=lr / bias_correction(beta1, step),
             diff_step_size=lr * beta2 / bias_correction(beta2, step),
             bias_correction3=bias_correction(beta3, step),
@@ -235,7 +237,7 @@ def _single_tensor_adan(
     eps: Scalar,
     no_prox: bool,
     clip: Scalar | None,
-    first_step: bool,
+    has_previous: Scalar,
     step_size: Scalar,
     diff_step_size: Scalar,
     bias_correction3: Scalar,
@@ -246,9 +248,9 @@ def _single_tensor_adan(
     for i, param in enumerate(params):
         grad = grads[i] if clip is None else grads[i] * clip
         m, n, d, work = exp_avgs[i], exp_avg_sqs[i], exp_avg_diffs[i], neg_pre_grads[i]
-        if first_step:
-            torch.neg(grad, out=work)  # g_prev = g_1, so diff_1 = 0
         work.add_(grad)  # -g_prev + g = diff
+        if not is_one(has_previous):
+            work.mul_(has_previous)  # 0 at the first step: g_prev = g_1, so diff_1 = 0
         m.lerp_(grad, 1 - beta1)
         d.lerp_(work, 1 - beta2)
         work.mul_(beta2).add_(grad)  # g + b2 diff

@@ -435,7 +435,9 @@ class MADA(AdaptimOptimizer):
         bc1, bc2 = bias_correction(beta1, step), bias_correction(beta2, step)
         lion_beta1, lion_beta2 = group["lion_betas"]
         return dict(
-            first_step=step == 1,  # the reference's start of n (n_0 = g_1^2)
+            # the reference's start of n (n_0 = g_1^2) as a weight, not a flag: the fused step
+            # compiles one graph for every step, not a second at step 2
+            first_weight=1.0 if step == 1 else 0.0,
             lr=lr,
             beta1=beta1,
             beta2=beta2,
@@ -537,7 +539,7 @@ def _single_tensor_mada(
     d_c: list[torch.Tensor] | None,
     d_gamma: list[torch.Tensor] | None,
     *,
-    first_step: bool,
+    first_weight: Scalar,
     lr: Scalar,
     beta1: Scalar,
     beta2: Scalar,
@@ -577,7 +579,9 @@ def _single_tensor_mada(
             prev_grads[i],
         )
         m_old, v_old = m.clone(), v.clone()
-        n_old = g * g if first_step else n.clone()  # the reference's start of n
+        # the reference's start of n: g^2 at the first step (exact: both terms are finite, g is
+        # clipped), n before this step's update at the others
+        n_old = n * (1 - first_weight) + (g * g) * first_weight
         d = g - g_prev
         g_hat = g + beta3 * d
         g_hat_sq = g_hat * g_hat
