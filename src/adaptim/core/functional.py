@@ -64,8 +64,9 @@ def computed_once(x: torch.Tensor) -> torch.Tensor:
     reductions. Inductor inlines such a factor into every loop that reads it, recomputing its
     square roots and divisions once per element of the matrix, and stores full-size temporaries
     where a mutation reads it; an opaque op is a boundary that it cannot inline across. Fused
-    H-Fac on the transformer set (benchmarks/step_time.py, 2 threads): 186 ms a step without,
-    87 with (torch's fused AdamW, which moves more bytes, 34 ms); Adafactor 143 -> 116 ms.
+    H-Fac on the transformer set (2 threads, min of 15 steps): 186 ms a step without, 87 with
+    (torch's fused AdamW, which moves more bytes, 34-39 ms); Adafactor 134-162 -> 101-109 ms
+    (docs/fused.md). Measured on CPU only: on CUDA each call is a small copy kernel more.
     """
     if torch.compiler.is_compiling():
         return _computed_once_op(x)

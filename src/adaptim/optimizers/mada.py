@@ -132,6 +132,7 @@ from adaptim.core.functional import (
     Scalar,
     bias_correction,
     decoupled_weight_decay_,
+    is_zero,
     scalar_arg,
     scalars,
 )
@@ -580,8 +581,11 @@ def _single_tensor_mada(
         )
         m_old, v_old = m.clone(), v.clone()
         # the reference's start of n: g^2 at the first step (exact: both terms are finite, g is
-        # clipped), n before this step's update at the others
-        n_old = n * (1 - first_weight) + (g * g) * first_weight
+        # clipped), n before this step's update at the others (eagerly, a plain copy then)
+        if is_zero(first_weight):
+            n_old = n.clone()
+        else:
+            n_old = n * (1 - first_weight) + (g * g) * first_weight
         d = g - g_prev
         g_hat = g + beta3 * d
         g_hat_sq = g_hat * g_hat
