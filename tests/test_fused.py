@@ -187,10 +187,10 @@ def test_checkpoint_moves_between_fused_and_eager(info: Any, first: bool) -> Non
     _assert_same_run(params, after, straight_params, straight)
 
 
-#: updates with a branch on the step count, each branch a graph: the first step a momentum step
-#: and the rectification's start (ACProp, RAdam), the momenta's roles swapped at every other step
-#: (PNM, AdaPNM), no Hessian correction at the first step (SGDHess)
-STEP_BRANCHES = {"acprop", "adapnm", "pnm", "radam", "sgdhess"}
+#: updates whose first step takes other tensors than the later ones, a graph each: SGDHess has no
+#: Hessian-vector product at the first step. (Choices that only change with the step, such as
+#: RAdam's rectification or PNM's swap of its momenta, are numbers or swapped lists: one graph.)
+STEP_BRANCHES = {"sgdhess"}
 
 
 @pytest.mark.parametrize("info", FUSABLE, ids=[i.name for i in FUSABLE])
@@ -221,6 +221,37 @@ def test_no_recompiles(info: Any) -> None:
     assert counters["unique_graphs"] == late, "compiled again after step 10"
     if info.name not in STEP_BRANCHES:
         assert late == first, "compiled again after the first step"
+
+
+#: options under which an update chooses with the step beyond what the registry's settings
+#: exercise: rectification from rho_t >= 5 (the second group's betas reach it sooner), before it
+#: the momentum step or none, ACProp's first step, its numerator and amsgrad
+STEP_CHOICES = [
+    ("adabelief", {"rectify": True}),
+    ("adabelief", {"rectify": True, "degenerated_to_sgd": False, "amsgrad": True}),
+    ("radam", {"degenerated_to_sgd": True}),
+    ("acprop", {"rectify": False, "amsgrad": True}),
+    ("acprop", {"degenerated_to_sgd": False, "momentum_update": True}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "options"), STEP_CHOICES, ids=[f"{n}-{'-'.join(o)}" for n, o in STEP_CHOICES]
+)
+def test_choices_that_change_with_the_step_compile_once(name: str, options: dict[str, Any]) -> None:
+    """Such a choice is a number of the step's scalars, not a flag: all graphs are compiled at
+    the first step (a flag compiled another at the second step or at the rectification's start),
+    and the run equals the eager one."""
+    info = adaptim.registry.get(name)
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters["stats"]
+    eager_params, fused_params = _params(), _params()
+    eager = _train(info, eager_params, range(STEPS), foreach=False, fused=False, **options)
+    fused = _train(info, fused_params, range(1), fused=True, **options)
+    first = counters["unique_graphs"]
+    _train(info, fused_params, range(1, STEPS), opt=fused)
+    assert counters["unique_graphs"] == first, "compiled again after the first step"
+    _assert_same_run(fused_params, fused, eager_params, eager)
 
 
 class _WithoutPerTensorForm(AdaptimOptimizer):

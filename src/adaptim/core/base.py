@@ -681,7 +681,7 @@ class AdaptimOptimizer(Optimizer):
         ordered = [None if k is None else next(states) for k in keys]
         run_elementwise(
             fn,
-            [lists[0], lists[1], *ordered],
+            [lists[0], lists[1], *self._in_roles(ordered, batch.steps)],
             batch.steps,
             lambda step: self._step_scalars(group, step),
             fused=fused,
@@ -689,6 +689,15 @@ class AdaptimOptimizer(Optimizer):
             # not an attribute set in __init__: an unpickled or copied optimizer has none yet
             plans=self.__dict__.setdefault("_fused_plans", {}),
         )
+
+    def _in_roles(
+        self, states: list[list[torch.Tensor] | None], steps: list[int]
+    ) -> list[list[torch.Tensor] | None]:
+        """The state lists of :meth:`_run_elementwise` in the roles the update takes them at these
+        steps; by default in the order of :meth:`_elementwise_update`'s keys. Overridden where
+        buffers swap roles with the step (PNM's two momenta): swapping the lists, rather than
+        branching on the step inside the update, keeps one compiled graph for every step."""
+        return states
 
     def _per_tensor_update(self, group: dict[str, Any], batch: TensorBatch) -> None:
         if self.supports_fused():

@@ -47,6 +47,21 @@ def sqrt(value: Scalar) -> Scalar:
     return value.sqrt() if isinstance(value, torch.Tensor) else math.sqrt(value)
 
 
+def either(flag: Scalar, if_set: torch.Tensor, otherwise: torch.Tensor | float) -> torch.Tensor:
+    """``if_set`` when ``flag`` is 1, ``otherwise`` when it is 0: a Python choice for a Python
+    number, a select in the kernel for the fused path's 0-dim tensor. A choice that changes with the
+    step (RAdam's rectification, ACProp's first step) passed as a number rather than a flag makes
+    one compiled graph for both branches instead of one each. A select, not ``a f + b (1 - f)``: a
+    non-finite value in the branch not taken (a division by ``1 - b2^0``) does not leak."""
+    if not isinstance(flag, torch.Tensor):
+        if flag:
+            return if_set
+        return (
+            otherwise if isinstance(otherwise, torch.Tensor) else torch.full_like(if_set, otherwise)
+        )
+    return torch.where(flag != 0, if_set, otherwise)
+
+
 @torch.library.custom_op("adaptim::computed_once", mutates_args=())
 def _computed_once_op(x: torch.Tensor) -> torch.Tensor:
     return x.clone()
@@ -99,6 +114,7 @@ __all__ = [
     "bias_correction",
     "clamp_finite_",
     "decoupled_weight_decay_",
+    "either",
     "is_one",
     "is_zero",
     "l2_weight_decay",

@@ -52,7 +52,9 @@ from adaptim.core.functional import (
     adam_denominator,
     bias_correction,
     decoupled_weight_decay_,
+    either,
     is_one,
+    is_zero,
     l2_weight_decay,
     radam_rectification,
     scalar_arg,
@@ -177,17 +179,17 @@ class ACProp(AdaptimOptimizer):
         # Which step: the first is a momentum step; later ones are adaptive, except, with
         # rectification, while rho_t < 5: a momentum step (degenerated_to_sgd) or none.
         step_size = lr / bc1
-        adaptive = momentum_step = False
+        adaptive = 0.0
         if step == 1:
-            momentum_step = True
+            pass  # the momentum step
         elif not group["rectify"]:
-            adaptive = True
+            adaptive = 1.0
         else:
             rectified_size = _rectified_step_size(beta1, beta2, step)
             if rectified_size is not None:
-                adaptive, step_size = True, lr * rectified_size
-            else:
-                momentum_step = group["degenerated_to_sgd"]
+                adaptive, step_size = 1.0, lr * rectified_size
+            elif not group["degenerated_to_sgd"]:
+                step_size = 0.0  # no step
         return dict(
             beta1=beta1,
             beta2=beta2,
@@ -199,9 +201,10 @@ class ACProp(AdaptimOptimizer):
             decay=1.0 - (wd if group["fixed_decay"] else lr * wd) if decoupled else 1.0,
             rectify=group["rectify"],
             momentum_update=group["momentum_update"],
-            first_step=step == 1,
+            # numbers, not flags: 0-dim tensors when fused, one graph for the first step and the
+            # later ones
+            has_previous=0.0 if step == 1 else 1.0,
             adaptive=adaptive,
-            momentum_step=momentum_step,
             bias_correction1=bc1,
             bias_correction2_prev=bias_correction(beta2, step - 1),  # s holds information up to t-1
             step_size=step_size,
@@ -231,17 +234,16 @@ def _single_tensor_acprop(
     decay: Scalar,
     rectify: bool,
     momentum_update: bool,
-    first_step: bool,
-    adaptive: bool,
-    momentum_step: bool,
+    has_previous: Scalar,
+    adaptive: Scalar,
     bias_correction1: Scalar,
     bias_correction2_prev: Scalar,
     step_size: Scalar,
 ) -> None:
-    """One step; ``decay``: ``1 - lr wd`` or ``1 - wd`` (decoupled). ``adaptive``:
-    ``p -= step_size * num / denom`` (``step_size = lr / (1 - b1^t)``, or
-    ``lr sqrt(1 - b2^t) r_t / (1 - b1^t)`` with ``rectify``); ``momentum_step``:
-    ``p -= step_size * m`` (``step_size = lr / (1 - b1^t)``); neither: no step."""
+    """One step; ``decay``: ``1 - lr wd`` or ``1 - wd`` (decoupled). ``has_previous``: 0 at the
+    first step, else 1. ``adaptive`` 1: ``p -= step_size * num / denom`` (``step_size = lr / (1 -
+    b1^t)``, or ``lr sqrt(1 - b2^t) r_t / (1 - b1^t)`` with ``rectify``); 0: ``p -= step_size * m``
+    (``step_size = lr / (1 - b1^t)``, or 0: no step)."""
     for i, param in enumerate(params):
         grad, exp_avg, exp_avg_var = grads[i], exp_avgs[i], exp_avg_vars[i]
         if decoupled_weight_decay:
@@ -255,17 +257,24 @@ def _single_tensor_acprop(
             exp_avg_var.add_(eps)
             torch.maximum(max_exp_avg_vars[i], exp_avg_var, out=max_exp_avg_vars[i])
             denom_src = max_exp_avg_vars[i]
-        elif not first_step:
-            exp_avg_var.add_(eps)
-        if adaptive:
+        elif not is_zero(has_previous):
+            exp_avg_var.add_(eps * has_previous)  # s_{t-1} += eps from the second step on
+        if is_zero(step_size):
+            pass
+        elif is_zero(adaptive):
+            param.add_(exp_avg, alpha=scalar_arg(-step_size))
+        else:
             if rectify:  # sqrt(1 - b2^t) is in the step size; s, not s_max, even with amsgrad
                 denom = adam_denominator(exp_avg_var, eps)
             else:
                 denom = adam_denominator(denom_src, eps, bias_correction2_prev)
             numerator = exp_avg if momentum_update else grad * bias_correction1
-            param.addcdiv_(numerator, denom, value=scalar_arg(-step_size))
-        elif momentum_step:
-            param.add_(exp_avg, alpha=scalar_arg(-step_size))
+            # fused (adaptive a 0-dim tensor): the momentum step is m / 1, in the same graph
+            param.addcdiv_(
+                either(adaptive, numerator, exp_avg),
+                either(adaptive, denom, 1.0),
+                value=scalar_arg(-step_size),
+            )
         residual = grad - exp_avg
         exp_avg_var.mul_(beta2).addcmul_(residual, residual, value=scalar_arg(1 - beta2))
 

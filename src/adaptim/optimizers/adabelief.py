@@ -50,6 +50,8 @@ from adaptim.core.functional import (
     adam_denominator,
     bias_correction,
     decoupled_weight_decay_,
+    either,
+    is_zero,
     l2_weight_decay,
     radam_rectification,
     scalar_arg,
@@ -175,12 +177,24 @@ class AdaBelief(AdaptimOptimizer):
             weight_decay=0.0 if decoupled else group["weight_decay"],
             decoupled_decay=_decoupled_decay(group) if decoupled else 0.0,
             rectify=group["rectify"],
-            rectified=rect is not None,
-            degenerated_to_sgd=group["degenerated_to_sgd"],
+            # a number, not a flag: a 0-dim tensor when fused, one graph before and after rho_t >= 5
+            rectified=1.0 if rect is not None else 0.0,
             # rectified: sqrt(1 - b2^t) moves into the step size (the denominator is sqrt(s) + eps)
-            step_size=lr / bc1 if rect is None else lr * rect * math.sqrt(bc2) / bc1,
+            step_size=_step_size(group, lr / bc1, rect, bc2),
             bias_correction2=bc2,
         )
+
+
+def _step_size(
+    group: Mapping[str, Any], momentum_size: float, rect: float | None, bc2: float
+) -> float:
+    """``lr / (1 - b1^t)`` (``momentum_size``) without rectification; with it ``lr r_t sqrt(1 - b2^t)
+    / (1 - b1^t)`` once ``rho_t >= 5``, before that ``momentum_size`` (``degenerated_to_sgd``) or 0."""
+    if not group["rectify"]:
+        return momentum_size
+    if rect is None:
+        return momentum_size if group["degenerated_to_sgd"] else 0.0
+    return momentum_size * rect * math.sqrt(bc2)
 
 
 def _decoupled_decay(group: Mapping[str, Any]) -> float:
@@ -203,14 +217,14 @@ def _single_tensor_adabelief(
     weight_decay: Scalar,
     decoupled_decay: Scalar,
     rectify: bool,
-    rectified: bool,
-    degenerated_to_sgd: bool,
+    rectified: Scalar,
     step_size: Scalar,
     bias_correction2: Scalar,
 ) -> None:
     """``weight_decay``: the L2 coefficient, ``decoupled_decay``: the factor of ``p *= 1 - factor``
-    (one of them is zero). ``rectified``: ``rho_t >= 5`` at this step (with ``rectify``).
-    ``step_size``: ``lr / (1 - b1^t)``, or ``lr r_t sqrt(1 - b2^t) / (1 - b1^t)`` when rectified."""
+    (one of them is zero). ``rectified``: 1 when ``rho_t >= 5`` at this step (with ``rectify``),
+    else 0. ``step_size``: ``lr / (1 - b1^t)``, or ``lr r_t sqrt(1 - b2^t) / (1 - b1^t)`` when
+    rectified, or 0 (rectify, not yet rectified, not ``degenerated_to_sgd``: no step)."""
     for i, param in enumerate(params):
         grad, exp_avg, exp_avg_var = grads[i], exp_avgs[i], exp_avg_vars[i]
         decoupled_weight_decay_(param, decoupled_decay)
@@ -227,12 +241,14 @@ def _single_tensor_adabelief(
             param.addcdiv_(
                 exp_avg, adam_denominator(s, eps, bias_correction2), value=scalar_arg(-step_size)
             )
-        elif rectified:  # the package divides by s here, never by the amsgrad maximum
-            param.addcdiv_(
-                exp_avg, adam_denominator(exp_avg_var, eps), value=scalar_arg(-step_size)
-            )
-        elif degenerated_to_sgd:
-            param.add_(exp_avg, alpha=scalar_arg(-step_size))
+        elif is_zero(rectified):
+            if not is_zero(step_size):  # degenerated_to_sgd: the momentum step
+                param.add_(exp_avg, alpha=scalar_arg(-step_size))
+        else:
+            # the package divides by s here, never by the amsgrad maximum; 1 for the momentum
+            # step (fused, rectified 0)
+            denom = either(rectified, adam_denominator(exp_avg_var, eps), 1.0)
+            param.addcdiv_(exp_avg, denom, value=scalar_arg(-step_size))
 
 
 def _multi_tensor_adabelief(

@@ -63,19 +63,22 @@ def _noise_norm(beta0: float) -> float:
 
 
 def _pos_neg(
-    states: list[dict[str, Any]], first: str, second: str
+    odd: list[torch.Tensor], even: list[torch.Tensor], steps: list[int]
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per parameter, (positive, negative) buffers: odd steps update ``first``, even ones ``second``."""
-    pos = [s[first] if s["step"] % 2 == 1 else s[second] for s in states]
-    neg = [s[second] if s["step"] % 2 == 1 else s[first] for s in states]
+    """Per parameter, (positive, negative) buffers: odd steps update ``odd``, even ones ``even``."""
+    pos = [o if s % 2 == 1 else e for o, e, s in zip(odd, even, steps, strict=True)]
+    neg = [e if s % 2 == 1 else o for o, e, s in zip(odd, even, steps, strict=True)]
     return pos, neg
 
 
-def _by_parity(
-    odd: torch.Tensor, even: torch.Tensor, odd_step: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(positive, negative) buffers of one parameter: odd steps update ``odd``, even ones ``even``."""
-    return (odd, even) if odd_step else (even, odd)
+def _momenta_in_roles(
+    self: AdaptimOptimizer, states: list[list[torch.Tensor] | None], steps: list[int]
+) -> list[list[torch.Tensor] | None]:
+    """``_in_roles`` of PNM and AdaPNM: the two momenta (the first two states) handed to the update
+    as (positive, negative), so that it has no branch on the step's parity (one compiled graph)."""
+    odd, even, *rest = states
+    assert odd is not None and even is not None
+    return [*_pos_neg(odd, even, steps), *rest]
 
 
 class PNM(AdaptimOptimizer):
@@ -134,7 +137,7 @@ class PNM(AdaptimOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        pos, neg = _pos_neg(batch.states, "pos_momentum", "neg_momentum")
+        pos, neg = _pos_neg(batch.state("pos_momentum"), batch.state("neg_momentum"), batch.steps)
         beta1, beta0 = group["betas"]
         _multi_tensor_pnm(
             batch.params,
@@ -153,6 +156,8 @@ class PNM(AdaptimOptimizer):
     ) -> tuple[Callable[..., None], tuple[str | None, ...]]:
         return _single_tensor_pnm, ("pos_momentum", "neg_momentum")
 
+    _in_roles = _momenta_in_roles
+
     def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
         lr = float(group["lr"])
         beta1, beta0 = group["betas"]
@@ -165,7 +170,6 @@ class PNM(AdaptimOptimizer):
             decoupled_weight_decay=decoupled,
             weight_decay=0.0 if decoupled else wd,  # L2
             decay=1.0 - lr * wd if decoupled else 1.0,  # never 0: one graph with and without decay
-            odd_step=step % 2 == 1,
         )
 
 
@@ -237,7 +241,7 @@ class AdaPNM(AdaptimOptimizer):
         super().__init__(params, defaults)
 
     def _update(self, group: dict[str, Any], batch: TensorBatch, foreach: bool) -> None:
-        pos, neg = _pos_neg(batch.states, "exp_avg", "neg_exp_avg")
+        pos, neg = _pos_neg(batch.state("exp_avg"), batch.state("neg_exp_avg"), batch.steps)
         beta1, beta2, beta0 = group["betas"]
         _multi_tensor_adapnm(
             batch.params,
@@ -262,6 +266,8 @@ class AdaPNM(AdaptimOptimizer):
         amsgrad = "max_exp_avg_sq" if group["amsgrad"] else None
         return _single_tensor_adapnm, ("exp_avg", "neg_exp_avg", "exp_avg_sq", amsgrad)
 
+    _in_roles = _momenta_in_roles
+
     def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
         lr = float(group["lr"])
         beta1, beta2, beta0 = group["betas"]
@@ -275,7 +281,6 @@ class AdaPNM(AdaptimOptimizer):
             decoupled_weight_decay=decoupled,
             weight_decay=0.0 if decoupled else wd,  # L2
             decay=1.0 - lr * wd if decoupled else 1.0,  # never 0: one graph with and without decay
-            odd_step=step % 2 == 1,
             step_size=lr / bias_correction(beta1, step),
             bias_correction2=bias_correction(beta2, step),
         )
@@ -287,8 +292,8 @@ class AdaPNM(AdaptimOptimizer):
 def _single_tensor_pnm(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
-    odd_momentums: list[torch.Tensor],
-    even_momentums: list[torch.Tensor],
+    pos_momentums: list[torch.Tensor],
+    neg_momentums: list[torch.Tensor],
     *,
     lr: Scalar,
     beta1: Scalar,
@@ -297,13 +302,12 @@ def _single_tensor_pnm(
     weight_decay: Scalar,
     decoupled_weight_decay: bool,
     decay: Scalar,
-    odd_step: bool,
 ) -> None:
-    """One step; ``decay``: ``1 - lr wd`` (decoupled). ``odd_momentums`` (state ``pos_momentum``)
-    is updated on odd steps, ``even_momentums`` (``neg_momentum``) on even ones."""
+    """One step; ``decay``: ``1 - lr wd`` (decoupled). ``pos_momentums`` is updated, read with
+    ``neg_momentums``: on odd steps the states ``pos_momentum`` and ``neg_momentum``, on even ones
+    the reverse (``_momenta_in_roles``)."""
     for i, param in enumerate(params):
-        grad = grads[i]
-        pos, neg = _by_parity(odd_momentums[i], even_momentums[i], odd_step)
+        grad, pos, neg = grads[i], pos_momentums[i], neg_momentums[i]
         if decoupled_weight_decay:
             if not is_one(decay):
                 param.mul_(decay)  # p *= 1 - lr * wd
@@ -344,8 +348,8 @@ def _multi_tensor_pnm(
 def _single_tensor_adapnm(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
-    odd_momentums: list[torch.Tensor],
-    even_momentums: list[torch.Tensor],
+    pos_momentums: list[torch.Tensor],
+    neg_momentums: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
     max_exp_avg_sqs: list[torch.Tensor] | None,
     *,
@@ -357,16 +361,15 @@ def _single_tensor_adapnm(
     weight_decay: Scalar,
     decoupled_weight_decay: bool,
     decay: Scalar,
-    odd_step: bool,
     step_size: Scalar,
     bias_correction2: Scalar,
 ) -> None:
     """One step; ``step_size``: ``lr / (1 - b1^t)``, ``decay``: ``1 - lr wd`` (decoupled).
-    ``odd_momentums`` (state ``exp_avg``) is updated on odd steps, ``even_momentums``
-    (``neg_exp_avg``) on even ones."""
+    ``pos_momentums`` is updated, read with ``neg_momentums``: on odd steps the states ``exp_avg``
+    and ``neg_exp_avg``, on even ones the reverse (``_momenta_in_roles``)."""
     for i, param in enumerate(params):
         grad, exp_avg_sq = grads[i], exp_avg_sqs[i]
-        pos, neg = _by_parity(odd_momentums[i], even_momentums[i], odd_step)
+        pos, neg = pos_momentums[i], neg_momentums[i]
         if decoupled_weight_decay:
             if not is_one(decay):
                 param.mul_(decay)  # p *= 1 - lr * wd

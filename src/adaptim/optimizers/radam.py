@@ -51,7 +51,9 @@ from adaptim.core.functional import (
     adam_denominator,
     bias_correction,
     decoupled_weight_decay_,
+    either,
     is_one,
+    is_zero,
     l2_weight_decay,
     radam_rectification,
     scalar_arg,
@@ -154,8 +156,10 @@ class RAdam(AdaptimOptimizer):
         wd, decoupled = group["weight_decay"], group["decoupled_weight_decay"]
         rect = radam_rectification(beta2, step, RHO_THRESHOLD)
         bc1 = bias_correction(beta1, step)
+        updates = rect is not None or group["degenerated_to_sgd"]
         if rect is None:
-            step_size = lr / bc1  # the un-adapted momentum step (degenerated_to_sgd)
+            # the un-adapted momentum step (degenerated_to_sgd), or none (the authors' default)
+            step_size = lr / bc1 if updates else 0.0
         else:
             step_size = lr * rect * math.sqrt(bias_correction(beta2, step)) / bc1
         return dict(
@@ -165,10 +169,10 @@ class RAdam(AdaptimOptimizer):
             decoupled_weight_decay=decoupled,
             weight_decay=0.0 if decoupled else wd,  # L2
             # the decoupled decay as its factor, 1 without decay (never an exact zero): a group
-            # without decay compiles the same graph as one with it
-            decay=1.0 - lr * wd if decoupled else 1.0,
-            rectified=rect is not None,
-            updates=rect is not None or group["degenerated_to_sgd"],
+            # without decay compiles the same graph as one with it; none on a step without update
+            decay=1.0 - lr * wd if decoupled and updates else 1.0,
+            # numbers, not flags: 0-dim tensors when fused, one graph before and after rho_t >= 5
+            rectified=1.0 if rect is not None else 0.0,
             step_size=step_size,
         )
 
@@ -185,28 +189,28 @@ def _single_tensor_radam(
     weight_decay: Scalar,
     decoupled_weight_decay: bool,
     decay: Scalar,
-    rectified: bool,
-    updates: bool,
+    rectified: Scalar,
     step_size: Scalar,
 ) -> None:
-    """One step; ``decay``: ``1 - lr wd`` (decoupled). ``rectified``: rho_t >= 5
-    (``step_size = lr r_t sqrt(1 - b2^t) / (1 - b1^t)``); else ``updates`` says whether the
-    un-adapted momentum step (``step_size = lr / (1 - b1^t)``) is taken."""
+    """One step; ``decay``: ``1 - lr wd`` (decoupled). ``rectified`` 1: rho_t >= 5
+    (``step_size = lr r_t sqrt(1 - b2^t) / (1 - b1^t)``); 0: the un-adapted momentum step
+    (``step_size = lr / (1 - b1^t)``), or none (``step_size`` 0)."""
     for i, param in enumerate(params):
         grad, exp_avg, exp_avg_sq = grads[i], exp_avgs[i], exp_avg_sqs[i]
         if not decoupled_weight_decay:
             grad = l2_weight_decay(grad, param, weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=scalar_arg(1 - beta2))
-        if not updates:
+        if is_zero(step_size):
             continue  # the authors' default: no update, no decay while rho_t < 5
         if decoupled_weight_decay and not is_one(decay):
             param.mul_(decay)  # p *= 1 - lr * wd
-        if rectified:
-            denom = adam_denominator(exp_avg_sq, eps)  # sqrt(v) + eps, v not bias-corrected
-            param.addcdiv_(exp_avg, denom, value=scalar_arg(-step_size))
-        else:
+        if is_zero(rectified):
             param.add_(exp_avg, alpha=scalar_arg(-step_size))
+        else:
+            # sqrt(v) + eps, v not bias-corrected; 1 for the momentum step (fused, rectified 0)
+            denom = either(rectified, adam_denominator(exp_avg_sq, eps), 1.0)
+            param.addcdiv_(exp_avg, denom, value=scalar_arg(-step_size))
 
 
 def _multi_tensor_radam(
