@@ -436,10 +436,9 @@ def _run_fused(
                 plans.clear()
             plans[key] = plan
     arity = _arity(split, len(columns))
-    calls = [_arguments(columns, slots, like, arity) for slots, like in plan.calls]
     if plan.eager:
         fn(*[None if ts is None else [ts[i] for i in plan.eager] for ts in lists], **scalars)
-    if not calls:
+    if not plan.calls:
         return
     device = columns[0][0].device
     tensor_scalars = _as_tensors(scalars, device)
@@ -463,8 +462,7 @@ def _run_fused(
         torch._dynamo.config.patch({"specialize_float": True, **_RECOMPILE_LIMITS}),
         _without_scalar_tensorify(),
     ):
-        for args, call_signature in zip(calls, plan.signatures, strict=True):
-            flat = [p for column in args for p in column] + scalar_tensors
+        for (slots, like), call_signature in zip(plan.calls, plan.signatures, strict=True):
             call_key = (
                 None
                 if direct_key is None or call_signature is None
@@ -473,8 +471,11 @@ def _run_fused(
             direct = _direct.get(call_key) if call_key is not None else None
             if direct is not None:
                 run, sources = direct
+                flat = _direct_arguments(columns, slots, like, arity) + scalar_tensors
                 run(*[flat[j] if d is None else flat[j].shape[d] for j, d in sources])
                 continue
+            args = _arguments(columns, slots, like, arity)
+            flat = [p for column in args for p in column] + scalar_tensors
             full: list[Any] = [None] * len(lists)
             for col, k in enumerate(present):
                 full[k] = args[col]
@@ -614,6 +615,27 @@ def _arguments(
             pieces += [_scratch_piece(first, col * arity + j) for j in range(len(slots), arity)]
         args.append(pieces)
     return args
+
+
+def _direct_arguments(
+    columns: list[list[torch.Tensor]], slots: list[_Slot], like: _Slot, arity: int
+) -> list[torch.Tensor]:
+    """:func:`_arguments`, flat, for a direct call into a compiled graph: whole tensors as they
+    are. The plain aliases of parameters and views (:func:`_whole`) are for dynamo, which guards on
+    what a tensor is; a direct call has no guards, and its kernels see the same storage, sizes and
+    strides (the plan holds only contiguous tensors). About 1.5 us a parameter less."""
+    flat: list[torch.Tensor] = []
+    whole = [i for i, a, _ in slots if a is None]
+    padding = range(len(slots), arity)
+    for col, column in enumerate(columns):
+        if len(whole) == len(slots):
+            flat += [column[i] for i in whole]
+        else:
+            flat += [column[i] if a is None else _piece(column[i], a, b) for i, a, b in slots]
+        if padding:
+            first = _slot_piece(column, like)
+            flat += [_scratch_piece(first, col * arity + j) for j in padding]
+    return flat
 
 
 def _slot_piece(column: list[torch.Tensor], slot: _Slot) -> torch.Tensor:
