@@ -710,11 +710,15 @@ class AdaptimOptimizer(Optimizer):
 
     def _check_gradients(self) -> None:
         """Refuse what the algorithm cannot handle before any state changes."""
-        dtensor = None if self.supports_dtensor else sys.modules.get("torch.distributed.tensor")
+        module = sys.modules.get("torch.distributed.tensor")
+        dtensor = None if module is None else module.DTensor
         strided, elementwise = torch.strided, self.elementwise
         for gi, group in enumerate(self.param_groups):
-            if not self.fused_on_shards and group["fused"]:
-                self._refuse_fused_shards(gi, group)
+            # sharded parameters, where the class is not verified on them or where its fused
+            # update would reduce over one shard of each tensor
+            no_shards = dtensor is not None and (
+                not self.supports_dtensor or (not self.fused_on_shards and bool(group["fused"]))
+            )
             for pi, p in enumerate(group["params"]):
                 grad = p.grad
                 if grad is None:
@@ -723,27 +727,25 @@ class AdaptimOptimizer(Optimizer):
                 if (
                     grad.layout is not strided
                     or (not elementwise and p.dtype in COMPLEX)
-                    or (dtensor is not None and isinstance(p, dtensor.DTensor))
+                    or (no_shards and isinstance(p, dtensor))
                 ):
                     self._refuse(gi, pi, p)
-
-    def _refuse_fused_shards(self, gi: int, group: Mapping[str, Any]) -> None:
-        if any_dtensor([p for p in group["params"] if p.grad is not None]):
-            raise TypeError(
-                f"{type(self).__name__}: fused=True does not support sharded (DTensor, FSDP2) "
-                f"parameters (param group {gi}): its update reduces over each whole tensor, and "
-                "the compiled update would see one shard of it; use fused=None or False (the "
-                "eager paths reduce over the shards)"
-            )
 
     def _refuse(self, gi: int, pi: int, p: torch.Tensor) -> None:
         name = type(self).__name__
         dtensor = sys.modules.get("torch.distributed.tensor")
-        if dtensor is not None and isinstance(p, dtensor.DTensor) and not self.supports_dtensor:
+        if dtensor is not None and isinstance(p, dtensor.DTensor):
+            if not self.supports_dtensor:
+                raise TypeError(
+                    f"{name} is not yet verified on sharded (DTensor, FSDP2) parameters (param "
+                    f"group {gi}, parameter {pi}); the optimizers that are have "
+                    "supports_dtensor = True"
+                )
             raise TypeError(
-                f"{name} is not yet verified on sharded (DTensor, FSDP2) parameters (param "
-                f"group {gi}, parameter {pi}); the optimizers that are have "
-                "supports_dtensor = True"
+                f"{name}: fused=True does not support sharded (DTensor, FSDP2) parameters "
+                f"(param group {gi}): its update reduces over each whole tensor, and the "
+                "compiled update would see one shard of it; use fused=None or False (the eager "
+                "paths reduce over the shards)"
             )
         grad = p.grad
         assert grad is not None  # _check_gradients refuses only parameters with a gradient
