@@ -225,11 +225,14 @@ def test_no_recompiles(info: Any) -> None:
 
 #: options under which an update chooses with the step beyond what the registry's settings
 #: exercise: rectification from rho_t >= 5 (the second group's betas reach it sooner), before it
-#: the momentum step or none, ACProp's first step, its numerator and amsgrad
+#: the momentum step or none, ACProp's first step (without rectification its untaken adaptive
+#: branch divides 0 by 0 there), its numerator and amsgrad
 STEP_CHOICES = [
     ("adabelief", {"rectify": True}),
     ("adabelief", {"rectify": True, "degenerated_to_sgd": False, "amsgrad": True}),
     ("radam", {"degenerated_to_sgd": True}),
+    ("radam", {"degenerated_to_sgd": False}),
+    ("acprop", {"rectify": False}),
     ("acprop", {"rectify": False, "amsgrad": True}),
     ("acprop", {"degenerated_to_sgd": False, "momentum_update": True}),
 ]

@@ -711,12 +711,12 @@ class AdaptimOptimizer(Optimizer):
     def _check_gradients(self) -> None:
         """Refuse what the algorithm cannot handle before any state changes."""
         module = sys.modules.get("torch.distributed.tensor")
-        dtensor = None if module is None else module.DTensor
+        dtensor: type | tuple[()] = () if module is None else module.DTensor  # (): no class
         strided, elementwise = torch.strided, self.elementwise
         for gi, group in enumerate(self.param_groups):
             # sharded parameters, where the class is not verified on them or where its fused
             # update would reduce over one shard of each tensor
-            no_shards = dtensor is not None and (
+            no_shards = module is not None and (
                 not self.supports_dtensor or (not self.fused_on_shards and bool(group["fused"]))
             )
             for pi, p in enumerate(group["params"]):
@@ -734,13 +734,14 @@ class AdaptimOptimizer(Optimizer):
     def _refuse(self, gi: int, pi: int, p: torch.Tensor) -> None:
         name = type(self).__name__
         dtensor = sys.modules.get("torch.distributed.tensor")
-        if dtensor is not None and isinstance(p, dtensor.DTensor):
-            if not self.supports_dtensor:
-                raise TypeError(
-                    f"{name} is not yet verified on sharded (DTensor, FSDP2) parameters (param "
-                    f"group {gi}, parameter {pi}); the optimizers that are have "
-                    "supports_dtensor = True"
-                )
+        sharded = dtensor is not None and isinstance(p, dtensor.DTensor)
+        if sharded and not self.supports_dtensor:
+            raise TypeError(
+                f"{name} is not yet verified on sharded (DTensor, FSDP2) parameters (param "
+                f"group {gi}, parameter {pi}); the optimizers that are have "
+                "supports_dtensor = True"
+            )
+        if sharded and not self.fused_on_shards and self.param_groups[gi]["fused"]:
             raise TypeError(
                 f"{name}: fused=True does not support sharded (DTensor, FSDP2) parameters "
                 f"(param group {gi}): its update reduces over each whole tensor, and the "

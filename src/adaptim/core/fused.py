@@ -408,21 +408,24 @@ _shape = operator.attrgetter("shape")
 def _layout(columns: list[list[torch.Tensor]], whole: bool) -> list[_ColumnLayout] | None:
     """What a cut depends on, per column; ``None`` if a tensor is a view. ``whole``: the calls take
     whole tensors (not 1-D pieces)."""
-    out = []
+    out: list[_ColumnLayout] = []
     for column in columns:
         if [t._base for t in column].count(None) != len(column):
             return None
+        # which dimensions are 1; for none (the usual case, 5x cheaper to tell) the number of
+        # dimensions, which the call signatures must still tell apart
+        ones: list[tuple[bool, ...] | int] = (
+            [tuple(n == 1 for n in s) if 1 in s else len(s) for s in map(_shape, column)]
+            if whole
+            else [()] * len(column)
+        )
         out.append(
             (
                 list(map(torch.Tensor.numel, column)),
                 list(map(torch.Tensor.dim, column)),
                 list(map(torch.Tensor.is_contiguous, column)),
                 [t.dtype for t in column],
-                # which dimensions are 1; for none (the usual case, 5x cheaper to tell) the
-                # number of dimensions, which the call signatures must still tell apart
-                [tuple(n == 1 for n in s) if 1 in s else len(s) for s in map(_shape, column)]
-                if whole
-                else [()] * len(column),
+                ones,
             )
         )
     return out
@@ -642,7 +645,10 @@ def _direct_arguments(
         if len(whole) == len(slots):
             flat += [column[i] for i in whole]
         else:
-            flat += [column[i] if a is None else _piece(column[i], a, b) for i, a, b in slots]
+            flat += [
+                column[i] if a is None or b is None else _piece(column[i], a, b)
+                for i, a, b in slots
+            ]
         if padding:
             first = _slot_piece(column, like)
             flat += [_scratch_piece(first, col * arity + j) for j in padding]

@@ -260,7 +260,7 @@ def _single_tensor_acprop(
         elif not is_zero(has_previous):
             exp_avg_var.add_(eps * has_previous)  # s_{t-1} += eps from the second step on
         if is_zero(step_size):
-            pass
+            pass  # no step while rho_t < 5 without degenerated_to_sgd (or lr 0)
         elif is_zero(adaptive):
             param.add_(exp_avg, alpha=scalar_arg(-step_size))
         else:

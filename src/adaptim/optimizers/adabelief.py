@@ -180,21 +180,21 @@ class AdaBelief(AdaptimOptimizer):
             # a number, not a flag: a 0-dim tensor when fused, one graph before and after rho_t >= 5
             rectified=1.0 if rect is not None else 0.0,
             # rectified: sqrt(1 - b2^t) moves into the step size (the denominator is sqrt(s) + eps)
-            step_size=_step_size(group, lr / bc1, rect, bc2),
+            step_size=_step_size(group, lr, bc1, rect, bc2),
             bias_correction2=bc2,
         )
 
 
 def _step_size(
-    group: Mapping[str, Any], momentum_size: float, rect: float | None, bc2: float
+    group: Mapping[str, Any], lr: float, bc1: float, rect: float | None, bc2: float
 ) -> float:
-    """``lr / (1 - b1^t)`` (``momentum_size``) without rectification; with it ``lr r_t sqrt(1 - b2^t)
-    / (1 - b1^t)`` once ``rho_t >= 5``, before that ``momentum_size`` (``degenerated_to_sgd``) or 0."""
+    """``lr / (1 - b1^t)`` without rectification; with it ``lr r_t sqrt(1 - b2^t) / (1 - b1^t)``
+    once ``rho_t >= 5``, before that ``lr / (1 - b1^t)`` (``degenerated_to_sgd``) or 0 (no step)."""
     if not group["rectify"]:
-        return momentum_size
+        return lr / bc1
     if rect is None:
-        return momentum_size if group["degenerated_to_sgd"] else 0.0
-    return momentum_size * rect * math.sqrt(bc2)
+        return lr / bc1 if group["degenerated_to_sgd"] else 0.0
+    return lr * rect * math.sqrt(bc2) / bc1
 
 
 def _decoupled_decay(group: Mapping[str, Any]) -> float:

@@ -202,7 +202,7 @@ def _single_tensor_radam(
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=scalar_arg(1 - beta2))
         if is_zero(step_size):
-            continue  # the authors' default: no update, no decay while rho_t < 5
+            continue  # the authors' default: no update, no decay while rho_t < 5 (or lr 0)
         if decoupled_weight_decay and not is_one(decay):
             param.mul_(decay)  # p *= 1 - lr * wd
         if is_zero(rectified):
