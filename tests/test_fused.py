@@ -230,8 +230,7 @@ def test_no_recompiles(info: Any) -> None:
 STEP_CHOICES = [
     ("adabelief", {"rectify": True}),
     ("adabelief", {"rectify": True, "degenerated_to_sgd": False, "amsgrad": True}),
-    ("radam", {"degenerated_to_sgd": True}),
-    ("radam", {"degenerated_to_sgd": False}),
+    ("radam", {"degenerated_to_sgd": False}),  # the registry's settings take the momentum step
     ("acprop", {"rectify": False}),
     ("acprop", {"rectify": False, "amsgrad": True}),
     ("acprop", {"degenerated_to_sgd": False, "momentum_update": True}),

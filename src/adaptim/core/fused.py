@@ -483,13 +483,12 @@ def _run_fused(
                 else (*direct_key, call_signature)
             )
             direct = _direct.get(call_key) if call_key is not None else None
+            args = _arguments(columns, slots, like, arity, guarded=direct is None)
+            flat = [p for column in args for p in column] + scalar_tensors
             if direct is not None:
                 run, sources = direct
-                flat = _direct_arguments(columns, slots, like, arity) + scalar_tensors
                 run(*[flat[j] if d is None else flat[j].shape[d] for j, d in sources])
                 continue
-            args = _arguments(columns, slots, like, arity)
-            flat = [p for column in args for p in column] + scalar_tensors
             full: list[Any] = [None] * len(lists)
             for col, k in enumerate(present):
                 full[k] = args[col]
@@ -606,58 +605,47 @@ def _arity(split: bool, columns: int) -> int:
 
 
 def _arguments(
-    columns: list[list[torch.Tensor]], slots: list[_Slot], like: _Slot, arity: int
+    columns: list[list[torch.Tensor]],
+    slots: list[_Slot],
+    like: _Slot,
+    arity: int,
+    *,
+    guarded: bool = True,
 ) -> list[list[torch.Tensor]]:
     """One call's argument columns, from this step's tensors, padded to ``arity`` with scratch
-    pieces shaped as when the plan was made (like the first piece of the call's kind)."""
+    pieces shaped as when the plan was made (like the first piece of the call's kind).
+    ``guarded``: the call goes through dynamo, which guards on what a tensor is, so parameters and
+    views are passed as plain aliases (:func:`_whole`). A direct call into a compiled graph
+    (``guarded=False``) has no guards, and its kernels see the same storage, sizes and strides
+    whichever is passed (the plan holds only contiguous tensors): the tensors as they are, about
+    1.5 us a parameter less."""
     whole = [i for i, a, _ in slots if a is None]
     args = []
     for col, column in enumerate(columns):
         if len(whole) == len(slots):  # whole tensors: themselves, or detached (_whole)
-            picked = [column[i] for i in whole]
+            pieces = [column[i] for i in whole]
             # _whole(t) is t for a plain tensor: tested for the whole column at once
-            plain = (
-                list(map(type, picked)).count(torch.Tensor) == len(picked)
-                and [t._base for t in picked].count(None) == len(picked)
-                and not any([t.requires_grad for t in picked])
+            plain = not guarded or (
+                list(map(type, pieces)).count(torch.Tensor) == len(pieces)
+                and [t._base for t in pieces].count(None) == len(pieces)
+                and not any([t.requires_grad for t in pieces])
             )
-            pieces = picked if plain else [_whole(t) for t in picked]
+            if not plain:
+                pieces = [_whole(t) for t in pieces]
         else:
-            pieces = [_slot_piece(column, slot) for slot in slots]
+            pieces = [_slot_piece(column, slot, guarded) for slot in slots]
         if len(slots) < arity:
-            first = _slot_piece(column, like)
+            first = _slot_piece(column, like, guarded)
             pieces += [_scratch_piece(first, col * arity + j) for j in range(len(slots), arity)]
         args.append(pieces)
     return args
 
 
-def _direct_arguments(
-    columns: list[list[torch.Tensor]], slots: list[_Slot], like: _Slot, arity: int
-) -> list[torch.Tensor]:
-    """:func:`_arguments`, flat, for a direct call into a compiled graph: whole tensors as they
-    are. The plain aliases of parameters and views (:func:`_whole`) are for dynamo, which guards on
-    what a tensor is; a direct call has no guards, and its kernels see the same storage, sizes and
-    strides (the plan holds only contiguous tensors). About 1.5 us a parameter less."""
-    flat: list[torch.Tensor] = []
-    whole = [i for i, a, _ in slots if a is None]
-    padding = range(len(slots), arity)
-    for col, column in enumerate(columns):
-        if len(whole) == len(slots):
-            flat += [column[i] for i in whole]
-        else:
-            flat += [
-                column[i] if a is None or b is None else _piece(column[i], a, b)
-                for i, a, b in slots
-            ]
-        if padding:
-            first = _slot_piece(column, like)
-            flat += [_scratch_piece(first, col * arity + j) for j in padding]
-    return flat
-
-
-def _slot_piece(column: list[torch.Tensor], slot: _Slot) -> torch.Tensor:
+def _slot_piece(column: list[torch.Tensor], slot: _Slot, guarded: bool = True) -> torch.Tensor:
     i, a, b = slot
-    return _whole(column[i]) if a is None or b is None else _piece(column[i], a, b)
+    if a is None or b is None:
+        return _whole(column[i]) if guarded else column[i]
+    return _piece(column[i], a, b)
 
 
 def _make_plan(columns: list[list[torch.Tensor]], split: bool, layout: Any) -> _Plan:
