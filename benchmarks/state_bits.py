@@ -7,8 +7,10 @@ bytes per parameter for a two-moment optimizer (fp32 Adam: 8).
 
 With ``--time``, the step of each 8-bit optimizer against its own 32-bit step (both eager, the
 default multi-tensor path; target: at most 2x), and ``AdamW(state_bits=8, fused=True)`` against
-``torch.optim.AdamW(fused=True)`` in fp32 (target: at most 2x, stretch 1.5x). Times are medians of
-``--repeats`` steps after warm-up, on the same machine in the same run; compare ratios, not times.
+``torch.optim.AdamW(fused=True)`` in fp32 (target: at most 2x, stretch 1.5x). The two optimizers of a
+ratio are built side by side and stepped in turn (``step_time.side_by_side``): times are medians of
+``--repeats`` rounds after warm-up, and a ratio compares steps of the same seconds of a machine whose
+speed drifts; compare ratios, not times across rows.
 
     python benchmarks/state_bits.py                         # memory table, transformer set
     python benchmarks/state_bits.py --time --only adamw,adan,radam --threads 2
@@ -28,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import adaptim
 from adaptim.registry import registered
-from step_time import SETS, kwargs_for, time_steps
+from step_time import SETS, kwargs_for, side_by_side
 
 
 def state_bytes_per_param(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> float:
@@ -69,32 +71,40 @@ def main() -> None:
         if only and info.name not in only:
             continue
         row: dict[str, Any] = {}
-        for bits in (32, 8):
-            if bits == 8 and not info.cls.quantized_states:
-                continue
+        bits_list = [32, 8] if info.cls.quantized_states else [32]
+        for bits in bits_list:
             params = factory()
             opt = info.cls(params, **kwargs_for(info), state_bits=bits)
-            if args.time:
-                row[f"ms{bits}"] = 1e3 * time_steps(opt, args.repeats)[0]
-            else:
-                _step(opt)
+            _step(opt)
             row[bits] = state_bytes_per_param(opt, params)
             del opt, params
             gc.collect()
         line = f"{info.name:<12} {row[32]:>10.3f} {row.get(8, float('nan')):>10.3f}"
         if args.time:
-            ms8 = row.get("ms8", float("nan"))
-            line += f" {row['ms32']:>8.1f} {ms8:>8.1f} {ms8 / row['ms32']:>7.2f}"
+            timed = side_by_side(
+                {
+                    bits: lambda p, info=info, bits=bits: info.cls(
+                        p, **kwargs_for(info), state_bits=bits
+                    )
+                    for bits in bits_list
+                },
+                factory,
+                args.repeats,
+            )
+            ms32 = 1e3 * timed[32][0]
+            ms8 = 1e3 * timed[8][0] if 8 in timed else float("nan")
+            line += f" {ms32:>8.1f} {ms8:>8.1f} {ms8 / ms32:>7.2f}"
         print(line, flush=True)
     if args.time and (not only or "adamw" in only):
-        params = factory()
-        ref = torch.optim.AdamW(params, lr=1e-3, fused=True)
-        ref_ms = 1e3 * time_steps(ref, args.repeats)[0]
-        del ref, params
-        gc.collect()
-        params = factory()
-        ours = adaptim.AdamW(params, lr=1e-3, state_bits=8, fused=True)
-        ours_ms = 1e3 * time_steps(ours, args.repeats)[0]
+        timed = side_by_side(
+            {
+                "torch": lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True),
+                "ours": lambda p: adaptim.AdamW(p, lr=1e-3, state_bits=8, fused=True),
+            },
+            factory,
+            args.repeats,
+        )
+        ref_ms, ours_ms = 1e3 * timed["torch"][0], 1e3 * timed["ours"][0]
         print(
             f"AdamW 8-bit fused {ours_ms:.1f} ms, torch AdamW fp32 fused {ref_ms:.1f} ms: "
             f"{ours_ms / ref_ms:.2f}x"

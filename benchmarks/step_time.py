@@ -9,9 +9,11 @@ Two parameter sets:
 For each optimizer the eager multi-tensor path (``foreach=True``) and, where the optimizer has it, the
 fused step (``fused=True``, core/fused.py) are timed, and, when ``pytorch-optimizer`` is installed,
 its class of the same name. References measured in the same run: ``torch.optim.AdamW(foreach=True)``
-and ``torch.optim.AdamW(fused=True)``, the latter again just before each optimizer (``AdamW ms``):
-each row's ratios are to that time, so that the machine's drift over a run (fused AdamW took 18 to
-28 ms in one afternoon) does not move them.
+and ``torch.optim.AdamW(fused=True)``, the latter again beside each optimizer (``AdamW ms``): the
+row's optimizers and a fused AdamW are all built, then stepped in turn, one step each per round, so
+each row's ratios compare steps taken within the same seconds. The machines are shared and their
+speed drifts by up to 2x within minutes (fused AdamW took 18 to 67 ms over one afternoon); timed one
+after the other, the ratios moved with it.
 
 An optimizer step is memory-bound, so time is compared per byte moved: parameters read and written,
 gradients read, every state tensor read and written (its real size, so factored or scalar states count
@@ -30,7 +32,7 @@ time of the first fused step less a compiled step). Targets: at most 60 s cold a
 
 Steps are timed after six warm-up steps (past RAdam's un-rectified phase; the fused step compiles in
 the first, whose time is ``first s``: the compile from the Inductor cache as the run finds it); the
-median of ``--repeats`` steps is reported. The machines are shared and noisy: compare
+median of ``--repeats`` rounds is reported. The machines are shared and noisy: compare
 ratios within one run, not times across runs.
 """
 
@@ -143,13 +145,41 @@ def measure(
     make: Callable[[list[torch.Tensor]], torch.optim.Optimizer], factory: SetFactory, repeats: int
 ) -> tuple[float, int, float]:
     """``(seconds per step, bytes moved per step, seconds of the first step)``."""
-    params = factory()
-    opt = make(params)
-    seconds, first = time_steps(opt, repeats)
-    moved = bytes_moved(opt, params)
-    del opt, params
+    return side_by_side({"": make}, factory, repeats)[""]
+
+
+def side_by_side(
+    makers: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]],
+    factory: SetFactory,
+    repeats: int,
+) -> dict[str, tuple[float, int, float]]:
+    """Per optimizer, ``(median seconds per step, bytes moved per step, seconds of the first step)``
+    with each on a parameter set of its own, all built and warmed up first, then stepped in turn
+    (one step each per round, ``repeats`` rounds): their ratios come from the same seconds of a
+    machine whose speed drifts."""
+    built: dict[str, tuple[torch.optim.Optimizer, list[torch.Tensor], float]] = {}
+    for key, make in makers.items():
+        params = factory()
+        opt = make(params)
+        start = time.perf_counter()
+        step(opt)
+        first = time.perf_counter() - start
+        for _ in range(WARMUP - 1):
+            step(opt)
+        built[key] = (opt, params, first)
+    times: dict[str, list[float]] = {key: [] for key in built}
+    for _ in range(repeats):
+        for key, (opt, _, _) in built.items():
+            start = time.perf_counter()
+            step(opt)
+            times[key].append(time.perf_counter() - start)
+    out = {
+        key: (statistics.median(times[key]), bytes_moved(opt, params), first)
+        for key, (opt, params, first) in built.items()
+    }
+    del built
     gc.collect()
-    return seconds, moved, first
+    return out
 
 
 def kwargs_for(info: Any) -> dict[str, Any]:
@@ -196,8 +226,15 @@ def run(
     rows: list[dict[str, Any]] = []
     for set_name in sets:
         factory = SETS[set_name]
-        ref_s, ref_b, _ = measure(lambda p: torch.optim.AdamW(p, foreach=True), factory, repeats)
-        fused_s, fused_b, _ = measure(lambda p: torch.optim.AdamW(p, fused=True), factory, repeats)
+        refs = side_by_side(
+            {
+                "foreach": lambda p: torch.optim.AdamW(p, foreach=True),
+                "fused": lambda p: torch.optim.AdamW(p, fused=True),
+            },
+            factory,
+            repeats,
+        )
+        (ref_s, ref_b, _), (fused_s, fused_b, _) = refs["foreach"], refs["fused"]
         fused_per_byte = fused_s / fused_b
         for label, sec, moved in [
             ("torch AdamW foreach", ref_s, ref_b),
@@ -218,19 +255,22 @@ def run(
             if only and info.name not in only:
                 continue
             kw = kwargs_for(info)
-            # the machine is shared: fused AdamW is timed again beside each optimizer, and the
-            # row's ratios are to that time (the first measurement alone varied 18-28 ms)
-            near_s, near_b, _ = measure(
-                lambda p: torch.optim.AdamW(p, fused=True), factory, repeats
-            )
-            fused_per_byte = near_s / near_b
+            # the machine is shared: fused AdamW steps beside each optimizer, in turn with it,
+            # and the row's ratios are to that time
+            makers: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]] = {
+                "adamw": lambda p: torch.optim.AdamW(p, fused=True),
+                "eager": lambda p, info=info, kw=kw: info.cls(p, foreach=True, **kw),
+            }
+            if info.cls.supports_fused():
+                makers["fused"] = lambda p, info=info, kw=kw: info.cls(p, fused=True, **kw)
             try:
-                s, b, _ = measure(
-                    lambda p, info=info, kw=kw: info.cls(p, foreach=True, **kw), factory, repeats
-                )
+                timed = side_by_side(makers, factory, repeats)
             except Exception as exc:  # report, keep going
                 rows.append(dict(set=set_name, name=info.name, error=repr(exc)))
                 continue
+            near_s, near_b, _ = timed["adamw"]
+            fused_per_byte = near_s / near_b
+            s, b, _ = timed["eager"]
             row: dict[str, Any] = dict(
                 set=set_name,
                 name=info.name,
@@ -240,10 +280,8 @@ def run(
                 eager=(s / b) / fused_per_byte,
                 peer_ms=None,
             )
-            if info.cls.supports_fused():
-                fs, fb, first = measure(
-                    lambda p, info=info, kw=kw: info.cls(p, fused=True, **kw), factory, repeats
-                )
+            if "fused" in timed:
+                fs, fb, first = timed["fused"]
                 row.update(fused_ms=fs * 1e3, fused=(fs / fb) / fused_per_byte, first_s=first)
                 if compile_times:
                     with tempfile.TemporaryDirectory() as cache:
