@@ -61,6 +61,7 @@ from adaptim.core.state_precision import (
     plan_parts,
     quantize_state_,
     quantizes,
+    release_large_scratch,
     saved_state,
 )
 from adaptim.core.validation import (
@@ -869,6 +870,8 @@ class AdaptimOptimizer(Optimizer):
             part.decode()
             yield TensorBatch(part.params, part.grads, part.states, [], batch.copied)
             part.encode()
+        if not torch.compiler.is_compiling():  # (compiled, every take is a fresh tensor)
+            release_large_scratch()
 
     def _before_update(self, prepared: list[tuple[dict[str, Any], list[TensorBatch]]]) -> None:
         """Hook for algorithms that need statistics over all groups (e.g. a global gradient norm)."""

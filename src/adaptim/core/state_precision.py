@@ -68,6 +68,7 @@ __all__ = [
     "part_elements",
     "quantize_state_",
     "quantizes",
+    "release_large_scratch",
     "saved_state",
     "zero_state_",
 ]
@@ -314,13 +315,19 @@ class _Scratch:
     into reused ones (an 8-bit AdamW step over 44.6M parameters: about 50 of its 180 ms). A part
     takes one buffer per decoded state (each its own storage, as the fused engine wants) and gives
     them back after encoding. Buffers of at most ``CPU_PART_ELEMENTS`` elements are kept, up to
-    ``_SCRATCH_BYTES`` in all; larger or further ones are freed as before. Elsewhere (a GPU has its
-    caching allocator) and under ``torch.compile`` every take is a fresh tensor."""
+    ``_SCRATCH_BYTES`` in all. A larger one (a whole tensor above a part, for an update that
+    needs whole tensors) is kept only until the end of its batch's parts (:meth:`release_large`),
+    for the next large tensor of the batch to decode into: a model-sized amount of fresh pages at
+    every step made Adai's 8-bit decoding five times slower per element than AdamW's, and the
+    batch's peak stays its largest tensor's decoded states, as without reuse. Elsewhere (a GPU has
+    its caching allocator) and under ``torch.compile`` every take is a fresh tensor."""
 
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
         self.kept_bytes = 0
         self.free: dict[int, list[torch.Tensor]] = {}
+        #: whole-storage buffers above a part, given back during the current batch
+        self.large: list[torch.Tensor] = []
         self.lock = threading.Lock()
 
     def take(self, numel: int, device: torch.device) -> torch.Tensor:
@@ -330,25 +337,47 @@ class _Scratch:
                 if buffers:
                     self.kept_bytes -= 4 * numel
                     return buffers.pop()
+                if numel > CPU_PART_ELEMENTS:
+                    fits = [i for i, b in enumerate(self.large) if b.numel() >= numel]
+                    if not fits:
+                        # none is large enough: free them before allocating, so that the peak
+                        # stays one tensor's decoded states
+                        self.large.clear()
+                    else:
+                        buffer = self.large.pop(min(fits, key=lambda i: self.large[i].numel()))
+                        # not a view (the fused engine re-plans batches that hold views)
+                        return buffer.new_empty(0).set_(buffer.untyped_storage(), 0, (numel,), (1,))
         return torch.empty(numel, dtype=torch.float32, device=device)
 
     def give(self, values: torch.Tensor) -> None:
         numel = values.numel()
-        if (
-            values.device.type != "cpu"
-            or numel > CPU_PART_ELEMENTS
-            or torch.compiler.is_compiling()
-        ):
+        if values.device.type != "cpu" or torch.compiler.is_compiling():
+            return
+        if numel > CPU_PART_ELEMENTS:
+            storage = values.untyped_storage()
+            whole = values.new_empty(0).set_(storage, 0, (storage.nbytes() // 4,), (1,))
+            with self.lock:
+                self.large.append(whole)
             return
         with self.lock:
             if self.kept_bytes + 4 * numel <= self.limit_bytes:
                 self.free.setdefault(numel, []).append(values.view(-1))
                 self.kept_bytes += 4 * numel
 
+    def release_large(self) -> None:
+        """Free the buffers above a part (the end of a batch's parts)."""
+        with self.lock:
+            self.large.clear()
+
 
 #: the most bytes of decoded-state scratch kept between parts: a part's worth of three states, twice
 _SCRATCH_BYTES = 2 * 3 * 4 * CPU_PART_ELEMENTS
 _SCRATCH = _Scratch(_SCRATCH_BYTES)
+
+
+def release_large_scratch() -> None:
+    """The end of a batch's parts: free its decoded-state buffers above a part's size."""
+    _SCRATCH.release_large()
 
 
 @dataclass
