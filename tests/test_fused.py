@@ -223,6 +223,39 @@ def test_no_recompiles(info: Any) -> None:
         assert late == first, "compiled again after the first step"
 
 
+@pytest.mark.parametrize("cls", [adaptim.VanillaKOALA, adaptim.MomentumKOALA])
+def test_koala_without_weight_decay_compiles_no_decay_norms(
+    cls: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where no group decays, KOALA's fused graph has the gradients' norms only: a zero weight
+    decay passed as a 0-dim tensor made it also sum ``||g + 0 p||^2`` and ``||p||^2``, a second
+    pass over the parameters (70 against 41 ms a step, KOALA-V, transformer set). Where some group
+    decays, all groups share the graph with the decay's norms."""
+    graphs: list[torch.fx.GraphModule] = []
+    backend_call = fused_module._Backend.__call__
+
+    def recording(self: Any, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        graphs.append(gm)
+        return backend_call(self, gm, example_inputs)
+
+    monkeypatch.setattr(fused_module._Backend, "__call__", recording)
+    norms = {}
+    for decay in (0.0, 0.1):
+        torch._dynamo.reset()
+        graphs.clear()
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(64, generator=gen)) for _ in range(4)]
+        groups = [{"params": params[:2], "weight_decay": 0.0}, {"params": params[2:]}]
+        opt = cls(groups, lr=1e-2, weight_decay=decay, fused=True)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step(lambda: torch.tensor(1.0))
+        assert len(graphs) == 1  # the groups' calls share it
+        norms[decay] = sum("vector_norm" in str(n.target) for n in graphs[0].graph.nodes)
+    # per tensor of a call: ||g||; with decay also ||g + wd p|| and ||p||
+    assert norms[0.1] == 3 * norms[0.0] > 0
+
+
 #: options under which an update chooses with the step beyond what the registry's settings
 #: exercise: rectification from rho_t >= 5 (the second group's betas reach it sooner), before it
 #: the momentum step or none, ACProp's first step (without rectification its untaken adaptive

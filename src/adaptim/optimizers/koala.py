@@ -541,8 +541,17 @@ class _KOALA(AdaptimOptimizer):
 
     def _step_scalars(self, group: Mapping[str, Any], step: int) -> dict[str, Any]:
         """The scalars of the update functions: the filter's for this step (``_filter``, set by
-        ``_measure``: the loss, the covariance, ``R``) and the group's."""
-        return dict(self._filter, lr=float(group["lr"]), weight_decay=float(group["weight_decay"]))
+        ``_measure``: the loss, the covariance, ``R``) and the group's. Where no group decays
+        (KOALA's default), ``weight_decay`` is the integer 0, which the fused step keeps a
+        constant of its graph rather than a 0-dim tensor: multiplied by a zero tensor, the update
+        still summed ``||g + 0 p||^2`` and ``||p||^2``, a second pass over the parameters (fused
+        KOALA-V on the transformer set: 70 ms a step against 41 with the constant, its eager step
+        41-45; KOALA-M 185 against 131). Where some group decays, every group's is a tensor, so
+        that biases without decay beside weights with share the graph."""
+        weight_decay = float(group["weight_decay"])
+        if not any(g["weight_decay"] for g in self.param_groups):
+            return dict(self._filter, lr=float(group["lr"]), weight_decay=0)
+        return dict(self._filter, lr=float(group["lr"]), weight_decay=weight_decay)
 
     def _measure_batch(
         self, group: dict[str, Any], batch: TensorBatch, multi_tensor: Callable[..., Any]
