@@ -177,7 +177,7 @@ def side_by_side(
         key: (statistics.median(times[key]), bytes_moved(opt, params), first)
         for key, (opt, params, first) in built.items()
     }
-    del built
+    del built, opt, params  # the loops' last optimizer too
     gc.collect()
     return out
 

@@ -14,6 +14,7 @@ import copy
 import io
 import math
 import pickle
+import weakref
 from typing import Any
 
 import pytest
@@ -622,52 +623,55 @@ def test_reused_scratch_changes_nothing(
                 assert torch.equal(value, state_reused["state"][pid][key]), (pid, key)
 
 
+@pytest.mark.parametrize("ascending", [False, True], ids=["descending", "ascending"])
 @pytest.mark.parametrize("name", ["adai", "adamp"])
 def test_whole_tensors_above_a_part_reuse_buffers_within_a_batch(
-    name: str, monkeypatch: pytest.MonkeyPatch
+    name: str, ascending: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An update that needs whole tensors decodes a tensor above a part's size whole. Its buffers
     go back to the scratch for the batch's next large tensor (a fresh buffer per tensor and step
     made Adai's 8-bit decoding five times slower per element: fresh pages fault), and are freed
-    when the batch's parts end, so none is kept between steps and the batch's peak is still its
-    largest tensor's decoded states."""
+    when the batch's parts end. At most one tensor's decoded states are alive at a time, whatever
+    the order of sizes (the part's state views used to keep every decoded state of the batch
+    alive until its end), and none after the step."""
     scratch = sp._Scratch(0)
     monkeypatch.setattr(sp, "_SCRATCH", scratch)
-    taken: list[tuple[int, int]] = []  # (elements asked, bytes of the storage given)
     take = scratch.take
+    handed: list[weakref.ref[torch.Tensor]] = []
+    sizes: list[int] = []  # bytes of each large buffer handed out
+    most_alive = 0
 
     def recording_take(numel: int, device: torch.device) -> torch.Tensor:
+        nonlocal most_alive
         values = take(numel, device)
-        taken.append((numel, values.untyped_storage().nbytes()))
+        if numel > sp.CPU_PART_ELEMENTS:
+            handed.append(weakref.ref(values))
+            sizes.append(values.untyped_storage().nbytes())
+            alive = {t.untyped_storage().data_ptr() for r in handed if (t := r()) is not None}
+            alive |= {b.untyped_storage().data_ptr() for b in scratch.large}
+            most_alive = max(most_alive, len(alive))
         return values
 
     monkeypatch.setattr(scratch, "take", recording_take)
-    allocated: list[int] = []
-    real_empty = torch.empty
-
-    def counting_empty(*args: Any, **kwargs: Any) -> torch.Tensor:
-        out = real_empty(*args, **kwargs)
-        if out.dtype == torch.float32 and out.numel() > sp.CPU_PART_ELEMENTS:
-            allocated.append(out.numel())
-        return out
-
     info = next(i for i in QUANTIZING if i.name == name)
-    params = _params(bf16=False)  # 5,120, 5,000 and 4,500 elements, above parts of 1,024
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(80, 64), (5000,), (3, 1500)]  # above parts of 1,024 elements
+    shapes = shapes[::-1] if ascending else shapes
+    params = [torch.nn.Parameter(0.1 * torch.randn(s, generator=gen)) for s in shapes]
     opt = make(info, params, state_bits=8)
     for step in range(3):
         _grads(params, step)
-        taken.clear()
-        monkeypatch.setattr(torch, "empty", counting_empty)
-        allocated.clear()
+        handed.clear()
+        sizes.clear()
+        most_alive = 0
         opt.step()
-        monkeypatch.setattr(torch, "empty", real_empty)
-        large = [(n, nbytes) for n, nbytes in taken if n > sp.CPU_PART_ELEMENTS]
-        assert len(large) >= 6  # three tensors, two states (Adai's first pass: v once more)
-        # the first (largest, 5,120) tensor's buffers serve the smaller ones: one fresh buffer per
-        # state decoded at once in a pass, not one per tensor
-        assert all(nbytes == 4 * 5120 for _, nbytes in large)
-        assert len(allocated) <= (4 if name == "adai" else 2)
-        assert scratch.large == []  # freed at the end of the batch's parts
+        assert len(handed) >= 6  # three tensors, two states (Adai's first pass: v once more)
+        # this tensor's two states, nothing of the tensors before
+        assert most_alive <= 2, most_alive
+        storages = {t.untyped_storage().data_ptr() for r in handed if (t := r()) is not None}
+        assert not storages and scratch.large == []  # all freed at the end of the batch
+        if not ascending:  # the first (largest) tensor's buffers serve the smaller ones
+            assert set(sizes) == {4 * 5120}
 
 
 def test_distributed_checkpoint_of_other_precision_fails_loudly(tmp_path: Any) -> None:

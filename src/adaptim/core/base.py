@@ -53,6 +53,7 @@ from adaptim.core.distributed import (
 from adaptim.core.fused import fused_unavailable_reason, run_elementwise
 from adaptim.core.state_precision import (
     STATE_BITS,
+    Part,
     absmax_key,
     codes_key,
     dequantize_state_,
@@ -179,6 +180,15 @@ def _flat_pieces(batch: TensorBatch, i: int, chunk_bytes: int) -> list[TensorBat
             )
         )
     return pieces
+
+
+def _in_turn(parts: list[Part], copied: bool) -> Iterator[TensorBatch]:
+    """The parts as batches, each decoded before it is yielded and encoded when the next is asked
+    for."""
+    for part in parts:
+        part.decode()
+        yield TensorBatch(part.params, part.grads, part.states, [], copied)
+        part.encode()
 
 
 def _working_dtype(param: torch.Tensor) -> torch.dtype:
@@ -866,11 +876,14 @@ class AdaptimOptimizer(Optimizer):
         if not parts:
             yield batch
             return
-        for part in parts:
-            part.decode()
-            yield TensorBatch(part.params, part.grads, part.states, [], batch.copied)
-            part.encode()
-        if not torch.compiler.is_compiling():  # (compiled, every take is a fresh tensor)
+        if torch.compiler.is_compiling():
+            # every take is a fresh tensor; and a try here broke torch.compile(opt.step)
+            # (functionalization of the update's in-place kernel)
+            yield from _in_turn(parts, batch.copied)
+            return
+        try:
+            yield from _in_turn(parts, batch.copied)
+        finally:  # also when the update raised: no large buffer kept past the batch
             release_large_scratch()
 
     def _before_update(self, prepared: list[tuple[dict[str, Any], list[TensorBatch]]]) -> None:

@@ -455,6 +455,11 @@ class Part:
         for values in self.taken:
             _SCRATCH.give(values)
         self.taken = []
+        # the views drop their decoded states: a part its caller still holds (the batch's list of
+        # parts, a loop variable) then keeps no float32 state alive, so what the scratch frees is
+        # freed, and where every take is fresh (a GPU) a batch's peak stays one part's
+        for i, key, *_ in self.plan:
+            self.states[i].pop(key, None)
 
 
 def plan_parts(
