@@ -260,6 +260,8 @@ class Adai(AdaptimOptimizer):
                         sums += fn(params, grads, exp_avg_sqs, beta2=beta2, weight_decay=l2)
                         likes += part.params
                         steps += part.steps
+                        # not kept while the next part decodes (8 bits: its decoded v)
+                        del params, grads, exp_avg_sqs
                 if not sums:
                     continue
                 if any_dtensor(likes):

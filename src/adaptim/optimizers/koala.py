@@ -1019,6 +1019,7 @@ class MomentumKOALA(_KOALA):
                 for part in self._chunks(unit) if foreach else (unit,):
                     likes, (moved, _, vels, avgs) = _local(part, "velocity", "param_avg")
                     norms += _koala_m_predict(moved, vels, avgs, a=a, likes=likes, foreach=foreach)
+                    del moved, vels, avgs  # not kept while the next part decodes (8 bits)
         drift_sq = 0.0
         if norms:
             devices = {n.device for n in norms}
