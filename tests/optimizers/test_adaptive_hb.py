@@ -240,10 +240,17 @@ def test_cache_blocked_passes_are_bit_identical(cls, kw, monkeypatch):
 
 @pytest.mark.parametrize("foreach", [False, True])
 def test_step_sq_is_the_squared_length_of_the_last_step(foreach):
-    """``step_sq`` keeps its meaning (old checkpoints): ``||x_{k+1} - x_k||^2``, a Python float."""
+    """``step_sq`` keeps its meaning (old checkpoints): ``||x_{k+1} - x_k||^2``, a Python float.
+    Two param groups of two tensors each: the step norms the update writes are kept between steps
+    per batch (``_per_tensor_outputs``), and the groups' must not be the same tensors (they are
+    read after the step's last batch)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)).double()
-    opt = adaptim.AdaptiveHeavyBallAdam(model.parameters(), lr=0.03, foreach=foreach)
+    groups = [
+        {"params": model[0].parameters()},
+        {"params": model[2].parameters(), "lr": 0.01},
+    ]
+    opt = adaptim.AdaptiveHeavyBallAdam(groups, lr=0.03, foreach=foreach)
     for _ in range(3):
         before = [p.detach().clone() for p in model.parameters()]
         opt.zero_grad()

@@ -84,6 +84,8 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 COMPLEX = (torch.complex32, torch.complex64, torch.complex128)
 #: parameter bytes per chunk of a cache-blocked CPU update (see ``AdaptimOptimizer._chunks``)
 CPU_CHUNK_BYTES = 2 * 2**20
+#: sets of per-tensor output tensors kept per optimizer (one per batch, usually a few)
+_MAX_OUTPUT_SETS = 256
 
 COMMON_RULES: Mapping[str, Rule] = {
     "lr": NONNEGATIVE,
@@ -709,6 +711,27 @@ class AdaptimOptimizer(Optimizer):
         buffers swap roles with the step (PNM's two momenta): swapping the lists, rather than
         branching on the step inside the update, keeps one compiled graph for every step."""
         return states
+
+    def _per_tensor_outputs(self, batch: TensorBatch, dtype: torch.dtype) -> list[torch.Tensor]:
+        """A 0-dim tensor of ``dtype`` per tensor of ``batch``, on its device, into which an update
+        writes a per-tensor result (a norm, a ratio; see ``_elementwise_update``). The same tensors
+        at every step for the same batch: keyed by its first tensor's state dict, which lives as
+        long as the optimizer's state, so no two batches of a step share them even where a result
+        is read after the step's last batch (the adaptive heavy ball's step norms). A new 0-dim
+        tensor per tensor and step cost about 8 ms a step on 2,000 tensors (KOALA-V's fused step
+        there: about 54 ms). Not saved: ``torch.optim.Optimizer.__getstate__`` keeps only the
+        defaults, the state and the param groups."""
+        device = batch.params[0].device
+        key = (id(batch.states[0]), len(batch.states), dtype, device)
+        cache = self.__dict__.setdefault("_per_tensor_outputs_cache", {})
+        outputs = cache.get(key)
+        if outputs is None:
+            if len(cache) >= _MAX_OUTPUT_SETS:
+                cache.clear()
+            outputs = cache[key] = [
+                torch.empty((), dtype=dtype, device=device) for _ in batch.states
+            ]
+        return outputs
 
     def _per_tensor_update(self, group: dict[str, Any], batch: TensorBatch) -> None:
         if self.supports_fused():

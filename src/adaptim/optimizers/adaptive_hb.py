@@ -261,7 +261,7 @@ class _AdaptiveHeavyBall(AdaptimOptimizer):
         if not params:
             return
         self._like = params[0]  # beta_k is handed to the update on its device, in its dtype
-        norms = [torch.empty((), dtype=p.dtype, device=p.device) for p in params]
+        norms = self._per_tensor_outputs(batch, params[0].dtype)
         run_elementwise(
             fn,
             [*lists, norms],

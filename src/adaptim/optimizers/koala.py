@@ -576,7 +576,7 @@ class _KOALA(AdaptimOptimizer):
         lists = batch.local(*keys)
         if not lists[0]:
             return None
-        ratios = [torch.empty((), dtype=torch.float64, device=p.device) for p in lists[0]]
+        ratios = self._per_tensor_outputs(batch, torch.float64)
         run_elementwise(
             fn,
             [*lists, ratios],
