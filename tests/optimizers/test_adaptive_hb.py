@@ -14,6 +14,7 @@ from torch import nn
 
 import adaptim
 from adaptim.core import base
+from adaptim.core.state_precision import is_quantized
 
 A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
 B = torch.tensor([[1.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
@@ -261,6 +262,35 @@ def test_step_sq_is_the_squared_length_of_the_last_step(foreach):
             assert type(step_sq) is float
             assert step_sq > 0
             assert math.isclose(step_sq, (p.detach() - b).pow(2).sum().item(), rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("state_bits", [32, 8])
+def test_step_norm_outputs_are_kept_between_steps(state_bits):
+    """The 0-dim tensors the update writes its step norms into are made once per batch, not at
+    every step (``_per_tensor_outputs``), with 8-bit states too, whose parts see each state dict
+    through a view made anew at each step; and each step's ``step_sq`` is still its own."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64))
+    groups = [
+        {"params": model[0].parameters()},
+        {"params": model[2].parameters(), "lr": 0.01},
+    ]
+    opt = adaptim.AdaptiveHeavyBallAdam(groups, lr=0.03, foreach=False, state_bits=state_bits)
+    sizes = []
+    for _ in range(4):
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.zero_grad()
+        model(torch.randn(5, 64)).pow(2).sum().backward()
+        opt.step()
+        sizes.append(len(opt.__dict__.get("_per_tensor_outputs_cache", {})))
+        for p, b in zip(model.parameters(), before, strict=True):
+            assert math.isclose(
+                opt.state[p]["step_sq"], (p.detach() - b).double().pow(2).sum().item(), rel_tol=1e-5
+            )
+    weight = model[0].weight  # 4,096 elements: quantized at 8 bits
+    assert is_quantized(opt.state[weight], "exp_avg") == (state_bits == 8)
+    assert sizes[0] >= 2  # one set per batch at least: the two groups
+    assert sizes[-1] == sizes[1], sizes
 
 
 @pytest.mark.parametrize("cls", [adaptim.AdaptiveHeavyBallSGD, adaptim.AdaptiveHeavyBallAdam])

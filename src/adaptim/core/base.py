@@ -715,14 +715,23 @@ class AdaptimOptimizer(Optimizer):
     def _per_tensor_outputs(self, batch: TensorBatch, dtype: torch.dtype) -> list[torch.Tensor]:
         """A 0-dim tensor of ``dtype`` per tensor of ``batch``, on its device, into which an update
         writes a per-tensor result (a norm, a ratio; see ``_elementwise_update``). The same tensors
-        at every step for the same batch: keyed by its first tensor's state dict, which lives as
-        long as the optimizer's state, so no two batches of a step share them even where a result
-        is read after the step's last batch (the adaptive heavy ball's step norms). A new 0-dim
-        tensor per tensor and step cost about 8 ms a step on 2,000 tensors (KOALA-V's fused step
-        there: about 54 ms). Not saved: ``torch.optim.Optimizer.__getstate__`` keeps only the
-        defaults, the state and the param groups."""
+        at every step for the same batch, keyed by its first tensor's state dict (the real one
+        under 8-bit states, whose parts see it through a view made anew at each step) and where
+        that tensor starts in its storage (a flat piece of a larger tensor). A caller that reads
+        the results after the step's next batch ran (the adaptive heavy ball's step norms) keeps
+        the batch's states alive until then, so that no later batch of the step gets the same
+        key. A new 0-dim tensor per tensor and step cost about 8 ms a step on 2,000 tensors
+        (KOALA-V's fused step there: about 57 ms). Not saved: ``torch.optim.Optimizer``'s
+        ``__getstate__`` keeps only the defaults, the state and the param groups."""
+        first = batch.states[0]
         device = batch.params[0].device
-        key = (id(batch.states[0]), len(batch.states), dtype, device)
+        key = (
+            id(getattr(first, "_real", first)),
+            batch.params[0].storage_offset(),
+            len(batch.states),
+            dtype,
+            device,
+        )
         cache = self.__dict__.setdefault("_per_tensor_outputs_cache", {})
         outputs = cache.get(key)
         if outputs is None:
