@@ -731,6 +731,31 @@ def _whole_tensor_cases() -> list[Any]:
     return cases
 
 
+def test_computed_once_is_a_well_formed_opaque_operator() -> None:
+    """``computed_once``'s operator (a ``torch.library.Library`` definition, not ``custom_op``,
+    for its cost per call: docs/fused.md) passes torch's operator checks (schema, fake tensor,
+    autograd registration, AOT dispatch), is tagged PT2-compliant as ``custom_op`` would tag it,
+    and stays one call in a compiled graph."""
+    from adaptim.core.functional import computed_once
+
+    op = torch.ops.adaptim.computed_once.default
+    results = torch.library.opcheck(
+        op, (torch.randn(3, 4, generator=torch.Generator().manual_seed(0)),)
+    )
+    assert set(results.values()) == {"SUCCESS"}, results
+    assert torch.Tag.pt2_compliant_tag in op.tags
+    graphs: list[torch.fx.GraphModule] = []
+
+    def capture(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        graphs.append(gm)
+        return gm.forward
+
+    x = torch.rand(5, generator=torch.Generator().manual_seed(0)) + 0.1
+    out = torch.compile(lambda t: computed_once(t.sqrt()) * t, backend=capture, fullgraph=True)(x)
+    torch.testing.assert_close(out, x.sqrt() * x)
+    assert [n.target for n in graphs[0].graph.nodes if n.op == "call_function"].count(op) == 1
+
+
 @pytest.mark.parametrize(("info", "options"), _whole_tensor_cases())
 def test_whole_tensor_updates_store_no_matrix_sized_temporary(
     info: Any, options: dict[str, Any]

@@ -67,9 +67,10 @@ def either(flag: Scalar, if_set: torch.Tensor, otherwise: torch.Tensor | float) 
 # ``custom_op``'s Python layers (its autograd wrapper, then a redispatch to the kernel) cost 16-28 us
 # a call against 5-8 us (a clone of 1,000 floats: 2-3 us). Fused Adafactor on 2,000 tensors of
 # 1,000 calls it 2,000 times a step. It has no autograd formula: the optimizers' updates run
-# without gradients.
+# without gradients. Tagged ``pt2_compliant_tag``, as ``custom_op`` tags its operators (dynamo's
+# ``only_allow_pt2_compliant_ops`` would stop at it otherwise).
 _LIBRARY = torch.library.Library("adaptim", "FRAGMENT")
-_LIBRARY.define("computed_once(Tensor x) -> Tensor")
+_LIBRARY.define("computed_once(Tensor x) -> Tensor", tags=(torch.Tag.pt2_compliant_tag,))
 _LIBRARY.impl("computed_once", lambda x: x.clone(), "CompositeExplicitAutograd")
 torch.library.register_fake("adaptim::computed_once", lambda x: torch.empty_like(x), lib=_LIBRARY)
 _computed_once_op = torch.ops.adaptim.computed_once.default
