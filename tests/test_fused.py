@@ -71,7 +71,7 @@ def _grads(params: list[torch.nn.Parameter], step: int) -> None:
     gen = torch.Generator().manual_seed(100 + step)
     for p in params:
         g = torch.randn(p.shape, generator=gen) * (0.5 + 0.1 * step)
-        p.grad = g.to(p.dtype)
+        p.grad = g.to(p.device, p.dtype)
 
 
 def _train(
